@@ -1,0 +1,57 @@
+# recstream — see README.md. `make demo` and `make test` set up the local stack themselves.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+
+# Local-stack credentials (scripts/stack.sh creates them). Production takes credentials from the
+# AWS credential chain and RECSTREAM_*_PASSWORD set by the deployment, never from here.
+export AWS_ACCESS_KEY_ID ?= recstream
+export AWS_SECRET_ACCESS_KEY ?= recstream-local-secret
+export AWS_REGION ?= us-east-1
+export AWS_EC2_METADATA_DISABLED ?= true
+export RECSTREAM_MYSQL_PASSWORD ?= recstream
+export RECSTREAM_POSTGRES_PASSWORD ?= recstream
+
+TEST_TIMEOUT ?= 45m
+
+.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -o bin/recstream ./cmd/recstream
+
+stack:
+	scripts/stack.sh up
+
+stack-down:
+	scripts/stack.sh down
+
+stack-status:
+	scripts/stack.sh status
+
+vet:
+	$(GO) vet ./...
+
+## test: set up the local stack, then vet and run every test (unit + integration over the wire).
+test: stack vet
+	CI=$${CI:-true} $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## unit: tests that need no services (integration tests skip when CI is not true).
+unit:
+	CI= $(GO) test -count=1 -short ./...
+
+## demo: set up the stack and run the whole system end to end (see scripts/demo.sh).
+demo: stack build
+	scripts/demo.sh
+
+## bench: the benchmarks whose figures the README quotes (long; see docs/benchmarks.md).
+bench: stack build
+	scripts/bench.sh
+
+## fuzz: a short run of every fuzz target.
+fuzz:
+	scripts/fuzz.sh
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,139 @@
+// Package worker is the KCL stream worker: it consumes user-activity events from Kinesis,
+// enriches each with recommendations, and writes exactly-once, date-partitioned Parquet.
+package worker
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config is the `worker` config section.
+type Config struct {
+	// WorkerID identifies this process in the lease table; "" means hostname-pid.
+	WorkerID string `yaml:"worker_id"`
+	// InitialPosition is where a shard with no checkpoint starts: TRIM_HORIZON or LATEST.
+	InitialPosition string `yaml:"initial_position"`
+	// MaxRecords is the GetRecords batch size.
+	MaxRecords int `yaml:"max_records"`
+	// IdleTimeBetweenReads is the pause between GetRecords calls on a shard.
+	IdleTimeBetweenReads time.Duration `yaml:"idle_time_between_reads"`
+	// FailoverTime: a lease whose counter has not moved for this long may be taken.
+	FailoverTime time.Duration `yaml:"failover_time"`
+	// ShardSyncInterval is how often the worker looks for new shards and free leases.
+	ShardSyncInterval time.Duration `yaml:"shard_sync_interval"`
+	// LeaseSafetyMargin: uploads start only while the lease has at least this long left.
+	LeaseSafetyMargin time.Duration `yaml:"lease_safety_margin"`
+	// ShutdownTimeout bounds SIGTERM drain (below ECS's 30 s stop timeout).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// MaxEventBytes rejects larger records to errors/.
+	MaxEventBytes int `yaml:"max_event_bytes"`
+	// MaxBrowseHistory rejects events with longer browse histories to errors/.
+	MaxBrowseHistory int `yaml:"max_browse_history"`
+	// Format of output objects: parquet or jsonl.
+	Format string `yaml:"format"`
+	// Flush decides when a shard's buffer becomes an object.
+	Flush FlushConfig `yaml:"flush"`
+	// Retry bounds backoff on PostgreSQL / S3 outages.
+	Retry RetryConfig `yaml:"retry"`
+	// StatusInterval is the period of the per-shard status log line (0: off).
+	StatusInterval time.Duration `yaml:"status_interval"`
+}
+
+// FlushConfig: a buffer is flushed when any limit is reached.
+type FlushConfig struct {
+	MaxRecords int           `yaml:"max_records"`
+	MaxBytes   int           `yaml:"max_bytes"`
+	MaxAge     time.Duration `yaml:"max_age"`
+}
+
+// RetryConfig is capped exponential backoff with jitter.
+type RetryConfig struct {
+	InitialBackoff time.Duration `yaml:"initial_backoff"`
+	MaxBackoff     time.Duration `yaml:"max_backoff"`
+}
+
+// DefaultConfig matches config.yaml.
+func DefaultConfig() Config {
+	return Config{
+		InitialPosition:      "TRIM_HORIZON",
+		MaxRecords:           1000,
+		IdleTimeBetweenReads: 250 * time.Millisecond,
+		FailoverTime:         10 * time.Second,
+		ShardSyncInterval:    5 * time.Second,
+		LeaseSafetyMargin:    3 * time.Second,
+		ShutdownTimeout:      25 * time.Second,
+		MaxEventBytes:        64 << 10,
+		MaxBrowseHistory:     100,
+		Format:               "parquet",
+		Flush:                FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: 10 * time.Second},
+		Retry:                RetryConfig{InitialBackoff: 200 * time.Millisecond, MaxBackoff: 10 * time.Second},
+		StatusInterval:       30 * time.Second,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	switch c.InitialPosition {
+	case "TRIM_HORIZON", "LATEST":
+	default:
+		return fmt.Errorf("initial_position: must be TRIM_HORIZON or LATEST, got %q", c.InitialPosition)
+	}
+	if c.MaxRecords < 1 || c.MaxRecords > 10000 {
+		return fmt.Errorf("max_records: must be between 1 and 10000 (the GetRecords limit), got %d", c.MaxRecords)
+	}
+	if c.IdleTimeBetweenReads <= 0 {
+		return fmt.Errorf("idle_time_between_reads: must be > 0, got %s", c.IdleTimeBetweenReads)
+	}
+	if c.FailoverTime < time.Second {
+		return fmt.Errorf("failover_time: must be >= 1s, got %s", c.FailoverTime)
+	}
+	if c.ShardSyncInterval <= 0 {
+		return fmt.Errorf("shard_sync_interval: must be > 0, got %s", c.ShardSyncInterval)
+	}
+	if c.LeaseSafetyMargin <= 0 || c.LeaseSafetyMargin >= c.FailoverTime {
+		return fmt.Errorf("lease_safety_margin: must be > 0 and < failover_time (%s), got %s", c.FailoverTime, c.LeaseSafetyMargin)
+	}
+	if c.ShutdownTimeout <= 0 {
+		return fmt.Errorf("shutdown_timeout: must be > 0, got %s", c.ShutdownTimeout)
+	}
+	if c.MaxEventBytes < 256 || c.MaxEventBytes > 1<<20 {
+		return fmt.Errorf("max_event_bytes: must be between 256 and 1048576 (the Kinesis record limit), got %d", c.MaxEventBytes)
+	}
+	if c.MaxBrowseHistory < 1 {
+		return fmt.Errorf("max_browse_history: must be >= 1, got %d", c.MaxBrowseHistory)
+	}
+	switch c.Format {
+	case "parquet", "jsonl":
+	default:
+		return fmt.Errorf("format: must be parquet or jsonl, got %q", c.Format)
+	}
+	if c.StatusInterval < 0 {
+		return fmt.Errorf("status_interval: must be >= 0, got %s", c.StatusInterval)
+	}
+	return nil
+}
+
+// Validate reports the first invalid field.
+func (c FlushConfig) Validate() error {
+	if c.MaxRecords < 1 {
+		return fmt.Errorf("max_records: must be >= 1, got %d", c.MaxRecords)
+	}
+	if c.MaxBytes < 1024 {
+		return fmt.Errorf("max_bytes: must be >= 1024, got %d", c.MaxBytes)
+	}
+	if c.MaxAge < time.Second {
+		return fmt.Errorf("max_age: must be >= 1s, got %s", c.MaxAge)
+	}
+	return nil
+}
+
+// Validate reports the first invalid field.
+func (c RetryConfig) Validate() error {
+	if c.InitialBackoff <= 0 {
+		return fmt.Errorf("initial_backoff: must be > 0, got %s", c.InitialBackoff)
+	}
+	if c.MaxBackoff < c.InitialBackoff {
+		return fmt.Errorf("max_backoff: must be >= initial_backoff (%s), got %s", c.InitialBackoff, c.MaxBackoff)
+	}
+	return nil
+}
