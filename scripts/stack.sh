@@ -94,7 +94,7 @@ SQL
 }
 
 # ---------------------------------------------------------------------------- PostgreSQL + pgvector
-pg_super() { as_root runuser -u postgres -- psql -v ON_ERROR_STOP=1 -qAt -p "$PG_PORT" "$@"; }
+pg_super() { as_root runuser -u postgres -- env PGOPTIONS="-c client_min_messages=warning" psql -v ON_ERROR_STOP=1 -qAt -p "$PG_PORT" "$@"; }
 
 pgvector_installed() {
   local ctl=/usr/share/postgresql/$PG_MAJOR/extension/vector.control
