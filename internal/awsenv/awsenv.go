@@ -110,7 +110,7 @@ func load(ctx context.Context, region string, opts []Option) (aws.Config, error)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("load AWS config: %w", err)
 	}
-	for _, o := range opts {
+	for _, o := range append(envOptions(), opts...) {
 		o(&cfg)
 	}
 	return cfg, nil
