@@ -13,10 +13,12 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 
 	"go.uber.org/zap"
 
+	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/config"
 	"github.com/recstream/recstream/internal/logging"
 )
@@ -47,7 +49,17 @@ type App struct {
 	Log    *zap.Logger
 	Stdout io.Writer
 	Stderr io.Writer
+
+	checkArgs bool // --check-args: parseFlags stops the command after a successful parse
 }
+
+// errArgsChecked is returned by parseFlags under --check-args once the flags parsed.
+var errArgsChecked = errors.New("arguments checked")
+
+var (
+	checkMu       sync.Mutex
+	checkOnlySets = map[*flag.FlagSet]bool{}
+)
 
 // usageError marks a flag or argument mistake (exit code 2).
 type usageError struct{ msg string }
@@ -76,6 +88,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 	global.SetOutput(stderr)
 	cfgPath := global.String("config", "config.yaml", "path to the config file")
 	logFormat := global.String("log-format", "", "json or console (default: config log.format)")
+	checkArgs := global.Bool("check-args", false, "only check the config and the command's flags, then exit (used to validate deployment files)")
 	global.Usage = func() { usage(stderr, global) }
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -109,7 +122,8 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 		return exitUsage
 	}
 	defer func() { _ = log.Sync() }()
-	app := &App{Config: cfg, Log: log, Stdout: stdout, Stderr: stderr}
+	app := &App{Config: cfg, Log: log, Stdout: stdout, Stderr: stderr, checkArgs: *checkArgs}
+	awsenv.SetOpLogTag(cmd.name)
 
 	err = cmd.run(ctx, app, cmdArgs)
 	var ue usageError
@@ -117,7 +131,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, flag.ErrHelp), errors.Is(err, errArgsChecked):
 		return exitOK
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "recstream %s: %v\n", cmd.name, err)
@@ -161,6 +175,11 @@ func usage(w io.Writer, fs *flag.FlagSet) {
 func newFlagSet(app *App, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("recstream "+name, flag.ContinueOnError)
 	fs.SetOutput(app.Stderr)
+	if app.checkArgs {
+		checkMu.Lock()
+		checkOnlySets[fs] = true
+		checkMu.Unlock()
+	}
 	return fs
 }
 
@@ -174,6 +193,12 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+	}
+	checkMu.Lock()
+	defer checkMu.Unlock()
+	if checkOnlySets[fs] {
+		delete(checkOnlySets, fs)
+		return errArgsChecked
 	}
 	return nil
 }

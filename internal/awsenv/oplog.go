@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -19,7 +20,16 @@ const OpLogEnv = "RECSTREAM_AWS_OPLOG"
 var (
 	opMu   sync.Mutex
 	opSeen = map[string]bool{}
+	opTag  = filepath.Base(os.Args[0])
 )
+
+// SetOpLogTag names the caller in recorded lines ("worker Kinesis:GetRecords"); cmd sets it to
+// the subcommand so the policy check can tell the worker's calls from the batch jobs'.
+func SetOpLogTag(tag string) {
+	opMu.Lock()
+	opTag = tag
+	opMu.Unlock()
+}
 
 // opLogOption returns an Option that records operations to path.
 func opLogOption(path string) Option {
@@ -37,6 +47,7 @@ func opLogOption(path string) Option {
 func recordOp(path, op string) {
 	opMu.Lock()
 	defer opMu.Unlock()
+	op = opTag + "\t" + op
 	if opSeen[op] {
 		return
 	}
