@@ -7,6 +7,7 @@
 #         Idempotent: a second run finds everything up and returns within seconds.
 # down:   stops only what `up` started (it records that under $STACK_DIR/started/).
 # status: one line per service.
+# stream NAME SHARDS: create a Kinesis stream on the local stack (the demo uses its own).
 #
 # Everything it installs, its logs, data and pid files live under $STACK_DIR (default .stack/,
 # ignored by git). Ports and names default to config.yaml's values and can be overridden.
@@ -215,23 +216,29 @@ aws_json() { # port service target body
     -H "Content-Type: application/x-amz-json-1.1" -H "X-Amz-Target: $3" -d "$4" "http://127.0.0.1:$1/"
 }
 
+# ensure_stream NAME SHARDS: create the stream when missing and wait until it is ACTIVE.
+ensure_stream() {
+  local name=$1 shards=$2 out
+  out=$(aws_json "$KINESIS_PORT" kinesis Kinesis_20131202.DescribeStreamSummary "{\"StreamName\":\"$name\"}")
+  if [ "${out##*$'\n'}" != 200 ]; then
+    out=$(aws_json "$KINESIS_PORT" kinesis Kinesis_20131202.CreateStream "{\"StreamName\":\"$name\",\"ShardCount\":$shards}")
+    case "${out##*$'\n'}" in 200) log "created stream $name ($shards shards)";; *) die "create stream $name: $out";; esac
+  fi
+  local deadline=$((SECONDS + 30))
+  until aws_json "$KINESIS_PORT" kinesis Kinesis_20131202.DescribeStreamSummary "{\"StreamName\":\"$name\"}" | grep -q '"StreamStatus":"ACTIVE"'; do
+    [ $SECONDS -lt $deadline ] || die "stream $name not ACTIVE within 30 s"
+    sleep 0.2
+  done
+}
+
 resources_up() {
-  local out code
+  local code
   for b in $BUCKETS; do
     code=$(curl -sS -o /dev/null -w '%{http_code}' --aws-sigv4 "aws:amz:$REGION:s3" --user "$AWS_KEY:$AWS_SECRET" \
       -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" -X PUT "http://127.0.0.1:$S3_PORT/$b")
     case $code in 200|409) ;; *) die "create bucket $b: HTTP $code";; esac
   done
-  out=$(aws_json "$KINESIS_PORT" kinesis Kinesis_20131202.DescribeStreamSummary "{\"StreamName\":\"$STREAM\"}")
-  if [ "${out##*$'\n'}" != 200 ]; then
-    out=$(aws_json "$KINESIS_PORT" kinesis Kinesis_20131202.CreateStream "{\"StreamName\":\"$STREAM\",\"ShardCount\":$SHARDS}")
-    case "${out##*$'\n'}" in 200) log "created stream $STREAM ($SHARDS shards)";; *) die "create stream $STREAM: $out";; esac
-  fi
-  local deadline=$((SECONDS + 30))
-  until aws_json "$KINESIS_PORT" kinesis Kinesis_20131202.DescribeStreamSummary "{\"StreamName\":\"$STREAM\"}" | grep -q '"StreamStatus":"ACTIVE"'; do
-    [ $SECONDS -lt $deadline ] || die "stream $STREAM not ACTIVE within 30 s"
-    sleep 0.2
-  done
+  ensure_stream "$STREAM" "$SHARDS"
 }
 
 cmd_up() {
@@ -281,5 +288,6 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  stream) [ $# -eq 3 ] || { echo "usage: $0 stream NAME SHARDS" >&2; exit 2; }; ensure_stream "$2" "$3" ;;
+  *) echo "usage: $0 up|down|status|stream NAME SHARDS" >&2; exit 2 ;;
 esac
