@@ -39,17 +39,18 @@ type Config struct {
 	StatusInterval time.Duration `yaml:"status_interval"`
 }
 
-// FlushConfig: a buffer is flushed when any limit is reached.
+// FlushConfig: a shard's buffer is flushed when any limit is reached.
 type FlushConfig struct {
-	MaxRecords int           `yaml:"max_records"`
-	MaxBytes   int           `yaml:"max_bytes"`
-	MaxAge     time.Duration `yaml:"max_age"`
+	MaxRecords int           `yaml:"max_records"` // records taken (valid and rejected)
+	MaxBytes   int           `yaml:"max_bytes"`   // raw event bytes taken
+	MaxAge     time.Duration `yaml:"max_age"`     // age of the oldest buffered record, >= 1s
 }
 
-// RetryConfig is capped exponential backoff with jitter.
+// RetryConfig is capped exponential backoff with jitter for PostgreSQL, S3 and DynamoDB
+// failures; retries are bounded by the lease and the shutdown deadline, not by a count.
 type RetryConfig struct {
-	InitialBackoff time.Duration `yaml:"initial_backoff"`
-	MaxBackoff     time.Duration `yaml:"max_backoff"`
+	InitialBackoff time.Duration `yaml:"initial_backoff"` // first pause
+	MaxBackoff     time.Duration `yaml:"max_backoff"`     // cap; each pause doubles up to it
 }
 
 // DefaultConfig matches config.yaml.
@@ -81,8 +82,10 @@ func (c Config) Validate() error {
 	if c.MaxRecords < 1 || c.MaxRecords > 10000 {
 		return fmt.Errorf("max_records: must be between 1 and 10000 (the GetRecords limit), got %d", c.MaxRecords)
 	}
-	if c.IdleTimeBetweenReads <= 0 {
-		return fmt.Errorf("idle_time_between_reads: must be > 0, got %s", c.IdleTimeBetweenReads)
+	if c.IdleTimeBetweenReads < 200*time.Millisecond {
+		// The library allows itself 5 GetRecords per second per shard and logs each time an
+		// idle shard polls faster.
+		return fmt.Errorf("idle_time_between_reads: must be >= 200ms, got %s", c.IdleTimeBetweenReads)
 	}
 	if c.FailoverTime < time.Second {
 		return fmt.Errorf("failover_time: must be >= 1s, got %s", c.FailoverTime)
@@ -90,8 +93,9 @@ func (c Config) Validate() error {
 	if c.ShardSyncInterval <= 0 {
 		return fmt.Errorf("shard_sync_interval: must be > 0, got %s", c.ShardSyncInterval)
 	}
-	if c.LeaseSafetyMargin <= 0 || c.LeaseSafetyMargin >= c.FailoverTime {
-		return fmt.Errorf("lease_safety_margin: must be > 0 and < failover_time (%s), got %s", c.FailoverTime, c.LeaseSafetyMargin)
+	if c.LeaseSafetyMargin <= 0 || c.LeaseSafetyMargin > c.FailoverTime/2 {
+		// Leases are renewed every failover_time/4, so HeldUntil stays above 3/4 of it.
+		return fmt.Errorf("lease_safety_margin: must be > 0 and <= failover_time/2 (%s), got %s", c.FailoverTime/2, c.LeaseSafetyMargin)
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdown_timeout: must be > 0, got %s", c.ShutdownTimeout)

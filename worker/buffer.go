@@ -1,0 +1,87 @@
+package worker
+
+import "time"
+
+// buffer holds one shard's processed but not yet written records, in sequence order. It is
+// used by one goroutine (the shard's consumer) only.
+type buffer struct {
+	limits  FlushConfig
+	recs    []OutputRecord
+	errs    []ErrorRecord
+	n       int    // records taken, valid and rejected
+	bytes   int    // raw event bytes taken
+	first   string // sequence number of the first record taken
+	last    string // sequence number of the last record taken: the checkpoint after a flush
+	firstAt time.Time
+}
+
+func newBuffer(limits FlushConfig) *buffer { return &buffer{limits: limits} }
+
+func (b *buffer) empty() bool { return b.n == 0 }
+
+// addRecord takes one enriched record; now is the clock reading when it was taken.
+func (b *buffer) addRecord(r OutputRecord, size int, now time.Time) {
+	b.take(r.SequenceNumber, size, now)
+	b.recs = append(b.recs, r)
+}
+
+// addError takes one rejected record.
+func (b *buffer) addError(e ErrorRecord, size int, now time.Time) {
+	b.take(e.SequenceNumber, size, now)
+	b.errs = append(b.errs, e)
+}
+
+func (b *buffer) take(seq string, size int, now time.Time) {
+	if b.n == 0 {
+		b.first = seq
+		b.firstAt = now
+	}
+	b.n++
+	b.bytes += size
+	b.last = seq
+}
+
+// full reports whether a size or count limit is reached.
+func (b *buffer) full() bool {
+	return b.n >= b.limits.MaxRecords || b.bytes >= b.limits.MaxBytes
+}
+
+// due reports whether the buffer must be flushed now: a limit is reached, or its oldest record
+// has waited max_age.
+func (b *buffer) due(now time.Time) bool {
+	if b.n == 0 {
+		return false
+	}
+	return b.full() || now.Sub(b.firstAt) >= b.limits.MaxAge
+}
+
+func (b *buffer) reset() {
+	b.recs, b.errs = b.recs[:0:0], b.errs[:0:0]
+	b.n, b.bytes, b.first, b.last = 0, 0, "", ""
+	b.firstAt = time.Time{}
+}
+
+// objectPart is the records of one hour partition, in sequence order.
+type objectPart struct {
+	hour time.Time
+	recs []OutputRecord
+}
+
+// partitions splits the buffered records by UTC hour of arrival. Records keep their sequence
+// order inside each part, and parts are in order of their first record (records arrive in sequence order), so a batch
+// spanning an hour boundary gives one object per hour.
+func (b *buffer) partitions() []objectPart {
+	idx := map[time.Time]int{}
+	var parts []objectPart
+	for _, r := range b.recs {
+		h := r.ArrivalTime.UTC().Truncate(time.Hour)
+		i, ok := idx[h]
+		if !ok {
+			i = len(parts)
+			idx[h] = i
+			parts = append(parts, objectPart{hour: h})
+		}
+		parts[i].recs = append(parts[i].recs, r)
+	}
+	return parts
+}

@@ -1,0 +1,149 @@
+package worker
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/recstream/recstream/internal/stacktest"
+)
+
+var lim = Limits{MaxBytes: 4096, MaxBrowseHistory: 3}
+
+func TestDecodeValid(t *testing.T) {
+	ev, err := Decode([]byte(`{"session_id":"s1","customer_number":478,"city":"Pasadena","country":"USA","credit_limit":59811.5,
+		"browse_history":[{"product_code":"A","quantity":"1","in_shopping_cart":true},{"product_code":"B","quantity":7,"in_shopping_cart":false},
+		{"product_code":"C","quantity":2.0,"in_shopping_cart":false}]}`), lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.SessionID != "s1" || ev.CustomerNumber != 478 || ev.City != "Pasadena" || ev.CreditLimit != 59811.5 || len(ev.BrowseHistory) != 3 {
+		t.Fatalf("decoded %+v", ev)
+	}
+	if q := []int64{ev.BrowseHistory[0].Quantity, ev.BrowseHistory[1].Quantity, ev.BrowseHistory[2].Quantity}; q[0] != 1 || q[1] != 7 || q[2] != 2 {
+		t.Fatalf("quantities %v", q)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	base := func(repl string) string {
+		return strings.Replace(`{"session_id":"s","customer_number":1,"city":"c","country":"x","credit_limit":1,"browse_history":[{"product_code":"A","quantity":1,"in_shopping_cart":true}]}`, `"city":"c"`, repl, 1)
+	}
+	for _, tc := range []struct {
+		name, in string
+		reason   Reason
+		field    string
+	}{
+		{"not json", `{"session_id":`, ReasonBadJSON, ""},
+		{"array", `[1,2]`, ReasonBadJSON, ""},
+		{"null", `null`, ReasonBadJSON, ""},
+		{"trailing", base(`"city":"c"`) + `{}`, ReasonBadJSON, ""},
+		{"too large", `{"session_id":"` + strings.Repeat("x", 5000) + `"}`, ReasonTooLarge, ""},
+		{"missing city", base(`"cityx":"c"`), ReasonUnknownField, "cityx"},
+		{"city null", base(`"city":null`), ReasonMissingField, "city"},
+		{"city number", base(`"city":5`), ReasonInvalidField, "city"},
+		{"customer string", strings.Replace(base(`"city":"c"`), `"customer_number":1`, `"customer_number":"1"`, 1), ReasonInvalidField, "customer_number"},
+		{"customer fraction", strings.Replace(base(`"city":"c"`), `"customer_number":1`, `"customer_number":1.5`, 1), ReasonInvalidField, "customer_number"},
+		{"credit string", strings.Replace(base(`"city":"c"`), `"credit_limit":1`, `"credit_limit":"1"`, 1), ReasonInvalidField, "credit_limit"},
+		{"credit negative", strings.Replace(base(`"city":"c"`), `"credit_limit":1`, `"credit_limit":-1`, 1), ReasonInvalidField, "credit_limit"},
+		{"no history", strings.Replace(base(`"city":"c"`), `,"browse_history":[{"product_code":"A","quantity":1,"in_shopping_cart":true}]`, ``, 1), ReasonMissingField, "browse_history"},
+		{"history object", strings.Replace(base(`"city":"c"`), `[{"product_code":"A","quantity":1,"in_shopping_cart":true}]`, `{}`, 1), ReasonInvalidField, "browse_history"},
+		{"history too long", strings.Replace(base(`"city":"c"`), `[{"product_code":"A","quantity":1,"in_shopping_cart":true}]`, `[{},{},{},{}]`, 1), ReasonHistoryTooLong, "browse_history"},
+		{"quantity word", strings.Replace(base(`"city":"c"`), `"quantity":1`, `"quantity":"one"`, 1), ReasonInvalidField, "browse_history[0].quantity"},
+		{"quantity negative", strings.Replace(base(`"city":"c"`), `"quantity":1`, `"quantity":-2`, 1), ReasonInvalidField, "browse_history[0].quantity"},
+		{"cart string", strings.Replace(base(`"city":"c"`), `"in_shopping_cart":true`, `"in_shopping_cart":"yes"`, 1), ReasonInvalidField, "browse_history[0].in_shopping_cart"},
+		{"cart missing", strings.Replace(base(`"city":"c"`), `,"in_shopping_cart":true`, ``, 1), ReasonMissingField, "browse_history[0].in_shopping_cart"},
+		{"empty product", strings.Replace(base(`"city":"c"`), `"product_code":"A"`, `"product_code":""`, 1), ReasonInvalidField, "browse_history[0].product_code"},
+		{"extra item field", strings.Replace(base(`"city":"c"`), `"product_code":"A"`, `"product_code":"A","price":3`, 1), ReasonUnknownField, "browse_history[0].price"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode([]byte(tc.in), lim)
+			var de *DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("err = %v, want *DecodeError", err)
+			}
+			if de.Reason != tc.reason || de.Field != tc.field {
+				t.Fatalf("got reason %q field %q (%v), want %q %q", de.Reason, de.Field, err, tc.reason, tc.field)
+			}
+		})
+	}
+}
+
+func TestAnchor(t *testing.T) {
+	item := func(code string, cart bool) BrowseItem { return BrowseItem{ProductCode: code, InShoppingCart: cart} }
+	for _, tc := range []struct {
+		name string
+		hist []BrowseItem
+		want string
+	}{
+		{"empty", nil, ""},
+		{"last cart item wins", []BrowseItem{item("A", true), item("B", false), item("C", true), item("D", false)}, "C"},
+		{"no cart: last browsed", []BrowseItem{item("A", false), item("B", false)}, "B"},
+		{"single", []BrowseItem{item("A", false)}, "A"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := Event{BrowseHistory: tc.hist}
+			if got := ev.Anchor(); got != tc.want {
+				t.Fatalf("Anchor() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDecodeLabExamples(t *testing.T) {
+	dir := stacktest.RequireSharedData(t)
+	b, err := os.ReadFile(filepath.Join(dir, "lab-outputs", "example_record.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := Decode(b, Limits{MaxBytes: 65536, MaxBrowseHistory: 100})
+	if err != nil || ev.Anchor() != "Product1" {
+		t.Fatalf("example_record.json: %+v, %v", ev, err)
+	}
+	// The lab's enriched record carries the output fields: the strict decoder names the first.
+	b, err = os.ReadFile(filepath.Join(dir, "lab-outputs", "delivery-stream-one-record.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Decode(b, Limits{MaxBytes: 65536, MaxBrowseHistory: 100})
+	var de *DecodeError
+	if !errors.As(err, &de) || de.Reason != ReasonUnknownField {
+		t.Fatalf("enriched record: err %v, want unknown_field", err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	if dir := stacktest.SharedData(); dir != "" {
+		for _, n := range []string{"example_record.json", "delivery-stream-one-record.json"} {
+			if b, err := os.ReadFile(filepath.Join(dir, "lab-outputs", n)); err == nil {
+				f.Add(b)
+			}
+		}
+	}
+	f.Add([]byte(`{"session_id":"45ba9939","customer_number":478,"city":"Pasadena","country":"USA","credit_limit":59811,"browse_history":[{"product_code":"S50_1514","quantity":"1","in_shopping_cart":true}]}`))
+	f.Add([]byte(`{"quantity":"1e3"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, err := Decode(b, Limits{MaxBytes: 8192, MaxBrowseHistory: 10})
+		if err != nil {
+			var de *DecodeError
+			if !errors.As(err, &de) || de.Reason == "" {
+				t.Fatalf("error %v is not a *DecodeError with a reason", err)
+			}
+			return
+		}
+		if ev.SessionID == "" || len(ev.BrowseHistory) > 10 || ev.CreditLimit < 0 {
+			t.Fatalf("accepted invalid event %+v", ev)
+		}
+		for _, it := range ev.BrowseHistory {
+			if it.ProductCode == "" || it.Quantity < 0 {
+				t.Fatalf("accepted invalid item %+v", it)
+			}
+		}
+		// A valid event's anchor is one of its products.
+		if a := ev.Anchor(); len(ev.BrowseHistory) > 0 && a == "" {
+			t.Fatalf("no anchor for %+v", ev)
+		}
+	})
+}

@@ -1,0 +1,116 @@
+package worker
+
+import (
+	"testing"
+	"time"
+)
+
+func TestObjectKey(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		arrival time.Time
+		want    string
+	}{
+		{"utc", time.Date(2024, 3, 7, 9, 59, 59, 0, time.UTC), "year=2024/month=03/day=07/hour=09/s-shardId-000000000001-49590.parquet"},
+		{"other zone becomes utc", time.Date(2024, 3, 7, 1, 0, 0, 0, time.FixedZone("PST", -8*3600)), "year=2024/month=03/day=07/hour=09/s-shardId-000000000001-49590.parquet"},
+		{"new year", time.Date(2023, 12, 31, 23, 30, 0, 0, time.FixedZone("X", -3600)), "year=2024/month=01/day=01/hour=00/s-shardId-000000000001-49590.parquet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ObjectKey("s", "shardId-000000000001", tc.arrival, "49590", "parquet"); got != tc.want {
+				t.Fatalf("got %s, want %s", got, tc.want)
+			}
+		})
+	}
+	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77"); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77.json" {
+		t.Fatalf("ErrorKey = %s", got)
+	}
+}
+
+func TestBuffer(t *testing.T) {
+	t0 := time.Date(2024, 1, 1, 10, 0, 0, 0, time.UTC)
+	rec := func(seq string, at time.Time) OutputRecord { return OutputRecord{SequenceNumber: seq, ArrivalTime: at} }
+	type add struct {
+		seq  string
+		size int
+		at   time.Duration // clock offset when taken
+		bad  bool
+	}
+	for _, tc := range []struct {
+		name   string
+		limits FlushConfig
+		adds   []add
+		now    time.Duration
+		full   bool
+		due    bool
+	}{
+		{"empty never due", FlushConfig{MaxRecords: 1, MaxBytes: 1024, MaxAge: time.Second}, nil, time.Hour, false, false},
+		{"count", FlushConfig{MaxRecords: 2, MaxBytes: 1 << 20, MaxAge: time.Minute}, []add{{"1", 10, 0, false}, {"2", 10, 0, true}}, 0, true, true},
+		{"under count", FlushConfig{MaxRecords: 3, MaxBytes: 1 << 20, MaxAge: time.Minute}, []add{{"1", 10, 0, false}, {"2", 10, 0, false}}, 59 * time.Second, false, false},
+		{"bytes", FlushConfig{MaxRecords: 100, MaxBytes: 1024, MaxAge: time.Minute}, []add{{"1", 1000, 0, false}, {"2", 24, 0, false}}, 0, true, true},
+		{"age from first record", FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: time.Second}, []add{{"1", 1, 0, false}, {"2", 1, 900 * time.Millisecond, false}}, time.Second, false, true},
+		{"age not reached", FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: time.Second}, []add{{"1", 1, 100 * time.Millisecond, false}}, time.Second, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBuffer(tc.limits)
+			for _, a := range tc.adds {
+				if a.bad {
+					b.addError(ErrorRecord{SequenceNumber: a.seq}, a.size, t0.Add(a.at))
+				} else {
+					b.addRecord(rec(a.seq, t0), a.size, t0.Add(a.at))
+				}
+			}
+			if b.full() != tc.full || b.due(t0.Add(tc.now)) != tc.due {
+				t.Fatalf("full=%v due=%v, want %v %v", b.full(), b.due(t0.Add(tc.now)), tc.full, tc.due)
+			}
+			if len(tc.adds) > 0 && (b.first != tc.adds[0].seq || b.last != tc.adds[len(tc.adds)-1].seq) {
+				t.Fatalf("first/last = %s/%s", b.first, b.last)
+			}
+		})
+	}
+}
+
+func TestBufferPartitions(t *testing.T) {
+	t0 := time.Date(2024, 1, 1, 10, 59, 59, 0, time.UTC)
+	b := newBuffer(FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: time.Second})
+	for i, at := range []time.Time{t0, t0, t0.Add(time.Second), t0.Add(2 * time.Second)} {
+		b.addRecord(OutputRecord{SequenceNumber: string(rune('a' + i)), ArrivalTime: at}, 1, t0)
+	}
+	parts := b.partitions()
+	if len(parts) != 2 || len(parts[0].recs) != 2 || len(parts[1].recs) != 2 || parts[1].recs[0].SequenceNumber != "c" || parts[1].hour.Hour() != 11 {
+		t.Fatalf("partitions %+v", parts)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		key  string
+	}{
+		{"default ok", func(*Config) {}, ""},
+		{"position", func(c *Config) { c.InitialPosition = "AT_TIMESTAMP" }, "initial_position:"},
+		{"max records", func(c *Config) { c.MaxRecords = 0 }, "max_records:"},
+		{"idle", func(c *Config) { c.IdleTimeBetweenReads = 10 * time.Millisecond }, "idle_time_between_reads:"},
+		{"margin", func(c *Config) { c.LeaseSafetyMargin = c.FailoverTime }, "lease_safety_margin:"},
+		{"format", func(c *Config) { c.Format = "csv" }, "format:"},
+		{"event bytes", func(c *Config) { c.MaxEventBytes = 2 << 20 }, "max_event_bytes:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tc.mod(&c)
+			err := c.Validate()
+			if tc.key == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || err.Error()[:len(tc.key)] != tc.key {
+				t.Fatalf("err %v, want prefix %q", err, tc.key)
+			}
+		})
+	}
+	if err := (FlushConfig{MaxRecords: 1, MaxBytes: 2048, MaxAge: 500 * time.Millisecond}).Validate(); err == nil || err.Error()[:8] != "max_age:" {
+		t.Fatalf("flush max_age: %v", err)
+	}
+}

@@ -1,0 +1,380 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
+	"go.uber.org/zap"
+
+	"github.com/recstream/recstream/internal/objstore"
+)
+
+// Deps are the processor's collaborators; cmd builds them.
+type Deps struct {
+	// Store receives output objects and errors/ objects (the recommendations bucket).
+	Store objstore.Store
+	// Recommender enriches events.
+	Recommender Recommender
+	// K is the number of recommended and similar items per event.
+	K int
+	// IsLeaseLost reports whether a checkpoint error means another worker holds the lease
+	// (a fenced write). nil: no error is classified so; HeldUntil is still consulted.
+	IsLeaseLost func(error) bool
+	// Metrics receives the worker's series; nil: unregistered series.
+	Metrics *Metrics
+	// Log is the root logger; the processor adds component and shard_id.
+	Log *zap.Logger
+	// Now is the clock for buffer ages; nil means time.Now.
+	Now func() time.Time
+}
+
+// shared is the state every shard processor of one worker process shares.
+type shared struct {
+	cfg      Config
+	stream   string
+	deps     Deps
+	lease    Lease
+	guard    *leaseGuard // nil when processors are driven directly (tests)
+	ctx      context.Context
+	stopping *atomic.Bool
+
+	mu   sync.Mutex
+	live map[string]*processor
+}
+
+func (s *shared) now() time.Time {
+	if s.deps.Now != nil {
+		return s.deps.Now()
+	}
+	return time.Now()
+}
+
+// CreateProcessor implements kcl.IRecordProcessorFactory: one processor per shard assignment.
+func (s *shared) CreateProcessor() kcl.IRecordProcessor { return &processor{s: s} }
+
+type procState int
+
+const (
+	stateActive  procState = iota
+	stateStopped           // shutdown requested: take no more records, the buffer may still be flushed
+	stateDead              // lease lost or flush abandoned: never write or checkpoint again
+)
+
+// processor is the record processor of one shard assignment. The library calls Initialize,
+// then ProcessRecords repeatedly, then (maybe) Shutdown, all on the shard's consumer goroutine.
+type processor struct {
+	s          *shared
+	shard      string
+	log        *zap.Logger
+	buf        *buffer
+	state      procState
+	checkpoint string // last sequence number checkpointed by this processor or found at start
+	lastStatus time.Time
+	taken      int64
+}
+
+// Initialize implements kcl.IRecordProcessor.
+func (p *processor) Initialize(in *kcl.InitializationInput) {
+	p.shard = in.ShardId
+	p.log = p.s.deps.Log.With(zap.String("component", "worker"), zap.String("stream", p.s.stream), zap.String("shard_id", p.shard))
+	p.buf = newBuffer(p.s.cfg.Flush)
+	if in.ExtendedSequenceNumber != nil {
+		p.checkpoint = aws.ToString(in.ExtendedSequenceNumber.SequenceNumber)
+	}
+	p.lastStatus = p.s.now()
+	p.s.mu.Lock()
+	p.s.live[p.shard] = p
+	p.s.mu.Unlock()
+	p.s.deps.Metrics.LeasesHeld.Inc()
+	p.log.Info("shard processor started", zap.String("checkpoint", p.checkpoint))
+}
+
+// ProcessRecords implements kcl.IRecordProcessor. It enriches the batch, buffers it, and
+// flushes (upload, then checkpoint) when the buffer is due. On any failure it cannot retry
+// past, it drops the buffer and stops writing: the records are replayed from the checkpoint.
+func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
+	if p.state != stateActive {
+		return
+	}
+	if p.s.stopping.Load() {
+		// Stop taking records: everything after the buffer is replayed by the next owner.
+		p.state = stateStopped
+		return
+	}
+	m := p.s.deps.Metrics
+	m.MillisBehind.WithLabelValues(p.shard).Set(float64(in.MillisBehindLatest))
+	if len(in.Records) > 0 && !p.take(in) {
+		return
+	}
+	if p.buf.due(p.s.now()) {
+		p.flush(in.Checkpointer)
+	}
+	if iv := p.s.cfg.StatusInterval; iv > 0 && p.s.now().Sub(p.lastStatus) >= iv {
+		p.lastStatus = p.s.now()
+		p.log.Info("shard status", zap.Int64("records", p.taken), zap.Int64("millis_behind", in.MillisBehindLatest),
+			zap.Int("buffered", p.buf.n), zap.String("checkpoint", p.checkpoint))
+	}
+}
+
+// Shutdown implements kcl.IRecordProcessor. REQUESTED (worker stopping): flush and checkpoint
+// the buffer. TERMINATE (SHARD_END): flush, then Checkpoint(nil) so the child shards start.
+func (p *processor) Shutdown(in *kcl.ShutdownInput) {
+	defer p.release()
+	if p.state == stateDead {
+		return
+	}
+	if !p.buf.empty() && !p.flush(in.Checkpointer) {
+		return
+	}
+	if in.ShutdownReason == kcl.TERMINATE {
+		if !p.retry("checkpoint", func(context.Context) error { return in.Checkpointer.Checkpoint(nil) }, true) {
+			return
+		}
+		p.log.Info("shard finished", zap.String("checkpoint", "SHARD_END"))
+		return
+	}
+	p.log.Info("shard processor stopped", zap.String("shutdown_reason", aws.ToString(kcl.ShutdownReasonMessage(in.ShutdownReason))),
+		zap.String("checkpoint", p.checkpoint))
+}
+
+// release unregisters the processor once.
+func (p *processor) release() {
+	p.s.mu.Lock()
+	if p.s.live[p.shard] == p {
+		delete(p.s.live, p.shard)
+		p.s.deps.Metrics.LeasesHeld.Dec()
+	}
+	p.s.mu.Unlock()
+}
+
+// die drops the buffer and makes the processor inert; the shard's lease is given back (see
+// leaseGuard) and its records after the checkpoint are replayed.
+func (p *processor) die(why string, err error) {
+	if p.state == stateDead {
+		return
+	}
+	p.state = stateDead
+	fields := []zap.Field{zap.String("reason", why), zap.String("checkpoint", p.checkpoint), zap.Int("records", p.buf.n), zap.Error(err)}
+	if !p.buf.empty() {
+		fields = append(fields, zap.String("seq_first", p.buf.first), zap.String("seq_last", p.buf.last))
+	}
+	p.log.Warn("dropped shard buffer for replay", fields...)
+	p.buf.reset()
+	if why == "lease lost" {
+		p.s.deps.Metrics.LeasesLost.WithLabelValues(p.shard).Inc()
+	}
+	if p.s.guard != nil {
+		p.s.guard.drop(p.shard)
+	}
+	p.release()
+}
+
+// take decodes, enriches and buffers one batch, flushing whenever the buffer fills. It returns
+// false when the processor stopped or died on the way (nothing of the batch is then kept
+// unless a flush already made it durable and checkpointed it).
+func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
+	cfg := p.s.cfg
+	m := p.s.deps.Metrics
+	m.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
+	events := make([]Event, len(in.Records))
+	bad := make([]error, len(in.Records))
+	var users []UserFeatures
+	var anchors []string
+	seen := map[string]bool{}
+	for i, r := range in.Records {
+		events[i], bad[i] = Decode(r.Data, Limits{MaxBytes: cfg.MaxEventBytes, MaxBrowseHistory: cfg.MaxBrowseHistory})
+		if bad[i] != nil {
+			continue
+		}
+		users = append(users, UserFeatures{City: events[i].City, Country: events[i].Country, CreditLimit: events[i].CreditLimit})
+		if a := events[i].Anchor(); a != "" && !seen[a] {
+			seen[a] = true
+			anchors = append(anchors, a)
+		}
+	}
+	var recs Recommendations
+	if len(users) > 0 {
+		ok := p.retry("recommend", func(ctx context.Context) error {
+			var err error
+			recs, err = p.s.deps.Recommender.Recommend(ctx, users, anchors, p.s.deps.K)
+			if err == nil && len(recs.ForUser) != len(users) {
+				err = fmt.Errorf("recommender answered %d users, asked %d", len(recs.ForUser), len(users))
+			}
+			return err
+		}, false)
+		if !ok {
+			return false
+		}
+	}
+	u := 0
+	for i, r := range in.Records {
+		seq := aws.ToString(r.SequenceNumber)
+		arrival := aws.ToTime(r.ApproximateArrivalTimestamp).UTC()
+		now := p.s.now()
+		if bad[i] != nil {
+			var de *DecodeError
+			errors.As(bad[i], &de)
+			p.buf.addError(ErrorRecord{Reason: de.Reason, Field: de.Field, Message: de.Msg, Stream: p.s.stream, ShardID: p.shard,
+				SequenceNumber: seq, PartitionKey: aws.ToString(r.PartitionKey), ArrivalTime: arrival, PayloadBase64: r.Data}, len(r.Data), now)
+		} else {
+			ev := &events[i]
+			anchor := ev.Anchor()
+			sim := recs.Similar[anchor]
+			if sim == nil {
+				sim = []SimilarItem{}
+			}
+			p.buf.addRecord(OutputRecord{
+				SessionID: ev.SessionID, CustomerNumber: ev.CustomerNumber, City: ev.City, Country: ev.Country,
+				CreditLimit: ev.CreditLimit, BrowseHistory: ev.BrowseHistory, RecommendedItems: recs.ForUser[u],
+				SimilarItems: Similar{ProductCode: anchor, SimilarItems: sim},
+				ShardID:      p.shard, SequenceNumber: seq, ArrivalTime: arrival, ModelVersion: recs.Version,
+			}, len(r.Data), now)
+			u++
+		}
+		p.taken++
+		if p.buf.full() && !p.flush(in.Checkpointer) {
+			return false
+		}
+	}
+	return true
+}
+
+type object struct {
+	key  string
+	body []byte
+	recs int
+}
+
+// flush writes every object of the buffer, then checkpoints at the last sequence number it
+// holds. It returns false when the processor died (the buffer is then dropped).
+func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
+	start := time.Now()
+	m := p.s.deps.Metrics
+	var objs []object
+	for _, part := range p.buf.partitions() {
+		body, err := encodeObject(p.s.cfg.Format, part.recs)
+		if err != nil {
+			// A record the encoder refuses is a bug, not an outage: retrying cannot help.
+			p.log.Error("encode output object", zap.Error(err))
+			p.die("encode failed", err)
+			return false
+		}
+		key := ObjectKey(p.s.stream, p.shard, part.hour, part.recs[0].SequenceNumber, FormatExt(p.s.cfg.Format))
+		objs = append(objs, object{key: key, body: body, recs: len(part.recs)})
+	}
+	for _, e := range p.buf.errs {
+		body, err := json.Marshal(e)
+		if err != nil {
+			p.die("encode failed", err)
+			return false
+		}
+		objs = append(objs, object{key: ErrorKey(p.s.stream, p.shard, e.ArrivalTime, e.SequenceNumber), body: body})
+	}
+	var bytesOut int
+	for _, o := range objs {
+		if !p.retry("put", func(ctx context.Context) error { return p.s.deps.Store.Put(ctx, o.key, bytes.NewReader(o.body)) }, true) {
+			return false
+		}
+		bytesOut += len(o.body)
+	}
+	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
+	// before this line replays the buffer and rewrites the same keys.
+	last := p.buf.last
+	if !p.retry("checkpoint", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }, true) {
+		return false
+	}
+	p.checkpoint = last
+	m.RecordsOut.WithLabelValues(p.shard).Add(float64(len(p.buf.recs)))
+	for _, e := range p.buf.errs {
+		m.RecordsFailed.WithLabelValues(p.shard, string(e.Reason)).Inc()
+	}
+	m.FlushObjects.WithLabelValues(p.shard).Add(float64(len(objs)))
+	m.FlushBytes.WithLabelValues(p.shard).Add(float64(bytesOut))
+	d := time.Since(start)
+	m.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
+	m.LastCheckpointTS.WithLabelValues(p.shard).SetToCurrentTime()
+	fields := []zap.Field{zap.String("seq_first", p.buf.first), zap.String("seq_last", last), zap.Int("records", p.buf.n),
+		zap.Int("rejected", len(p.buf.errs)), zap.Int("objects", len(objs)), zap.Int("bytes", bytesOut), zap.Duration("duration", d)}
+	if len(objs) > 0 {
+		fields = append(fields, zap.String("s3_key", objs[0].key))
+	}
+	p.log.Info("flushed batch", fields...)
+	p.buf.reset()
+	return true
+}
+
+// errLeaseExpiring means the lease has too little time left to start a write.
+var errLeaseExpiring = errors.New("lease has less than lease_safety_margin left")
+
+// retry runs op with capped exponential backoff and jitter until it succeeds. It gives up, and
+// the processor dies, when the lease is lost, the worker's drain context ends, or (for a
+// recommend, which writes nothing) shutdown is requested. fenced ops (writes) start only while
+// the lease has more than lease_safety_margin left and run with a context that ends at
+// HeldUntil - margin, so a write is abandoned before another worker can take the lease.
+func (p *processor) retry(op string, fn func(context.Context) error, fenced bool) bool {
+	cfg := p.s.cfg
+	backoff := cfg.Retry.InitialBackoff
+	for attempt := 1; ; attempt++ {
+		err := p.attempt(fn, fenced)
+		if err == nil {
+			return true
+		}
+		if errors.Is(err, errLeaseLost) || (op == "checkpoint" && p.s.deps.IsLeaseLost != nil && p.s.deps.IsLeaseLost(err)) {
+			p.die("lease lost", err)
+			return false
+		}
+		if p.s.ctx.Err() != nil {
+			p.die("shutdown deadline", err)
+			return false
+		}
+		if op == "recommend" && p.s.stopping.Load() {
+			// Nothing of this batch is buffered yet: leave it for the next owner.
+			p.state = stateStopped
+			p.log.Info("shutdown during retry, batch left for replay", zap.String("op", op))
+			return false
+		}
+		if !errors.Is(err, errLeaseExpiring) {
+			p.s.deps.Metrics.Retries.WithLabelValues(p.shard, op).Inc()
+			p.log.Warn("retrying", zap.String("op", op), zap.Int("attempt", attempt), zap.Duration("backoff", backoff), zap.Error(err))
+		}
+		// Full jitter in [backoff/2, backoff).
+		sleep := backoff/2 + time.Duration(rand.Int64N(int64(backoff/2)+1))
+		t := time.NewTimer(sleep)
+		select {
+		case <-p.s.ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, cfg.Retry.MaxBackoff)
+	}
+}
+
+var errLeaseLost = errors.New("lease lost")
+
+func (p *processor) attempt(fn func(context.Context) error, fenced bool) error {
+	// Even an op that writes nothing stops when the lease is gone: the library ends the shard
+	// consumer only after ProcessRecords returns.
+	until, ok := p.s.lease.HeldUntil(p.shard)
+	left := time.Until(until)
+	if !ok || left <= 0 {
+		return errLeaseLost
+	}
+	if !fenced {
+		return fn(p.s.ctx)
+	}
+	if left <= p.s.cfg.LeaseSafetyMargin {
+		return errLeaseExpiring
+	}
+	ctx, cancel := context.WithDeadline(p.s.ctx, until.Add(-p.s.cfg.LeaseSafetyMargin))
+	defer cancel()
+	return fn(ctx)
+}

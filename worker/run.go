@@ -1,0 +1,215 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/sirupsen/logrus"
+	chk "github.com/vmware/vmware-go-kcl-v2/clientlibrary/checkpoint"
+	kclcfg "github.com/vmware/vmware-go-kcl-v2/clientlibrary/config"
+	kclworker "github.com/vmware/vmware-go-kcl-v2/clientlibrary/worker"
+	kclzap "github.com/vmware/vmware-go-kcl-v2/logger/zap"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/recstream/recstream/internal/awsenv"
+)
+
+// ErrShutdownTimeout is returned by Run when the drain did not finish within
+// worker.shutdown_timeout; buffered records are replayed by the next owner.
+var ErrShutdownTimeout = errors.New("shutdown did not finish within worker.shutdown_timeout")
+
+// Stream names the source stream and the lease table.
+type Stream struct {
+	Kinesis  awsenv.KinesisConfig
+	DynamoDB awsenv.DynamoDBConfig
+}
+
+// Worker runs the KCL worker that consumes every shard it can lease.
+type Worker struct {
+	cfg      Config
+	stream   Stream
+	deps     Deps
+	kc       *kinesis.Client
+	chk      chk.Checkpointer
+	workerID string
+}
+
+// New validates its arguments and returns a Worker; it does no I/O. kc is the Kinesis client
+// (awsenv.Kinesis). checkpointer is the lease/checkpoint store; nil uses the library's default
+// DynamoDB checkpointer on stream.DynamoDB (for development only: its writes are not fenced).
+// When the checkpointer implements Lease, uploads are fenced by its HeldUntil.
+func New(cfg Config, stream Stream, deps Deps, kc *kinesis.Client, checkpointer chk.Checkpointer) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("worker config: %w", err)
+	}
+	if err := stream.Kinesis.Validate(); err != nil {
+		return nil, fmt.Errorf("kinesis config: %w", err)
+	}
+	if err := stream.DynamoDB.Validate(); err != nil {
+		return nil, fmt.Errorf("dynamodb config: %w", err)
+	}
+	switch {
+	case kc == nil:
+		return nil, errors.New("worker: nil kinesis client")
+	case deps.Store == nil:
+		return nil, errors.New("worker: nil object store")
+	case deps.Recommender == nil:
+		return nil, errors.New("worker: nil recommender")
+	case deps.Log == nil:
+		return nil, errors.New("worker: nil logger")
+	case deps.K < 1:
+		return nil, fmt.Errorf("worker: k must be >= 1, got %d", deps.K)
+	}
+	if deps.Metrics == nil {
+		deps.Metrics, _ = NewMetrics(nil)
+	}
+	id := cfg.WorkerID
+	if id == "" {
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	return &Worker{cfg: cfg, stream: stream, deps: deps, kc: kc, chk: checkpointer, workerID: id}, nil
+}
+
+// ID is the lease owner name of this worker.
+func (w *Worker) ID() string { return w.workerID }
+
+func ms(d time.Duration) int { return int(d / time.Millisecond) }
+
+// kclConfig translates our config into the library's.
+func (w *Worker) kclConfig(log *zap.Logger) *kclcfg.KinesisClientLibConfiguration {
+	c := w.cfg
+	pos := kclcfg.TRIM_HORIZON
+	if c.InitialPosition == "LATEST" {
+		pos = kclcfg.LATEST
+	}
+	// The library logs "localTPSExceededError so sleep for a second" at info level every time
+	// it throttles itself: sample repeated messages so a busy or idle stream cannot flood logs.
+	kclLog := log.With(zap.String("component", "kcl")).WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Minute, 3, 0)
+	}))
+	k := kclcfg.NewKinesisClientLibConfig(w.stream.DynamoDB.LeaseTable, w.stream.Kinesis.Stream, w.stream.Kinesis.Region, w.workerID).
+		WithTableName(w.stream.DynamoDB.LeaseTable).
+		WithDynamoDBEndpoint(w.stream.DynamoDB.Endpoint).
+		WithKinesisEndpoint(w.stream.Kinesis.Endpoint).
+		WithInitialPositionInStream(pos).
+		WithMaxRecords(c.MaxRecords).
+		WithIdleTimeBetweenReadsInMillis(ms(c.IdleTimeBetweenReads)).
+		WithCallProcessRecordsEvenForEmptyRecordList(true). // so an idle shard still flushes on age
+		WithFailoverTimeMillis(ms(c.FailoverTime)).
+		WithLeaseRefreshPeriodMillis(ms(c.FailoverTime / 4)).
+		// Renew four times per failover time: HeldUntil then stays above failover*3/4 minus a
+		// DynamoDB round trip, well above lease_safety_margin (at most failover/2).
+		WithLeaseRefreshWaitTime(ms(c.FailoverTime / 4)).
+		WithShardSyncIntervalMillis(ms(c.ShardSyncInterval)).
+		WithLogger(kclzap.NewZapLogger(kclLog.WithOptions(zap.AddCallerSkip(1)).Sugar()))
+	k.ParentShardPollIntervalMillis = ms(c.ShardSyncInterval)
+	return k
+}
+
+// Run consumes the stream until ctx is done, then drains: it stops taking records, flushes and
+// checkpoints every buffer, releases the leases, and returns nil. If the drain takes longer
+// than worker.shutdown_timeout it abandons in-flight writes, logs what will be replayed, and
+// returns ErrShutdownTimeout. Run returns an error at once if the library cannot start
+// (lease table or stream unreachable).
+func (w *Worker) Run(ctx context.Context) error {
+	log := w.deps.Log.With(zap.String("component", "worker"), zap.String("stream", w.stream.Kinesis.Stream))
+	kc := w.kclConfig(w.deps.Log)
+	inner := w.chk
+	if inner == nil {
+		inner = chk.NewDynamoCheckpoint(kc)
+	}
+	guard := newLeaseGuard(inner, w.workerID, w.cfg.FailoverTime)
+	drainCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
+	defer abandon()
+	var stopping atomic.Bool
+	s := &shared{cfg: w.cfg, stream: w.stream.Kinesis.Stream, deps: w.deps, lease: guard, guard: guard,
+		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}}
+
+	kw := kclworker.NewWorker(s, kc).WithKinesis(w.kc).WithCheckpointer(guard)
+	if err := kw.Start(); err != nil {
+		return fmt.Errorf("start kcl worker for stream %s: %w", w.stream.Kinesis.Stream, err)
+	}
+	log.Info("worker started", zap.String("worker_id", w.workerID), zap.String("lease_table", w.stream.DynamoDB.LeaseTable))
+	<-ctx.Done()
+
+	start := time.Now()
+	stopping.Store(true)
+	log.Info("shutting down", zap.Duration("shutdown_timeout", w.cfg.ShutdownTimeout))
+	done := make(chan struct{})
+	go func() {
+		kw.Shutdown() // waits for every shard consumer, with no deadline of its own
+		close(done)
+	}()
+	// Keep a little of the bound for abandoning writes and exiting.
+	slack := min(2*time.Second, w.cfg.ShutdownTimeout/5)
+	timer := time.NewTimer(w.cfg.ShutdownTimeout - slack)
+	defer timer.Stop()
+	select {
+	case <-done:
+		log.Info("worker stopped", zap.Duration("duration", time.Since(start)))
+		return nil
+	case <-timer.C:
+	}
+	abandon()
+	select {
+	case <-done:
+	case <-time.After(slack / 2):
+	}
+	s.mu.Lock()
+	shards := make([]string, 0, len(s.live))
+	for id := range s.live {
+		shards = append(shards, id)
+	}
+	sort.Strings(shards)
+	for _, id := range shards {
+		p := s.live[id]
+		log.Error("shutdown timed out, shard will be replayed", zap.String("shard_id", id),
+			zap.String("checkpoint", p.checkpoint), zap.Int("records", p.buf.n))
+	}
+	s.mu.Unlock()
+	return ErrShutdownTimeout
+}
+
+// RouteLogrus sends the logrus standard logger's output (which the KCL library uses directly
+// in places) into log with component=kcl, at log's level. It changes process-global state;
+// cmd calls it once at start.
+func RouteLogrus(log *zap.Logger) {
+	l := log.With(zap.String("component", "kcl"))
+	logrus.SetOutput(io.Discard)
+	logrus.SetLevel(logrus.InfoLevel)
+	if l.Core().Enabled(zapcore.DebugLevel) {
+		logrus.SetLevel(logrus.DebugLevel)
+	}
+	logrus.AddHook(logrusHook{l})
+}
+
+type logrusHook struct{ log *zap.Logger }
+
+func (logrusHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h logrusHook) Fire(e *logrus.Entry) error {
+	fields := make([]zap.Field, 0, len(e.Data))
+	for k, v := range e.Data {
+		fields = append(fields, zap.Any(k, v))
+	}
+	switch e.Level {
+	case logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel:
+		h.log.Error(e.Message, fields...)
+	case logrus.WarnLevel:
+		h.log.Warn(e.Message, fields...)
+	case logrus.InfoLevel:
+		h.log.Info(e.Message, fields...)
+	default:
+		h.log.Debug(e.Message, fields...)
+	}
+	return nil
+}
