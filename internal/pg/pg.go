@@ -28,6 +28,24 @@ type Config struct {
 	EfSearch int `yaml:"hnsw_ef_search"`
 	// MaintenanceWorkMem is maintenance_work_mem for HNSW index builds, e.g. "256MB".
 	MaintenanceWorkMem string `yaml:"maintenance_work_mem"`
+	// HNSWM is the HNSW index's m (links per node) for `batch embeddings`; 0 means pgvector's
+	// default, 16.
+	HNSWM int `yaml:"hnsw_m"`
+	// HNSWEfConstruction is the HNSW index's ef_construction; 0 means pgvector's default, 64.
+	// It must be at least 2*m.
+	HNSWEfConstruction int `yaml:"hnsw_ef_construction"`
+}
+
+// IndexParams returns the HNSW m and ef_construction to build with, defaults filled in.
+func (c Config) IndexParams() (m, efConstruction int) {
+	m, efConstruction = c.HNSWM, c.HNSWEfConstruction
+	if m == 0 {
+		m = 16
+	}
+	if efConstruction == 0 {
+		efConstruction = 64
+	}
+	return m, efConstruction
 }
 
 var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
@@ -55,6 +73,12 @@ func (c Config) Validate() error {
 	}
 	if !memRe.MatchString(c.MaintenanceWorkMem) {
 		return fmt.Errorf("maintenance_work_mem: must look like 64MB or 1GB, got %q", c.MaintenanceWorkMem)
+	}
+	if c.HNSWM != 0 && (c.HNSWM < 2 || c.HNSWM > 100) {
+		return fmt.Errorf("hnsw_m: must be 0 (default 16) or between 2 and 100, got %d", c.HNSWM)
+	}
+	if m, efc := c.IndexParams(); c.HNSWEfConstruction != 0 && (efc < 2*m || efc > 1000) {
+		return fmt.Errorf("hnsw_ef_construction: must be 0 (default 64) or between 2*hnsw_m (%d) and 1000, got %d", 2*m, c.HNSWEfConstruction)
 	}
 	return nil
 }

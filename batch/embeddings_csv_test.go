@@ -1,0 +1,196 @@
+package batch
+
+import (
+	"errors"
+	"math"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestParseEmbeddingRow(t *testing.T) {
+	cases := []struct {
+		name    string
+		line    string
+		wantID  string
+		wantVec []float32
+		wantErr string
+	}{
+		{"lab form", `S10_1678,"[0.5,-1.25,3e-2]"`, "S10_1678", []float32{0.5, -1.25, 0.03}, ""},
+		{"quoted id and spaces", `"S10_1678","[0.5, -1.25 , 3e-2]"`, "S10_1678", []float32{0.5, -1.25, 0.03}, ""},
+		{"one value unquoted", `103,[7]`, "103", []float32{7}, ""},
+		{"one value quoted", `103,"[7]"`, "103", []float32{7}, ""},
+		{"float32 rounding", `1,"[0.1]"`, "1", []float32{0.1}, ""},
+		{"no comma", `S10_1678`, "", nil, "want 2 fields"},
+		{"unterminated quoted id", `"S10_1678,[1]`, "", nil, "unterminated quoted id"},
+		{"quoted id without comma", `"S10_1678"[1]`, "", nil, "want 2 fields"},
+		{"empty id", `,"[1,2]"`, "", nil, "empty id"},
+		{"unquoted several values", `S10_1678,[1,2]`, "", nil, "one quoted field"},
+		{"text after vector", `S10_1678,"[1,2]",x`, "", nil, "unterminated quoted field or text after it"},
+		{"missing brackets", `S10_1678,"1,2"`, "", nil, "want pgvector text"},
+		{"empty vector", `S10_1678,"[]"`, "", nil, "empty vector"},
+		{"empty value", `S10_1678,"[1,,2]"`, "", nil, "value 2: empty"},
+		{"trailing comma", `S10_1678,"[1,2,]"`, "", nil, "trailing comma"},
+		{"text in vector", `S10_1678,"[1,abc,2]"`, "", nil, `value 2: "abc" is not a finite float32`},
+		{"NaN", `S10_1678,"[1,NaN]"`, "", nil, `value 2: "NaN" is not a finite float32`},
+		{"Inf", `S10_1678,"[inf,1]"`, "", nil, `value 1: "inf" is not a finite float32`},
+		{"float32 overflow", `S10_1678,"[1e39]"`, "", nil, `value 1: "1e39" is not a finite float32`},
+		{"stray quote", `S10_1678,"[1,"2]"`, "", nil, "stray quote"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id, vec, err := parseEmbeddingRow([]byte(tc.line), nil)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error = %v, want it to contain %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if string(id) != tc.wantID {
+				t.Errorf("id = %q, want %q", id, tc.wantID)
+			}
+			if len(vec) != len(tc.wantVec) {
+				t.Fatalf("vec = %v, want %v", vec, tc.wantVec)
+			}
+			for i := range vec {
+				if vec[i] != tc.wantVec[i] {
+					t.Errorf("vec[%d] = %v, want %v", i, vec[i], tc.wantVec[i])
+				}
+			}
+		})
+	}
+}
+
+// drain reads a whole embeddings CSV the way the COPY does and returns the rows or the error.
+func drain(kind EmbeddingKind, body string) (int, int, error) {
+	er, err := newEmbeddingsReader(strings.NewReader(body), "test.csv", kind, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	for er.Next() {
+		if _, err := er.Values(); err != nil {
+			return 0, 0, err
+		}
+	}
+	return er.rows, er.dim, er.Err()
+}
+
+func TestEmbeddingsReader(t *testing.T) {
+	good := "id,embedding\nS10_1678,\"[1,2,3]\"\nS10_1949,\"[4,5,6]\"\n"
+	cases := []struct {
+		name     string
+		kind     EmbeddingKind
+		body     string
+		wantRows int
+		wantLine int    // 0: no error expected
+		wantErr  string // part of the reason
+	}{
+		{"good", ItemEmbeddings, good, 2, 0, ""},
+		{"no final newline", ItemEmbeddings, strings.TrimSuffix(good, "\n"), 2, 0, ""},
+		{"UTF-8 BOM accepted", ItemEmbeddings, "\xEF\xBB\xBF" + good, 2, 0, ""},
+		{"CR LF accepted", ItemEmbeddings, strings.ReplaceAll(good, "\n", "\r\n"), 2, 0, ""},
+		{"users", UserEmbeddings, "id,embedding\n103,\"[1,2]\"\n112,\"[3,4]\"\n", 2, 0, ""},
+		{"empty file", ItemEmbeddings, "", 0, 1, "empty file"},
+		{"header only", ItemEmbeddings, "id,embedding\n", 0, 2, "no data rows"},
+		{"wrong header", ItemEmbeddings, "productCode,embedding\nS10_1678,\"[1]\"\n", 0, 1, "header must be"},
+		{"BOM not at start", ItemEmbeddings, "id,embedding\n\xEF\xBB\xBFS10_1678,\"[1]\"\n", 0, 2, "not a product code"},
+		{"short vector", ItemEmbeddings, good + "S10_2016,\"[1,2]\"\n", 0, 4, "has 2 values, want 3 (the dimension of line 2)"},
+		{"long vector", ItemEmbeddings, good + "S10_2016,\"[1,2,3,4]\"\n", 0, 4, "has 4 values, want 3"},
+		{"NaN", ItemEmbeddings, good + "S10_2016,\"[1,NaN,3]\"\n", 0, 4, "not a finite float32"},
+		{"Inf", ItemEmbeddings, good + "S10_2016,\"[1,-Inf,3]\"\n", 0, 4, "not a finite float32"},
+		{"text in vector", ItemEmbeddings, good + "S10_2016,\"[1,x,3]\"\n", 0, 4, "not a finite float32"},
+		{"duplicate item", ItemEmbeddings, good + "S10_1678,\"[1,2,3]\"\n", 0, 4, `duplicate id "S10_1678" (first at line 2)`},
+		{"duplicate user", UserEmbeddings, "id,embedding\n103,\"[1]\"\n103,\"[2]\"\n", 0, 3, "duplicate id 103 (first at line 2)"},
+		{"bad product code", ItemEmbeddings, "id,embedding\nProduct1,\"[1]\"\n", 0, 2, "not a product code"},
+		{"user id not int", UserEmbeddings, "id,embedding\nS10_1678,\"[1]\"\n", 0, 2, "not a customer number"},
+		{"user id out of range", UserEmbeddings, "id,embedding\n9999999999,\"[1]\"\n", 0, 2, "out of integer range"},
+		{"blank line", ItemEmbeddings, "id,embedding\nS10_1678,\"[1]\"\n\nS10_1949,\"[1]\"\n", 0, 3, "empty line"},
+		{"lone CR", ItemEmbeddings, "id,embedding\nS10_1678,\"[1]\"\rS10_1949,\"[1]\"\n", 0, 2, "stray quote"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rows, _, err := drain(tc.kind, tc.body)
+			if tc.wantLine == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if rows != tc.wantRows {
+					t.Fatalf("rows = %d, want %d", rows, tc.wantRows)
+				}
+				return
+			}
+			var ie *EmbeddingsInputError
+			if !errors.As(err, &ie) {
+				t.Fatalf("error = %v, want *EmbeddingsInputError", err)
+			}
+			if ie.Line != tc.wantLine || !strings.Contains(ie.Reason, tc.wantErr) || ie.File != "test.csv" {
+				t.Fatalf("error = %v, want test.csv line %d containing %q", err, tc.wantLine, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestEmbeddingsReaderLongLine(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("id,embedding\nS10_1678,\"[")
+	for i := range MaxEmbeddingDimension {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString("-0.123456789012345678901234567890")
+	}
+	b.WriteString("]\"\n")
+	rows, dim, err := drain(ItemEmbeddings, b.String())
+	if err != nil || rows != 1 || dim != MaxEmbeddingDimension {
+		t.Fatalf("rows, dim, err = %d, %d, %v; want 1, %d, nil", rows, dim, err, MaxEmbeddingDimension)
+	}
+	b.Reset()
+	b.WriteString("id,embedding\nS10_1678,\"[")
+	b.WriteString(strings.Repeat("1 ", embMaxLineBytes))
+	b.WriteString("]\"\n")
+	_, _, err = drain(ItemEmbeddings, b.String())
+	var ie *EmbeddingsInputError
+	if !errors.As(err, &ie) || ie.Line != 2 || !strings.Contains(ie.Reason, "line longer than") {
+		t.Fatalf("error = %v, want line 2 too long", err)
+	}
+}
+
+// The row parser never panics, and whatever it accepts is a finite vector of bounded length
+// that formats back to the same float32 values.
+func FuzzParseEmbeddingRow(f *testing.F) {
+	for _, s := range []string{
+		`S10_1678,"[0.5,-1.25,3e-2]"`, `"S10_1678","[0.5, -1.25]"`, `103,[7]`, `S10_1678,"[1,NaN]"`,
+		`,"[]"`, `"`, `x,"`, `x,"[`, `x,[]`, `a,"[1,,]"`, `a,"[0x1p-2]"`, `a,"[1e39]"`, "a,\"[1\r]\"",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		id, vec, err := parseEmbeddingRow(line, nil)
+		if err != nil {
+			return
+		}
+		if len(id) == 0 || len(vec) == 0 || len(vec) > MaxEmbeddingDimension {
+			t.Fatalf("accepted id %q with %d values", id, len(vec))
+		}
+		parts := make([]string, len(vec))
+		for i, v := range vec {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("accepted non-finite value %v", v)
+			}
+			parts[i] = strconv.FormatFloat(float64(v), 'g', -1, 32)
+		}
+		again := "x,\"[" + strings.Join(parts, ",") + "]\""
+		_, vec2, err := parseEmbeddingRow([]byte(again), nil)
+		if err != nil || len(vec2) != len(vec) {
+			t.Fatalf("re-parse of %q: %v", again, err)
+		}
+		for i := range vec {
+			if vec[i] != vec2[i] {
+				t.Fatalf("value %d: %v then %v", i, vec[i], vec2[i])
+			}
+		}
+	})
+}
