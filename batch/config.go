@@ -48,12 +48,20 @@ type Config struct {
 	// InsertBatchRows is the number of rows per multi-row INSERT when seeding.
 	InsertBatchRows int `yaml:"insert_batch_rows"`
 	// RowGroupRows bounds a Parquet row group (and so the ETL's memory per open partition).
+	// The ETL also starts a new file in a partition after this many rows, so one file is one
+	// row group and memory stays bounded however many ratings one customer has.
 	RowGroupRows int `yaml:"row_group_rows"`
+	// UploadConcurrency is how many finished Parquet files batch etl uploads at once.
+	UploadConcurrency int `yaml:"upload_concurrency"`
+	// OrphanGrace protects the files of an unfinished sharded run (n > 1) from orphan cleanup
+	// for this long after its last shard marker; it must exceed the time between the first and
+	// the last shard task of one run.
+	OrphanGrace time.Duration `yaml:"orphan_grace"`
 }
 
 // DefaultConfig matches config.yaml.
 func DefaultConfig() Config {
-	return Config{Seed: 42, LockTimeout: 0, InsertBatchRows: 2000, RowGroupRows: 50000}
+	return Config{Seed: 42, LockTimeout: 0, InsertBatchRows: 2000, RowGroupRows: 50000, UploadConcurrency: 8, OrphanGrace: 6 * time.Hour}
 }
 
 // Validate reports the first invalid field.
@@ -66,6 +74,12 @@ func (c Config) Validate() error {
 	}
 	if c.RowGroupRows < 1 {
 		return fmt.Errorf("row_group_rows: must be >= 1, got %d", c.RowGroupRows)
+	}
+	if c.UploadConcurrency < 1 || c.UploadConcurrency > 256 {
+		return fmt.Errorf("upload_concurrency: must be between 1 and 256, got %d", c.UploadConcurrency)
+	}
+	if c.OrphanGrace < 0 {
+		return fmt.Errorf("orphan_grace: must be >= 0, got %s", c.OrphanGrace)
 	}
 	return nil
 }

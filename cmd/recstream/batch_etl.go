@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"go.uber.org/zap"
+
+	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/objstore"
+)
+
+func init() {
+	register(command{name: "batch etl", summary: "export ratings ⋈ products ⋈ customers to Hive-partitioned Snappy Parquet (manifest publish; exit 3 if locked)", run: runBatchETL})
+}
+
+func runBatchETL(ctx context.Context, app *App, args []string) error {
+	fs := newFlagSet(app, "batch etl")
+	dryRun := fs.Bool("dry-run", false, "print the plan (source rows, partitions, lock, published dataset) and write nothing")
+	shardFlag := fs.String("shard", "0/1", "i/n: export only customers with crc32(customerNumber) % n == i; publish when all n shards of --run-id are in")
+	runID := fs.String("run-id", "", "run id (required with --shard i/n, n > 1: the same for the n tasks of one run; default: generated)")
+	location := fs.String("location", app.Config.S3.Buckets.Datalake, "datalake location: s3://bucket[/prefix] or file:///dir (default: config s3.buckets.datalake)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	shard, shards, err := parseShard(*shardFlag)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if shards > 1 && *runID == "" {
+		return usageError{"--shard i/n with n > 1 needs --run-id, shared by the n tasks of the run"}
+	}
+	store, err := openDatalake(ctx, app, *location)
+	if err != nil {
+		return err
+	}
+	db, err := batch.OpenMySQL(app.Config.MySQL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	opts := batch.ETLOptions{RunID: *runID, Shard: shard, Shards: shards}
+	etl, err := batch.NewETL(db, store, app.Config.Batch, opts, app.Log)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if *dryRun {
+		plan, err := etl.Plan(ctx)
+		if err != nil {
+			return err
+		}
+		return plan.Write(app.Stdout)
+	}
+	if bar := progressBar(app, 0, "exporting"); bar != nil {
+		if total, err := etl.CountSourceRows(ctx); err == nil {
+			bar.ChangeMax64(total)
+		}
+		etl, err = batch.NewETL(db, store, app.Config.Batch, batch.ETLOptions{RunID: etl.RunID(), Shard: shard, Shards: shards, Progress: func(n int64) { _ = bar.Set64(n) }}, app.Log)
+		if err != nil {
+			return err
+		}
+		defer bar.Finish() //nolint:errcheck
+	}
+	res, err := etl.Run(ctx)
+	var locked *batch.LockedError
+	if errors.As(err, &locked) {
+		return exitCodeError{exitLocked, err}
+	}
+	if err != nil {
+		return fmt.Errorf("batch etl run %s: %w", res.RunID, err)
+	}
+	fields := []zap.Field{
+		zap.String("run_id", res.RunID), zap.String("shard", fmt.Sprintf("%d/%d", res.Shard, res.Shards)),
+		zap.Int64("rows", res.Rows), zap.Int("partitions", res.Partitions), zap.Int("files", res.Files),
+		zap.Int64("bytes", res.Bytes), zap.Duration("duration", res.Duration),
+		zap.Int64("source_rows", res.SourceRows), zap.Any("rejected", res.Rejected),
+		zap.Bool("published", res.Published), zap.Int("deleted_files", res.Deleted),
+	}
+	if res.Published {
+		fields = append(fields, zap.Int("dataset_partitions", len(res.Manifest.Partitions)), zap.Int64("dataset_rows", res.Manifest.Rows))
+	}
+	app.Log.Info("etl finished", fields...)
+	return nil
+}
+
+// parseShard parses "i/n".
+func parseShard(s string) (int, int, error) {
+	a, b, ok := strings.Cut(s, "/")
+	i, err1 := strconv.Atoi(a)
+	n, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || n < 1 || n > 4096 || i < 0 || i >= n {
+		return 0, 0, fmt.Errorf("--shard %q: want i/n with 0 <= i < n <= 4096", s)
+	}
+	return i, n, nil
+}
+
+// openDatalake opens the datalake store; an S3 client is built only for s3:// locations.
+func openDatalake(ctx context.Context, app *App, location string) (objstore.Store, error) {
+	u, err := url.Parse(location)
+	if err != nil || (u.Scheme != "s3" && u.Scheme != "file") {
+		return nil, usageError{fmt.Sprintf("--location must be an s3://bucket[/prefix] or file:///dir URL, got %q", location)}
+	}
+	var client *s3.Client
+	if u.Scheme == "s3" {
+		if client, err = awsenv.S3(ctx, app.Config.S3); err != nil {
+			return nil, err
+		}
+	}
+	return objstore.Open(location, client)
+}
