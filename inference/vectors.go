@@ -99,13 +99,7 @@ func (v *VectorIndex) ItemsFromUsers(ctx context.Context, embs [][]float32, k in
 		}
 		qs[i] = pgvector.NewVector(e)
 	}
-	rows, err := v.pool.Query(ctx, `SELECT q.ord, r.id, r.score
-		FROM unnest($1::vector[]) WITH ORDINALITY AS q(emb, ord)
-		CROSS JOIN LATERAL (
-			SELECT i.id, -(i.embedding <#> q.emb) AS score
-			FROM `+v.items+` i
-			ORDER BY i.embedding <#> q.emb
-			LIMIT $2) r`, qs, k)
+	rows, err := v.pool.Query(ctx, v.itemsFromUsersSQL(), qs, k)
 	if err != nil {
 		return nil, fmt.Errorf("items from %d users: %w", len(embs), err)
 	}
@@ -157,15 +151,7 @@ func (v *VectorIndex) ItemsFromItems(ctx context.Context, codes []string, k int)
 	}
 	// LEFT JOIN LATERAL keeps a known item even when it has no neighbour, so that absence
 	// from the result means "unknown" without a second query.
-	rows, err := v.pool.Query(ctx, `SELECT q.id, r.id, r.distance
-		FROM `+v.items+` q
-		LEFT JOIN LATERAL (
-			SELECT i.id, i.embedding <=> q.embedding AS distance
-			FROM `+v.items+` i
-			WHERE i.id <> q.id
-			ORDER BY i.embedding <=> q.embedding
-			LIMIT $2) r ON true
-		WHERE q.id = ANY($1)`, codes, k)
+	rows, err := v.pool.Query(ctx, v.itemsFromItemsSQL(), codes, k)
 	if err != nil {
 		return nil, fmt.Errorf("items from %d items: %w", len(codes), err)
 	}
@@ -190,6 +176,39 @@ func (v *VectorIndex) ItemsFromItems(ctx context.Context, codes []string, k int)
 		sort.SliceStable(r, func(a, b int) bool { return r[a].Distance < r[b].Distance })
 	}
 	return out, nil
+}
+
+// itemsFromUsersSQL takes $1 vector[] (the query embeddings) and $2 k. Each lateral subquery
+// orders by the inner-product operator against an outer parameter, which the planner answers
+// with a scan of the vector_ip_ops HNSW index per query vector.
+//
+// The result columns (bigint, varchar, float8) never depend on the embeddings' dimension, so
+// the statement pgx prepared and cached stays valid across the loader's swaps: PostgreSQL
+// re-plans it against the renamed tables instead of failing with "cached plan must not change
+// result type" (which a statement returning the vector column would get after a dimension
+// change).
+func (v *VectorIndex) itemsFromUsersSQL() string {
+	return `SELECT q.ord, r.id, r.score
+		FROM unnest($1::vector[]) WITH ORDINALITY AS q(emb, ord)
+		CROSS JOIN LATERAL (
+			SELECT i.id, -(i.embedding <#> q.emb) AS score
+			FROM ` + v.items + ` i
+			ORDER BY i.embedding <#> q.emb
+			LIMIT $2) r`
+}
+
+// itemsFromItemsSQL takes $1 text[] (product codes) and $2 k; one vector_cosine_ops HNSW
+// scan per known code.
+func (v *VectorIndex) itemsFromItemsSQL() string {
+	return `SELECT q.id, r.id, r.distance
+		FROM ` + v.items + ` q
+		LEFT JOIN LATERAL (
+			SELECT i.id, i.embedding <=> q.embedding AS distance
+			FROM ` + v.items + ` i
+			WHERE i.id <> q.id
+			ORDER BY i.embedding <=> q.embedding
+			LIMIT $2) r ON true
+		WHERE q.id = ANY($1)`
 }
 
 // LiveVersion returns the name of the embeddings version the queries currently read, from
