@@ -47,6 +47,8 @@ type shared struct {
 	ctx      context.Context
 	stopping *atomic.Bool
 
+	beforeCheckpoint func() // tests: see Worker.beforeCheckpoint
+
 	mu   sync.Mutex
 	live map[string]*processor
 }
@@ -289,6 +291,9 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
 	// before this line replays the buffer and rewrites the same keys.
 	last := p.buf.last
+	if p.s.beforeCheckpoint != nil {
+		p.s.beforeCheckpoint()
+	}
 	if !p.retry("checkpoint", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }, true) {
 		return false
 	}

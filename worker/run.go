@@ -40,6 +40,10 @@ type Worker struct {
 	kc       *kinesis.Client
 	chk      chk.Checkpointer
 	workerID string
+
+	// beforeCheckpoint, when set (tests only), runs after a flush's uploads and before its
+	// checkpoint: the crash window the exactly-once argument is about.
+	beforeCheckpoint func()
 }
 
 // New validates its arguments and returns a Worker; it does no I/O. kc is the Kinesis client
@@ -132,7 +136,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer abandon()
 	var stopping atomic.Bool
 	s := &shared{cfg: w.cfg, stream: w.stream.Kinesis.Stream, deps: w.deps, lease: guard, guard: guard,
-		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}}
+		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}, beforeCheckpoint: w.beforeCheckpoint}
 
 	kw := kclworker.NewWorker(s, kc).WithKinesis(w.kc).WithCheckpointer(guard)
 	if err := kw.Start(); err != nil {

@@ -247,22 +247,46 @@ func (e *testEnv) waitExactlyOnce(t *testing.T, run string, n int, timeout time.
 // newWorker builds an in-process worker with our fenced checkpoint store.
 func (e *testEnv) newWorker(t testing.TB, id string, log *zap.Logger, rec Recommender) *Worker {
 	t.Helper()
-	cfg := e.Cfg
-	cfg.WorkerID = id
-	store, err := checkpoint.New(checkpoint.Config{Table: e.DynamoDB.LeaseTable, WorkerID: id, FailoverTime: cfg.FailoverTime, Logger: log}, e.db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rec == nil {
-		rec = fakeRecommender{}
-	}
-	w, err := New(cfg, Stream{Kinesis: e.Kinesis, DynamoDB: e.DynamoDB},
-		Deps{Store: e.openStore(t), Recommender: rec, K: 5, Log: log,
-			IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) }}, e.kc, store)
+	w, err := e.build(id, log, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return w
+}
+
+func (e *testEnv) build(id string, log *zap.Logger, rec Recommender) (*Worker, error) {
+	cfg := e.Cfg
+	cfg.WorkerID = id
+	store, err := checkpoint.New(checkpoint.Config{Table: e.DynamoDB.LeaseTable, WorkerID: id, FailoverTime: cfg.FailoverTime, Logger: log}, e.db)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		rec = fakeRecommender{}
+	}
+	c, err := awsenv.S3(context.Background(), e.S3)
+	if err != nil {
+		return nil, err
+	}
+	st, err := objstore.Open(e.Location, c)
+	if err != nil {
+		return nil, err
+	}
+	return New(cfg, Stream{Kinesis: e.Kinesis, DynamoDB: e.DynamoDB},
+		Deps{Store: st, Recommender: rec, K: 5, Log: log,
+			IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) }}, e.kc, store)
+}
+
+// connect creates the clients of an env decoded from JSON (child processes).
+func (e *testEnv) connect() error {
+	var err error
+	if e.kc, err = awsenv.Kinesis(context.Background(), e.Kinesis); err != nil {
+		return err
+	}
+	if e.db, err = awsenv.DynamoDB(context.Background(), e.DynamoDB); err != nil {
+		return err
+	}
+	return nil
 }
 
 // running is an in-process worker started by start.

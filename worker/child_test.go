@@ -1,0 +1,234 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/stacktest"
+)
+
+// childEnv carries a child worker's instructions from the test process (re-exec helper).
+const childEnv = "RECSTREAM_WORKER_TEST_CHILD"
+
+type childSpec struct {
+	Env testEnv
+	ID  string
+	// KillAtCheckpoint > 0: SIGKILL itself after the uploads of its k-th flush, before the
+	// checkpoint.
+	KillAtCheckpoint int
+}
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(childEnv); spec != "" {
+		os.Exit(childMain(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// childMain runs one worker process until SIGTERM: exit 0 after a clean drain, 1 otherwise.
+func childMain(spec string) int {
+	var c childSpec
+	if err := json.Unmarshal([]byte(spec), &c); err != nil {
+		fmt.Fprintln(os.Stderr, "child spec:", err)
+		return 2
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
+	log, _ := cfg.Build()
+	RouteLogrus(log)
+	if err := c.Env.connect(); err != nil {
+		log.Error("connect", zap.Error(err))
+		return 1
+	}
+	w, err := c.Env.build(c.ID, log, nil)
+	if err != nil {
+		log.Error("build", zap.Error(err))
+		return 1
+	}
+	if c.KillAtCheckpoint > 0 {
+		var n atomic.Int64
+		w.beforeCheckpoint = func() {
+			if n.Add(1) == int64(c.KillAtCheckpoint) {
+				log.Warn("test: killing myself between upload and checkpoint")
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				time.Sleep(time.Minute)
+			}
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := w.Run(ctx); err != nil {
+		log.Error("run", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// startChild starts a worker process; its log goes to a file kept in the test's temp dir.
+func startChild(t *testing.T, e *testEnv, id string, killAt int) *exec.Cmd {
+	t.Helper()
+	spec, err := json.Marshal(childSpec{Env: *e, ID: id, KillAtCheckpoint: killAt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
+	logf, err := os.Create(filepath.Join(t.TempDir(), id+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr, cmd.Stdout = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			if len(b) > 20000 {
+				b = b[len(b)-20000:]
+			}
+			t.Logf("child %s log tail:\n%s", id, b)
+		}
+	})
+	return cmd
+}
+
+// waitExit waits for cmd to end within d.
+func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("child did not exit within %s", d)
+		return nil
+	}
+}
+
+func killedBySIGKILL(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// TestKillNineExactlyOnce kills the worker with SIGKILL six times, three of them between an
+// upload and its checkpoint, restarting it each time: every record is still written once.
+func TestKillNineExactlyOnce(t *testing.T) {
+	e := newTestEnv(t, 2)
+	e.Cfg.Flush.MaxRecords = 15
+	const perRound, rounds = 80, 6
+	next := 0
+	for round := 0; round < rounds; round++ {
+		batch := make([][]byte, perRound)
+		for i := range batch {
+			batch[i] = event(next, "k")
+			next++
+		}
+		e.put(t, batch)
+		id := fmt.Sprintf("k%d", round)
+		if round%2 == 0 {
+			cmd := startChild(t, e, id, 1+rand.IntN(3))
+			if err := waitExit(t, cmd, 90*time.Second); !killedBySIGKILL(err) {
+				t.Fatalf("round %d: child ended with %v, want SIGKILL between upload and checkpoint", round, err)
+			}
+			continue
+		}
+		cmd := startChild(t, e, id, 0)
+		// Kill once the child is doing something: leases taken after failover, then a random moment.
+		time.Sleep(e.Cfg.FailoverTime + time.Duration(500+rand.IntN(2500))*time.Millisecond)
+		_ = cmd.Process.Kill()
+		if err := waitExit(t, cmd, 30*time.Second); !killedBySIGKILL(err) {
+			t.Fatalf("round %d: child ended with %v, want SIGKILL", round, err)
+		}
+	}
+	cmd := startChild(t, e, "final", 0)
+	e.waitExactlyOnce(t, "k", next, 120*time.Second)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := waitExit(t, cmd, 30*time.Second); err != nil {
+		t.Fatalf("final worker: %v", err)
+	}
+	if err := exactlyOnce(e.read(t), "k", next); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSIGTERMDrains: records buffered (flush age 1 min) are flushed and checkpointed on SIGTERM
+// within shutdown_timeout, and the leases are released.
+func TestSIGTERMDrains(t *testing.T) {
+	e := newTestEnv(t, 2)
+	e.Cfg.Flush = FlushConfig{MaxRecords: 100000, MaxBytes: 1 << 30, MaxAge: time.Minute}
+	const n = 200
+	batch := make([][]byte, n)
+	for i := range batch {
+		batch[i] = event(i, "d")
+	}
+	e.put(t, batch)
+	cmd := startChild(t, e, "d1", 0)
+	store, err := checkpoint.New(checkpoint.Config{Table: e.DynamoDB.LeaseTable, WorkerID: "observer", FailoverTime: e.Cfg.FailoverTime}, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := func() []checkpoint.Lease {
+		ls, err := store.ListLeases(context.Background())
+		if err != nil {
+			return nil
+		}
+		return ls
+	}
+	stacktest.Eventually(t, 60*time.Second, 250*time.Millisecond, func() bool {
+		held := 0
+		for _, l := range leases() {
+			if l.Owner == "d1" {
+				held++
+			}
+		}
+		return held == 2
+	}, "child never leased both shards")
+	// Let it read the records into its buffers (nothing is due for a minute).
+	time.Sleep(2 * time.Second)
+	if o := e.read(t); len(o.count) != 0 {
+		t.Fatalf("%d records written before SIGTERM; the test needs them buffered", len(o.count))
+	}
+	start := time.Now()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := waitExit(t, cmd, e.Cfg.ShutdownTimeout+5*time.Second); err != nil {
+		t.Fatalf("worker exit: %v", err)
+	}
+	if d := time.Since(start); d > e.Cfg.ShutdownTimeout {
+		t.Fatalf("drain took %s, bound %s", d, e.Cfg.ShutdownTimeout)
+	}
+	if err := exactlyOnce(e.read(t), "d", n); err != nil {
+		t.Fatalf("after drain: %v", err)
+	}
+	for _, l := range leases() {
+		if l.Owner != "" || l.Checkpoint == "" {
+			t.Fatalf("lease %s after drain: owner %q checkpoint %q, want released and checkpointed", l.ShardID, l.Owner, l.Checkpoint)
+		}
+	}
+}
