@@ -20,19 +20,27 @@ type Config struct {
 	Train TrainConfig `yaml:"train"`
 }
 
-// TrainConfig holds training hyper-parameters.
+// TrainConfig holds training hyper-parameters (`inference.train`). They are recorded in the
+// model card.
 type TrainConfig struct {
-	Epochs          int     `yaml:"epochs"`
-	BatchSize       int     `yaml:"batch_size"`
-	LearningRate    float64 `yaml:"learning_rate"`
-	ValidationShare float64 `yaml:"validation_share"`
-	Seed            int64   `yaml:"seed"`
+	// Epochs is the number of passes over the training split; the best epoch's weights are kept.
+	Epochs int `yaml:"epochs" json:"epochs"`
+	// BatchSize is the mini-batch size for Adam.
+	BatchSize int `yaml:"batch_size" json:"batch_size"`
+	// LearningRate is Adam's step size.
+	LearningRate float64 `yaml:"learning_rate" json:"learning_rate"`
+	// ValidationShare is the share of ratings held out (seeded split) for validation RMSE.
+	ValidationShare float64 `yaml:"validation_share" json:"validation_share"`
+	// Seed drives the split, the initial weights and the batch order.
+	Seed int64 `yaml:"seed" json:"seed"`
+	// WeightDecay is the L2 penalty added to every gradient (torch.optim.Adam's weight_decay).
+	WeightDecay float64 `yaml:"weight_decay" json:"weight_decay"`
 }
 
 // DefaultConfig matches config.yaml.
 func DefaultConfig() Config {
 	return Config{K: 5, ArtifactsVersion: "latest", ReloadInterval: time.Minute,
-		Train: TrainConfig{Epochs: 30, BatchSize: 64, LearningRate: 0.001, ValidationShare: 0.2, Seed: 42}}
+		Train: TrainConfig{Epochs: 12, BatchSize: 64, LearningRate: 0.0001, ValidationShare: 0.2, Seed: 42}}
 }
 
 // Validate reports the first invalid field.
@@ -62,6 +70,9 @@ func (c TrainConfig) Validate() error {
 	}
 	if !(c.ValidationShare > 0 && c.ValidationShare < 1) {
 		return fmt.Errorf("validation_share: must be in (0, 1), got %g", c.ValidationShare)
+	}
+	if !(c.WeightDecay >= 0 && c.WeightDecay < 1) {
+		return fmt.Errorf("weight_decay: must be in [0, 1), got %g", c.WeightDecay)
 	}
 	return nil
 }

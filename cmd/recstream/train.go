@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/schollz/progressbar/v3"
+	"go.uber.org/zap"
+	"golang.org/x/term"
+
+	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/objstore"
+)
+
+func init() {
+	register(command{name: "train", summary: "train the two-tower model on the ETL's dataset and publish a new artifacts version", run: runTrain})
+}
+
+func runTrain(ctx context.Context, app *App, args []string) error {
+	cfg := app.Config.Inference.Train
+	fs := newFlagSet(app, "train")
+	from := fs.String("from", app.Config.S3.Buckets.Datalake, "datalake location holding the ETL's manifest (s3://bucket[/prefix] or file:///dir)")
+	csvPath := fs.String("csv", "", "read the lab's ratings_ml_training_dataset.csv instead of the ETL's dataset")
+	to := fs.String("to", app.Config.S3.Buckets.Artifacts, "artifacts location to publish to (s3://bucket[/prefix] or file:///dir)")
+	publish := fs.Bool("publish", true, "publish the artifacts (false: train and report only)")
+	fs.Int64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (split, initial weights, batch order)")
+	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "training epochs")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
+
+	var examples []inference.Example
+	var source string
+	var err error
+	if *csvPath != "" {
+		examples, err = readTrainingCSV(*csvPath)
+		source = *csvPath
+	} else {
+		examples, source, err = readTrainingDataset(ctx, app, *from)
+	}
+	if err != nil {
+		return err
+	}
+	app.Log.Info("training started", zap.String("component", "train"), zap.Int("records", len(examples)),
+		zap.Int("epochs", cfg.Epochs), zap.Int64("seed", cfg.Seed))
+
+	var bar *progressbar.ProgressBar
+	if f, ok := app.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		bar = progressbar.NewOptions(cfg.Epochs, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription("training"),
+			progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+	}
+	start := time.Now()
+	res, err := inference.Train(ctx, examples, cfg, func(p inference.Progress) {
+		app.Log.Info("epoch done", zap.String("component", "train"), zap.Int("epoch", p.Epoch),
+			zap.Float64("train_loss", p.TrainLoss), zap.Float64("val_rmse", p.ValRMSE), zap.Duration("duration", p.Duration))
+		if bar != nil {
+			_ = bar.Add(1)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
+	took := time.Since(start)
+	m := res.Metrics
+	fmt.Fprintf(app.Stdout, "validation RMSE (stars, %d held-out of %d ratings): model %.4f (epoch %d), global mean %.4f, item mean %.4f; trained in %s\n",
+		m.ValidationRows, m.TrainRows+m.ValidationRows, m.ValRMSE, m.BestEpoch, m.GlobalMeanRMSE, m.ItemMeanRMSE, took.Round(time.Millisecond))
+	if m.ValRMSE >= m.GlobalMeanRMSE || m.ValRMSE >= m.ItemMeanRMSE {
+		app.Log.Warn("model does not beat the baselines", zap.String("component", "train"),
+			zap.Float64("val_rmse", m.ValRMSE), zap.Float64("global_mean_rmse", m.GlobalMeanRMSE), zap.Float64("item_mean_rmse", m.ItemMeanRMSE))
+	}
+	if !*publish {
+		return nil
+	}
+	store, err := openLocation(ctx, app, *to)
+	if err != nil {
+		return err
+	}
+	version, err := inference.Publish(ctx, store, res, cfg, inference.ModelCard{Created: time.Now().UTC(), TrainSeconds: took.Seconds(), Source: source})
+	if err != nil {
+		return err
+	}
+	app.Log.Info("artifacts published", zap.String("component", "train"), zap.String("version", version),
+		zap.String("s3_key", store.URL(inference.VersionPrefix(version))))
+	fmt.Fprintf(app.Stdout, "published artifacts version %s at %s (latest.json updated)\n", version, store.URL(inference.VersionPrefix(version)))
+	return nil
+}
+
+// openLocation opens an s3:// or file:// location, building an S3 client only when needed.
+func openLocation(ctx context.Context, app *App, loc string) (objstore.Store, error) {
+	var client *s3.Client
+	if u, err := url.Parse(loc); err == nil && u.Scheme == "s3" {
+		client, err = awsenv.S3(ctx, app.Config.S3)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return objstore.Open(loc, client)
+}
+
+func readTrainingCSV(path string) ([]inference.Example, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("--csv: %v", err)}
+	}
+	defer f.Close()
+	ex, err := inference.ReadLabCSV(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return ex, nil
+}
+
+// readTrainingDataset reads the ETL's published dataset through its manifest.
+func readTrainingDataset(ctx context.Context, app *App, loc string) ([]inference.Example, string, error) {
+	store, err := openLocation(ctx, app, loc)
+	if err != nil {
+		return nil, "", err
+	}
+	m, err := batch.ReadManifest(ctx, store)
+	if errors.Is(err, batch.ErrNoDataset) {
+		return nil, "", exitCodeError{exitFailure, err}
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	examples := make([]inference.Example, 0, m.Rows)
+	err = batch.ReadTrainingRows(ctx, store, m, func(r batch.TrainingRow) error {
+		examples = append(examples, exampleFromRow(r))
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return examples, store.URL(batch.ManifestKey) + " run " + m.RunID, nil
+}
+
+// exampleFromRow adapts the ETL's row to the trainer's example (a NULL credit limit is 0).
+func exampleFromRow(r batch.TrainingRow) inference.Example {
+	return inference.Example{
+		CustomerNumber: int64(r.CustomerNumber),
+		User:           inference.UserFeatures{City: r.City, Country: r.Country, CreditLimit: r.CreditLimit},
+		ProductCode:    r.ProductCode,
+		Item: inference.ItemFeatures{ProductLine: r.ProductLine, ProductScale: r.ProductScale,
+			QuantityInStock: float64(r.QuantityInStock), BuyPrice: r.BuyPrice, MSRP: r.MSRP},
+		Rating: float64(r.ProductRating),
+	}
+}

@@ -1,0 +1,285 @@
+package inference
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/recstream/recstream/internal/objstore"
+)
+
+// Index is what Service needs from the vector store; *VectorIndex satisfies it.
+type Index interface {
+	ItemsFromUsers(ctx context.Context, embs [][]float32, k int) ([][]ScoredItem, error)
+	ItemsFromItems(ctx context.Context, codes []string, k int) (map[string][]SimilarItem, error)
+	LiveVersion(ctx context.Context) (string, error)
+}
+
+// Result answers one Recommend batch.
+type Result struct {
+	// ModelVersion is the artifacts version that produced every answer in the batch; it is
+	// also the embeddings version the queries read.
+	ModelVersion string
+	// Recommended[i] are the k best items for users[i], best first.
+	Recommended [][]ScoredItem
+	// Similar[j] are the k items nearest to items[j], nearest first; nil when items[j] is ""
+	// or has no embedding (not an error: a product unknown to the model has no neighbours).
+	Similar [][]SimilarItem
+}
+
+// maxSimilarCache bounds the per-version items-from-item cache (entries, not bytes).
+const maxSimilarCache = 100_000
+
+// served is one model version together with its items-from-item cache.
+type served struct {
+	model *Model
+	mu    sync.Mutex
+	cache map[similarKey][]SimilarItem // nil value: unknown item
+}
+
+type similarKey struct {
+	code string
+	k    int
+}
+
+// Service serves recommendations from the model whose version is the live embeddings version
+// in PostgreSQL, and follows new versions without a restart (hot reload).
+//
+// Consistency: a Recommend batch computes user embeddings with model M, queries the index,
+// then reads the live embeddings version; if it is not M's version (a new version was swapped
+// in meanwhile) the batch is redone once with the live version's model. So every Result pairs
+// a model with the item embeddings of the same version, and a swap never fails a request.
+// Run preloads the version latest.json names, so the switch usually costs no artifact reads.
+//
+// Recommend and Version are safe for concurrent use; Run runs on its own goroutine.
+type Service struct {
+	cfg   Config
+	store objstore.Store
+	index Index
+	log   *zap.Logger
+
+	cur atomic.Pointer[served]
+
+	loadMu sync.Mutex        // serialises artifact loads
+	loaded map[string]*Model // preloaded models by version (current and next)
+}
+
+// NewService validates its arguments; it does no I/O. Call Load (or Run) before Recommend.
+// cfg.ArtifactsVersion "latest" follows new versions; any other name pins that version.
+func NewService(cfg Config, store objstore.Store, index Index, log *zap.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("inference service: %w", err)
+	}
+	if store == nil || index == nil || log == nil {
+		return nil, errors.New("inference service: nil artifacts store, index or logger")
+	}
+	return &Service{cfg: cfg, store: store, index: index, log: log.With(zap.String("component", "inference")), loaded: map[string]*Model{}}, nil
+}
+
+// ErrNotLoaded is returned by Recommend before the first successful Load.
+var ErrNotLoaded = errors.New("inference service: no model loaded")
+
+// Version returns the artifacts version being served, "" before the first Load.
+func (s *Service) Version() string {
+	if c := s.cur.Load(); c != nil {
+		return c.model.Version
+	}
+	return ""
+}
+
+// Model returns the model being served (nil before the first Load).
+func (s *Service) Model() *Model {
+	if c := s.cur.Load(); c != nil {
+		return c.model
+	}
+	return nil
+}
+
+// Load makes the service serve the live embeddings version's model, loading its artifacts if
+// needed. With a pinned artifacts_version the live version must be that version.
+func (s *Service) Load(ctx context.Context) error {
+	live, err := s.index.LiveVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("inference service: %w", err)
+	}
+	_, err = s.switchTo(ctx, live)
+	return err
+}
+
+// switchTo makes version current (a no-op when it already is) and returns the served state.
+func (s *Service) switchTo(ctx context.Context, version string) (*served, error) {
+	if c := s.cur.Load(); c != nil && c.model.Version == version {
+		return c, nil
+	}
+	if s.cfg.ArtifactsVersion != "latest" && version != s.cfg.ArtifactsVersion {
+		return nil, fmt.Errorf("inference service: live embeddings version %s is not the pinned artifacts version %s", version, s.cfg.ArtifactsVersion)
+	}
+	m, err := s.model(ctx, version)
+	if err != nil {
+		return nil, err
+	}
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if c := s.cur.Load(); c != nil && c.model.Version == version {
+		return c, nil // another goroutine switched first
+	}
+	next := &served{model: m, cache: map[similarKey][]SimilarItem{}}
+	prev := s.cur.Swap(next)
+	for v := range s.loaded {
+		if v != version && (prev == nil || v != prev.model.Version) {
+			delete(s.loaded, v)
+		}
+	}
+	from := ""
+	if prev != nil {
+		from = prev.model.Version
+	}
+	s.log.Info("model switched", zap.String("from_version", from), zap.String("version", version))
+	return next, nil
+}
+
+// model returns the loaded model of version, loading it from the artifacts store if needed.
+func (s *Service) model(ctx context.Context, version string) (*Model, error) {
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if m, ok := s.loaded[version]; ok {
+		return m, nil
+	}
+	start := time.Now()
+	m, err := LoadModel(ctx, s.store, version)
+	if err != nil {
+		return nil, fmt.Errorf("inference service: %w", err)
+	}
+	s.loaded[version] = m
+	s.log.Info("model loaded", zap.String("version", version), zap.Duration("duration", time.Since(start)))
+	return m, nil
+}
+
+// Recommend answers a batch: for each user the k best items (one index round trip for all
+// users), for each browsed item code its k nearest items (one round trip for the codes not in
+// the per-version cache), then one small query for the live version (see Service). An index
+// error is returned as is, wrapped; nothing is partially answered.
+func (s *Service) Recommend(ctx context.Context, users []UserFeatures, items []string, k int) (Result, error) {
+	c := s.cur.Load()
+	if c == nil {
+		return Result{}, ErrNotLoaded
+	}
+	for attempt := 0; ; attempt++ {
+		res, err := s.answer(ctx, c, users, items, k)
+		if err != nil {
+			return Result{}, err
+		}
+		live, err := s.index.LiveVersion(ctx)
+		if err != nil {
+			return Result{}, fmt.Errorf("recommend: %w", err)
+		}
+		if live == c.model.Version {
+			return res, nil
+		}
+		if attempt == 1 {
+			// Two swaps within one batch: answer consistently from the version the queries
+			// most likely read rather than fail the request.
+			return Result{}, fmt.Errorf("recommend: embeddings version changed twice during one batch (now %s)", live)
+		}
+		if c, err = s.switchTo(ctx, live); err != nil {
+			return Result{}, fmt.Errorf("recommend: %w", err)
+		}
+	}
+}
+
+func (s *Service) answer(ctx context.Context, c *served, users []UserFeatures, items []string, k int) (Result, error) {
+	res := Result{ModelVersion: c.model.Version, Similar: make([][]SimilarItem, len(items))}
+	if len(users) > 0 {
+		rec, err := s.index.ItemsFromUsers(ctx, c.model.UserEmbeddings(users), k)
+		if err != nil {
+			return Result{}, fmt.Errorf("recommend: %w", err)
+		}
+		res.Recommended = rec
+	}
+	var missing []string
+	seen := map[string]bool{}
+	c.mu.Lock()
+	for j, code := range items {
+		if code == "" {
+			continue
+		}
+		if r, ok := c.cache[similarKey{code, k}]; ok {
+			res.Similar[j] = r
+		} else if !seen[code] {
+			seen[code] = true
+			missing = append(missing, code)
+		}
+	}
+	c.mu.Unlock()
+	if len(missing) == 0 {
+		return res, nil
+	}
+	found, err := s.index.ItemsFromItems(ctx, missing, k)
+	if err != nil {
+		return Result{}, fmt.Errorf("recommend: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, code := range missing {
+		if len(c.cache) < maxSimilarCache {
+			c.cache[similarKey{code, k}] = found[code] // nil for an unknown code
+		}
+	}
+	for j, code := range items {
+		if code != "" && res.Similar[j] == nil {
+			res.Similar[j] = found[code]
+		}
+	}
+	return res, nil
+}
+
+// Run loads the serving model if needed, then every cfg.ReloadInterval preloads the model
+// latest.json names and switches to the live embeddings version's model when it changed. A
+// failed check is logged and retried at the next tick; the current model keeps serving. It
+// returns nil when ctx ends, or the first Load error if no model could ever be loaded.
+func (s *Service) Run(ctx context.Context) error {
+	if s.cur.Load() == nil {
+		if err := s.Load(ctx); err != nil {
+			return err
+		}
+	}
+	if s.cfg.ReloadInterval == 0 || s.cfg.ArtifactsVersion != "latest" {
+		<-ctx.Done()
+		return nil
+	}
+	t := time.NewTicker(s.cfg.ReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := s.poll(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("model reload check failed", zap.String("version", s.Version()), zap.Error(err))
+		}
+	}
+}
+
+// poll is one reload check.
+func (s *Service) poll(ctx context.Context) error {
+	latest, err := ResolveVersion(ctx, s.store, "latest")
+	if err != nil {
+		return err
+	}
+	// Preload: the embeddings loader usually follows the publisher, so latest becomes live soon.
+	if _, err := s.model(ctx, latest); err != nil {
+		return err
+	}
+	live, err := s.index.LiveVersion(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = s.switchTo(ctx, live)
+	return err
+}
