@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/httpserve"
+	"github.com/recstream/recstream/internal/objstore"
+	"github.com/recstream/recstream/internal/pg"
+	"github.com/recstream/recstream/worker"
+)
+
+func init() {
+	register(command{name: "worker", summary: "consume the user-activity stream and write exactly-once recommendations to S3 (long-running)", run: runWorker})
+}
+
+func runWorker(ctx context.Context, app *App, args []string) error {
+	fs := newFlagSet(app, "worker")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg := app.Config
+	log := app.Log
+	worker.RouteLogrus(log)
+
+	// Build everything first (no I/O), so a wiring mistake fails before any connection.
+	s3c, err := awsenv.S3(ctx, cfg.S3)
+	if err != nil {
+		return err
+	}
+	out, err := objstore.Open(cfg.S3.Buckets.Recommendations, s3c)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	artifacts, err := objstore.Open(cfg.S3.Buckets.Artifacts, s3c)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	kc, err := awsenv.Kinesis(ctx, cfg.Kinesis)
+	if err != nil {
+		return err
+	}
+	db, err := awsenv.DynamoDB(ctx, cfg.DynamoDB)
+	if err != nil {
+		return err
+	}
+	wcfg := cfg.Worker
+	if wcfg.WorkerID == "" {
+		host, _ := os.Hostname()
+		wcfg.WorkerID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	store, err := checkpoint.New(checkpoint.Config{Table: cfg.DynamoDB.LeaseTable, WorkerID: wcfg.WorkerID,
+		FailoverTime: wcfg.FailoverTime, Logger: log}, db)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := worker.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+
+	pool, err := pg.Connect(ctx, cfg.Postgres)
+	if err != nil {
+		return exitCodeError{exitFailure, fmt.Errorf("connect postgres: %w", err)}
+	}
+	defer pool.Close()
+	index, err := inference.NewVectorIndex(pool, cfg.Postgres)
+	if err != nil {
+		return err
+	}
+	svc, err := inference.NewService(cfg.Inference, artifacts, index, log)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if err := svc.Load(ctx); err != nil {
+		return exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
+	}
+	w, err := worker.New(wcfg, worker.Stream{Kinesis: cfg.Kinesis, DynamoDB: cfg.DynamoDB}, worker.Deps{
+		Store: out, Recommender: recommender{svc}, K: cfg.Inference.K, Metrics: metrics, Log: log,
+		IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) },
+	}, kc, store)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+
+	// The model reloader and the metrics server stop with ctx; the worker drains after it.
+	aux, auxCtx := errgroup.WithContext(ctx)
+	aux.Go(func() error { return svc.Run(auxCtx) })
+	if cfg.Metrics.Listen != "" {
+		srv, err := httpserve.New(cfg.Metrics.Listen, reg, log)
+		if err != nil {
+			return usageError{err.Error()}
+		}
+		srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+		aux.Go(func() error { return srv.Run(auxCtx) })
+	}
+	runErr := w.Run(ctx)
+	auxErr := aux.Wait()
+	if errors.Is(runErr, worker.ErrShutdownTimeout) {
+		return exitCodeError{exitFailure, runErr}
+	}
+	if runErr != nil {
+		return runErr
+	}
+	if auxErr != nil && ctx.Err() == nil {
+		return auxErr
+	}
+	log.Info("worker exited", zap.String("worker_id", w.ID()))
+	return nil
+}
+
+// recommender adapts *inference.Service to worker.Recommender.
+type recommender struct{ svc *inference.Service }
+
+func (r recommender) Recommend(ctx context.Context, users []worker.UserFeatures, anchors []string, k int) (worker.Recommendations, error) {
+	in := make([]inference.UserFeatures, len(users))
+	for i, u := range users {
+		in[i] = inference.UserFeatures{City: u.City, Country: u.Country, CreditLimit: u.CreditLimit}
+	}
+	res, err := r.svc.Recommend(ctx, in, anchors, k)
+	if err != nil {
+		return worker.Recommendations{}, err
+	}
+	out := worker.Recommendations{Version: res.ModelVersion, ForUser: make([][]worker.ScoredItem, len(res.Recommended)),
+		Similar: make(map[string][]worker.SimilarItem, len(anchors))}
+	for i, items := range res.Recommended {
+		out.ForUser[i] = make([]worker.ScoredItem, len(items))
+		for j, it := range items {
+			out.ForUser[i][j] = worker.ScoredItem{ID: it.ID, Score: it.Score}
+		}
+	}
+	for j, a := range anchors {
+		if j >= len(res.Similar) || res.Similar[j] == nil {
+			continue // unknown to the model: empty similar_items, not an error
+		}
+		sim := make([]worker.SimilarItem, len(res.Similar[j]))
+		for i, it := range res.Similar[j] {
+			sim[i] = worker.SimilarItem{ID: it.ID, Distance: it.Distance}
+		}
+		out.Similar[a] = sim
+	}
+	return out, nil
+}
