@@ -367,7 +367,7 @@ func (e *ETL) cleanup(ctx context.Context, m *Manifest) (int, error) {
 		return 0, fmt.Errorf("list staging: %w", err)
 	}
 	cutoff := e.now().Add(-e.cfg.OrphanGrace)
-	fresh := map[string]bool{}  // run id → has a marker younger than the grace period
+	fresh := map[string]bool{} // run id → has a marker younger than the grace period
 	staged := map[string][]string{}
 	for _, o := range runObjs {
 		rest := strings.TrimPrefix(o.Key, DatasetPrefix+"/_runs/")
