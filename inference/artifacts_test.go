@@ -1,0 +1,223 @@
+package inference
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/recstream/recstream/internal/objstore"
+)
+
+var (
+	trainOnce sync.Once
+	trained   *TrainResult
+	trainErr  error
+)
+
+// realModel trains once per test binary on the real lab data with the shipped config.
+func realModel(t testing.TB) *TrainResult {
+	t.Helper()
+	ex := labExamples(t)
+	trainOnce.Do(func() { trained, trainErr = Train(context.Background(), ex, DefaultConfig().Train, nil) })
+	if trainErr != nil {
+		t.Fatal(trainErr)
+	}
+	return trained
+}
+
+func dirStore(t testing.TB) (objstore.Store, string) {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := objstore.Open("file://"+dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, dir
+}
+
+func publish(t testing.TB, s objstore.Store, res *TrainResult) string {
+	t.Helper()
+	v, err := Publish(context.Background(), s, res, DefaultConfig().Train, ModelCard{Source: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestSaveLoadRoundTripIsBitExact(t *testing.T) {
+	res := realModel(t)
+	s, dir := dirStore(t)
+	v := publish(t, s, res)
+	if !contentAddressed(v) {
+		t.Fatalf("version %q is not content-addressed", v)
+	}
+	for _, version := range []string{"latest", v} {
+		m, err := LoadModel(context.Background(), s, version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Version != v || m.Metadata.Version != v || m.Metadata.Metrics != res.Metrics {
+			t.Fatalf("loaded version %q card %+v", m.Version, m.Metadata)
+		}
+		for _, pair := range [][2]*Tower{{m.User, res.Model.User}, {m.Item, res.Model.Item}} {
+			for l := range pair[0].Layers {
+				if !bitsEqual(pair[0].Layers[l].W, pair[1].Layers[l].W) || !bitsEqual(pair[0].Layers[l].B, pair[1].Layers[l].B) {
+					t.Fatalf("layer %d differs after round trip", l)
+				}
+			}
+		}
+		// Same encoders: identical embeddings for every training user and item.
+		uf := make([]UserFeatures, len(res.Users))
+		for i, u := range res.Users {
+			uf[i] = u.Features
+		}
+		got, want := m.UserEmbeddings(uf), res.Model.UserEmbeddings(uf)
+		for i := range got {
+			if !bitsEqual(got[i], want[i]) {
+				t.Fatalf("user %d embedding differs after round trip", res.Users[i].CustomerNumber)
+			}
+		}
+	}
+	// The embeddings CSV round-trips float32 exactly and has one row per item.
+	b, err := os.ReadFile(filepath.Join(dir, "versions", v, "embeddings", "item_embeddings.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if lines[0] != "id,embedding" || len(lines) != len(res.Items)+1 {
+		t.Fatalf("item csv: header %q, %d lines for %d items", lines[0], len(lines), len(res.Items))
+	}
+	itf := make([]ItemFeatures, len(res.Items))
+	for i, it := range res.Items {
+		itf[i] = it.Features
+	}
+	embs := res.Model.ItemEmbeddings(itf)
+	for i, line := range lines[1:] {
+		id, vec := parseEmbeddingLine(t, line)
+		if id != res.Items[i].ProductCode || !bitsEqual(vec, embs[i]) {
+			t.Fatalf("item csv line %d: %s differs from the model's embedding", i+2, id)
+		}
+	}
+}
+
+func parseEmbeddingLine(t testing.TB, line string) (string, []float32) {
+	t.Helper()
+	id, rest, ok := strings.Cut(line, `,"[`)
+	if !ok || !strings.HasSuffix(rest, `]"`) {
+		t.Fatalf("bad embeddings line %q", line)
+	}
+	var out []float32
+	for _, f := range strings.Split(strings.TrimSuffix(rest, `]"`), ",") {
+		v, err := strconv.ParseFloat(f, 32)
+		if err != nil {
+			t.Fatalf("bad value %q: %v", f, err)
+		}
+		out = append(out, float32(v))
+	}
+	return id, out
+}
+
+func bitsEqual(a, b []float32) bool {
+	return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
+}
+
+func TestLoadRejectsBadArtifacts(t *testing.T) {
+	res := realModel(t)
+	good := EncodeSafetensors(res.Model.User, res.Model.Item)
+	hl := binary.LittleEndian.Uint64(good[:8])
+	var header map[string]any
+	if err := json.Unmarshal(good[8:8+hl], &header); err != nil {
+		t.Fatal(err)
+	}
+	withHeader := func(edit func(h map[string]any)) []byte {
+		h := map[string]any{}
+		b, _ := json.Marshal(header)
+		_ = json.Unmarshal(b, &h)
+		edit(h)
+		hj, _ := json.Marshal(h)
+		out := binary.LittleEndian.AppendUint64(nil, uint64(len(hj)))
+		return append(append(out, hj...), good[8+hl:]...)
+	}
+	tests := []struct {
+		name string
+		key  string // file under the version prefix to replace
+		body []byte
+		want string
+	}{
+		{"truncated weights", modelKey, good[:len(good)-4], `tensor "user.4.weight": data_offsets`},
+		{"tiny file", modelKey, good[:5], "too short for the header length"},
+		{"header length past the end", modelKey, binary.LittleEndian.AppendUint64(nil, 1<<40), "exceeds the file"},
+		{"missing tensor", modelKey, withHeader(func(h map[string]any) { delete(h, "item.2.bias") }), `missing tensor "item.2.bias"`},
+		{"extra tensor", modelKey, withHeader(func(h map[string]any) { h["user.6.weight"] = h["user.4.weight"] }), `unexpected tensor "user.6.weight"`},
+		{"wrong dtype", modelKey, withHeader(func(h map[string]any) { h["user.0.bias"].(map[string]any)["dtype"] = "F16" }), `tensor "user.0.bias": dtype "F16", want F32`},
+		{"wrong shape", modelKey, withHeader(func(h map[string]any) {
+			h["user.2.weight"].(map[string]any)["shape"] = []int{128, 255}
+		}), `tensor "user.2.weight": shape [128 255], want [128 256]`},
+		{"flipped weight bit", modelKey, func() []byte {
+			b := slices.Clone(good)
+			b[len(b)-1] ^= 0x01
+			return b
+		}(), "files hash to"},
+		{"scaler with another category list", userOHEKey, []byte(`{"features":["city","country"],"categories":[["nantes"],["france"]]}`), `tensor "user.0.weight": shape [256 `},
+		{"scaler with wrong feature names", itemStdKey, []byte(`{"features":["msrp"],"mean":[1],"scale":[1]}`), `item standard scaler: features ["msrp"]`},
+		{"scaler unknown field", userStdKey, []byte(`{"features":["creditLimit"],"mean":[1],"scale":[1],"var":[1]}`), `unknown field "var"`},
+		{"card of another version", cardKey, []byte(`{"version":"m-000000000000"}`), `version "m-000000000000"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := dirStore(t)
+			v := publish(t, s, res)
+			if err := s.Put(context.Background(), objstore.Join(VersionPrefix(v), tc.key), bytes.NewReader(tc.body)); err != nil {
+				t.Fatal(err)
+			}
+			_, err := LoadModel(context.Background(), s, "latest")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("bad latest pointer", func(t *testing.T) {
+		s, _ := dirStore(t)
+		for body, want := range map[string]string{
+			`{"version":"../x","prefix":"versions/../x"}`:     "not a valid version name",
+			`{"version":"m-1","prefix":"elsewhere/m-1"}`:      `prefix "elsewhere/m-1", want "versions/m-1"`,
+			`{"version":"m-1","prefix":"versions/m-1","x":1}`: `unknown field "x"`,
+		} {
+			if err := s.Put(context.Background(), LatestKey, strings.NewReader(body)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := LoadModel(context.Background(), s, "latest"); err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("latest.json %s: err = %v, want %q", body, err, want)
+			}
+		}
+	})
+	t.Run("missing version", func(t *testing.T) {
+		s, _ := dirStore(t)
+		if _, err := LoadModel(context.Background(), s, "m-0123456789ab"); !errors.Is(err, objstore.ErrNotExist) {
+			t.Fatalf("err = %v, want ErrNotExist", err)
+		}
+	})
+}
+
+func FuzzDecodeSafetensors(f *testing.F) {
+	u, i := NewTower(3), NewTower(2)
+	f.Add(EncodeSafetensors(u, i))
+	f.Add([]byte{})
+	f.Add([]byte("\x02\x00\x00\x00\x00\x00\x00\x00{}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		u, i, err := DecodeSafetensors(b, 3, 2)
+		if err == nil && (u.InputWidth() != 3 || i.InputWidth() != 2) {
+			t.Fatal("decoded towers of the wrong width")
+		}
+	})
+}
