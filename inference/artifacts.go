@@ -47,26 +47,28 @@ type Latest struct {
 func VersionPrefix(version string) string { return objstore.Join(versionsPrefix, version) }
 
 // ModelCard is model/model_card.json: what the model is, what it was trained on, how well it
-// did. Everything in it except Created and TrainSeconds is a function of the training data and
-// the config.
+// did, and the checksum of every other file of the version. Everything in it except Created,
+// TrainSeconds and Source is a function of the training data and the config.
 type ModelCard struct {
-	Version          string       `json:"version"`
-	Created          time.Time    `json:"created"`
-	TrainSeconds     float64      `json:"train_seconds"`
-	Source           string       `json:"source,omitempty"` // e.g. the ETL manifest's URL
-	TrainingRows     int          `json:"training_rows"`
-	Users            int          `json:"users"`
-	Items            int          `json:"items"`
-	Metrics          Metrics      `json:"metrics"`
-	UserFeatures     FeatureList  `json:"user_features"`
-	ItemFeatures     FeatureList  `json:"item_features"`
-	Architecture     Architecture `json:"architecture"`
-	Seed             int64        `json:"seed"`
-	HyperParameters  TrainConfig  `json:"hyper_parameters"`
-	Optimizer        string       `json:"optimizer"`
-	Loss             string       `json:"loss"`
-	TensorNames      []string     `json:"tensors"`
-	EmbeddingFormats string       `json:"embedding_format"`
+	Version         string       `json:"version"`
+	Created         time.Time    `json:"created"`
+	TrainSeconds    float64      `json:"train_seconds"`
+	Source          string       `json:"source,omitempty"` // e.g. the ETL manifest's URL
+	TrainingRows    int          `json:"training_rows"`
+	Users           int          `json:"users"`
+	Items           int          `json:"items"`
+	Metrics         Metrics      `json:"metrics"`
+	UserFeatures    FeatureList  `json:"user_features"`
+	ItemFeatures    FeatureList  `json:"item_features"`
+	Architecture    Architecture `json:"architecture"`
+	Seed            int64        `json:"seed"`
+	HyperParameters TrainConfig  `json:"hyper_parameters"`
+	Optimizer       string       `json:"optimizer"`
+	Loss            string       `json:"loss"`
+	TensorNames     []string     `json:"tensors"`
+	// Files maps each file of the version (except this card) to its SHA-256, hex.
+	Files            map[string]string `json:"files"`
+	EmbeddingFormats string            `json:"embedding_format"`
 }
 
 // FeatureList names one tower's inputs.
@@ -213,34 +215,36 @@ func DecodeSafetensors(b []byte, userIn, itemIn int) (user, item *Tower, err err
 	return user, item, nil
 }
 
-// encodedModel is a model's weight and scaler files, and the version derived from them.
-type encodedModel struct {
-	version string
-	files   map[string][]byte // key relative to the version prefix
+// hashedKeys are the files whose SHA-256 the model card records and the version name covers
+// (everything of a version except the card itself).
+var hashedKeys = []string{ItemEmbeddingKey, UserEmbeddingKey, modelKey, itemOHEKey, itemStdKey, userOHEKey, userStdKey}
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }
 
-// contentVersion names a version by the content of its weights and scalers: "m-" and the
-// first 12 hex digits of the SHA-256 over the files in key order, each preceded by its key.
-func contentVersion(files map[string][]byte) string {
+// contentVersion names a version by its content: "m-" and the first 12 hex digits of the
+// SHA-256 over the lines "<key> <sha256 of the file>\n" of hashedKeys in order.
+func contentVersion(sums map[string]string) string {
 	h := sha256.New()
-	for _, k := range []string{modelKey, itemOHEKey, itemStdKey, userOHEKey, userStdKey} {
-		h.Write([]byte(k))
-		h.Write([]byte{0})
-		h.Write(files[k])
+	for _, k := range hashedKeys {
+		fmt.Fprintf(h, "%s %s\n", k, sums[k])
 	}
 	return "m-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 
-func encodeModel(m *Model) (encodedModel, error) {
+// encodeModel returns the weights and scaler files of m.
+func encodeModel(m *Model) (map[string][]byte, error) {
 	files := map[string][]byte{modelKey: EncodeSafetensors(m.User, m.Item)}
 	for k, v := range map[string]any{userOHEKey: m.UserEnc.OneHot, userStdKey: m.UserEnc.Std, itemOHEKey: m.ItemEnc.OneHot, itemStdKey: m.ItemEnc.Std} {
 		b, err := json.MarshalIndent(v, "", "  ")
 		if err != nil {
-			return encodedModel{}, fmt.Errorf("encode %s: %w", k, err)
+			return nil, fmt.Errorf("encode %s: %w", k, err)
 		}
 		files[k] = append(b, '\n')
 	}
-	return encodedModel{version: contentVersion(files), files: files}, nil
+	return files, nil
 }
 
 // EncodeEmbeddingsCSV writes the embeddings CSV format: header "id,embedding", then one row
@@ -264,18 +268,33 @@ func EncodeEmbeddingsCSV(ids []string, embs [][]float32) []byte {
 }
 
 // Publish writes a trained model as a new artifacts version: weights, scalers, model card and
-// both embeddings files under versions/<version>/, then latest.json. Objects are written one
-// by one (each atomically) and the pointer last, so a reader following latest.json never sees
-// a partial version. The version is content-addressed, so publishing the same model again
-// rewrites identical files. card supplies Created, TrainSeconds and Source; Publish fills
+// both embeddings files (every user of res.Users, every item of res.Items) under
+// versions/<version>/, then latest.json. Objects are written one by one (each atomically) and
+// the pointer last, so a reader following latest.json never sees a partial version. The
+// version is content-addressed (a hash of the files' checksums, see contentVersion), so
+// publishing the same model again rewrites identical files. card supplies Created, TrainSeconds and Source; Publish fills
 // the rest. It returns the version.
 func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg TrainConfig, card ModelCard) (string, error) {
-	enc, err := encodeModel(res.Model)
+	files, err := encodeModel(res.Model)
 	if err != nil {
 		return "", err
 	}
-	v := enc.version
 	m := res.Model
+	uids, uf := make([]string, len(res.Users)), make([]UserFeatures, len(res.Users))
+	for i, u := range res.Users {
+		uids[i], uf[i] = strconv.FormatInt(u.CustomerNumber, 10), u.Features
+	}
+	iids, itf := make([]string, len(res.Items)), make([]ItemFeatures, len(res.Items))
+	for i, it := range res.Items {
+		iids[i], itf[i] = it.ProductCode, it.Features
+	}
+	files[UserEmbeddingKey] = EncodeEmbeddingsCSV(uids, m.UserEmbeddings(uf))
+	files[ItemEmbeddingKey] = EncodeEmbeddingsCSV(iids, m.ItemEmbeddings(itf))
+	card.Files = map[string]string{}
+	for _, k := range hashedKeys {
+		card.Files[k] = sha256Hex(files[k])
+	}
+	v := contentVersion(card.Files)
 	card.Version = v
 	card.TrainingRows = res.Metrics.TrainRows + res.Metrics.ValidationRows
 	card.Users, card.Items = len(res.Users), len(res.Items)
@@ -293,27 +312,16 @@ func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg Tr
 	if err != nil {
 		return "", fmt.Errorf("encode model card: %w", err)
 	}
-	enc.files[cardKey] = append(cb, '\n')
-
-	uids, uf := make([]string, len(res.Users)), make([]UserFeatures, len(res.Users))
-	for i, u := range res.Users {
-		uids[i], uf[i] = strconv.FormatInt(u.CustomerNumber, 10), u.Features
-	}
-	iids, itf := make([]string, len(res.Items)), make([]ItemFeatures, len(res.Items))
-	for i, it := range res.Items {
-		iids[i], itf[i] = it.ProductCode, it.Features
-	}
-	enc.files[UserEmbeddingKey] = EncodeEmbeddingsCSV(uids, m.UserEmbeddings(uf))
-	enc.files[ItemEmbeddingKey] = EncodeEmbeddingsCSV(iids, m.ItemEmbeddings(itf))
+	files[cardKey] = append(cb, '\n')
 
 	prefix := VersionPrefix(v)
-	keys := make([]string, 0, len(enc.files))
-	for k := range enc.files {
+	keys := make([]string, 0, len(files))
+	for k := range files {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		if err := store.Put(ctx, objstore.Join(prefix, k), bytes.NewReader(enc.files[k])); err != nil {
+		if err := store.Put(ctx, objstore.Join(prefix, k), bytes.NewReader(files[k])); err != nil {
 			return "", fmt.Errorf("publish version %s: %w", v, err)
 		}
 	}
@@ -404,9 +412,19 @@ func LoadModel(ctx context.Context, store objstore.Store, version string) (*Mode
 	if card.Version != v {
 		return nil, fmt.Errorf("%s: version %q, want %q: %w", at(cardKey), card.Version, v, ErrVersionMismatch)
 	}
+	// The card records every file's checksum; check the files read here against it, and a
+	// content-addressed name against the recorded checksums (the embeddings CSVs are not read
+	// here: the embeddings loader checksums those).
+	if card.Files != nil || contentAddressed(v) {
+		for _, k := range []string{modelKey, userOHEKey, userStdKey, itemOHEKey, itemStdKey} {
+			if got, want := sha256Hex(files[k]), card.Files[k]; got != want {
+				return nil, fmt.Errorf("%s: sha256 %s, model card records %q: %w", at(k), got, want, ErrVersionMismatch)
+			}
+		}
+	}
 	if contentAddressed(v) {
-		if got := contentVersion(files); got != v {
-			return nil, fmt.Errorf("artifacts version %s at %s: files hash to %s: %w", v, store.URL(prefix), got, ErrVersionMismatch)
+		if got := contentVersion(card.Files); got != v {
+			return nil, fmt.Errorf("%s: recorded checksums name version %s: %w", at(cardKey), got, ErrVersionMismatch)
 		}
 	}
 	m, err := NewModel(user, item, userEnc, itemEnc)

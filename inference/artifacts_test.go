@@ -167,17 +167,22 @@ func TestLoadRejectsBadArtifacts(t *testing.T) {
 			b := slices.Clone(good)
 			b[len(b)-1] ^= 0x01
 			return b
-		}(), "files hash to"},
+		}(), `best_model.safetensors: sha256 `},
 		{"scaler with another category list", userOHEKey, []byte(`{"features":["city","country"],"categories":[["nantes"],["france"]]}`), `tensor "user.0.weight": shape [256 `},
 		{"scaler with wrong feature names", itemStdKey, []byte(`{"features":["msrp"],"mean":[1],"scale":[1]}`), `item standard scaler: features ["msrp"]`},
 		{"scaler unknown field", userStdKey, []byte(`{"features":["creditLimit"],"mean":[1],"scale":[1],"var":[1]}`), `unknown field "var"`},
 		{"card of another version", cardKey, []byte(`{"version":"m-000000000000"}`), `version "m-000000000000"`},
+		{"card without checksums", cardKey, nil, "model card records \"\""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _ := dirStore(t)
 			v := publish(t, s, res)
-			if err := s.Put(context.Background(), objstore.Join(VersionPrefix(v), tc.key), bytes.NewReader(tc.body)); err != nil {
+			body := tc.body
+			if body == nil { // a card of the right version that records no checksums
+				body = []byte(`{"version":"` + v + `"}`)
+			}
+			if err := s.Put(context.Background(), objstore.Join(VersionPrefix(v), tc.key), bytes.NewReader(body)); err != nil {
 				t.Fatal(err)
 			}
 			_, err := LoadModel(context.Background(), s, "latest")

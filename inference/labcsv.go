@@ -90,3 +90,55 @@ func ReadLabCSV(r io.Reader) ([]Example, error) {
 		out = append(out, e)
 	}
 }
+
+// productColumns are the columns ReadProductsCSV needs (classicmodels products, any case).
+var productColumns = []string{"productcode", "productline", "productscale", "quantityinstock", "buyprice", "msrp"}
+
+// ReadProductsCSV decodes a classicmodels products table export (header row; productCode,
+// productLine, productScale, quantityInStock, buyPrice, MSRP in any case and order; other
+// columns ignored). `recstream train --products` uses it to embed products that have no
+// rating. Errors name the line and column.
+func ReadProductsCSV(r io.Reader) ([]Item, error) {
+	cr := csv.NewReader(r)
+	head, err := cr.Read()
+	if errors.Is(err, io.EOF) {
+		return nil, errors.New("products csv: empty file, want a header row")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("products csv: header: %w", err)
+	}
+	col := map[string]int{}
+	for i, h := range head {
+		col[strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))] = i
+	}
+	for _, c := range productColumns {
+		if _, ok := col[c]; !ok {
+			return nil, fmt.Errorf("products csv: header has no column %q", c)
+		}
+	}
+	var out []Item
+	for {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("products csv: %w", err)
+		}
+		line, _ := cr.FieldPos(0)
+		it := Item{ProductCode: strings.TrimSpace(rec[col["productcode"]]), Features: ItemFeatures{
+			ProductLine: rec[col["productline"]], ProductScale: rec[col["productscale"]]}}
+		if it.ProductCode == "" {
+			return nil, fmt.Errorf("products csv: line %d: column productCode: empty", line)
+		}
+		for name, dst := range map[string]*float64{"quantityinstock": &it.Features.QuantityInStock, "buyprice": &it.Features.BuyPrice, "msrp": &it.Features.MSRP} {
+			s := strings.TrimSpace(rec[col[name]])
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+				return nil, fmt.Errorf("products csv: line %d: column %s: %q is not a finite number", line, name, s)
+			}
+			*dst = v
+		}
+		out = append(out, it)
+	}
+}

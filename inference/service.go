@@ -32,6 +32,10 @@ type Result struct {
 	Similar [][]SimilarItem
 }
 
+// maxSwitchAttempts bounds how often one Recommend batch is redone because the live
+// embeddings version changed under it.
+const maxSwitchAttempts = 3
+
 // maxSimilarCache bounds the per-version items-from-item cache (entries, not bytes).
 const maxSimilarCache = 100_000
 
@@ -181,10 +185,9 @@ func (s *Service) Recommend(ctx context.Context, users []UserFeatures, items []s
 		if live == c.model.Version {
 			return res, nil
 		}
-		if attempt == 1 {
-			// Two swaps within one batch: answer consistently from the version the queries
-			// most likely read rather than fail the request.
-			return Result{}, fmt.Errorf("recommend: embeddings version changed twice during one batch (now %s)", live)
+		if attempt == maxSwitchAttempts {
+			// Versions are swapped seconds apart at the fastest; never answer with a mismatch.
+			return Result{}, fmt.Errorf("recommend: embeddings version changed %d times during one batch (now %s)", attempt+1, live)
 		}
 		if c, err = s.switchTo(ctx, live); err != nil {
 			return Result{}, fmt.Errorf("recommend: %w", err)

@@ -184,6 +184,26 @@ func Train(ctx context.Context, examples []Example, cfg TrainConfig, progress fu
 	return &TrainResult{Model: model, Metrics: m, Users: users, Items: items}, nil
 }
 
+// AddItems adds the products of items that are not already in r.Items (products without any
+// rating, e.g. from the products table), so that publishing embeds them too; the item tower
+// only needs their features. It keeps r.Items sorted and returns how many were added.
+func (r *TrainResult) AddItems(items []Item) int {
+	have := make(map[string]bool, len(r.Items))
+	for _, it := range r.Items {
+		have[it.ProductCode] = true
+	}
+	added := 0
+	for _, it := range items {
+		if !have[it.ProductCode] {
+			have[it.ProductCode] = true
+			r.Items = append(r.Items, it)
+			added++
+		}
+	}
+	slices.SortFunc(r.Items, func(a, b Item) int { return cmp.Compare(a.ProductCode, b.ProductCode) })
+	return added
+}
+
 // prepare validates the examples, sorts them and extracts the distinct users and items. A
 // customer's (or product's) features are taken from its first row in (customer, product) order.
 func prepare(examples []Example) ([]Example, []User, []Item, error) {

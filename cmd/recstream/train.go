@@ -28,6 +28,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "train")
 	from := fs.String("from", app.Config.S3.Buckets.Datalake, "datalake location holding the ETL's manifest (s3://bucket[/prefix] or file:///dir)")
 	csvPath := fs.String("csv", "", "read the lab's ratings_ml_training_dataset.csv instead of the ETL's dataset")
+	products := fs.String("products", "", "also embed the products of this classicmodels products.csv that have no rating")
 	to := fs.String("to", app.Config.S3.Buckets.Artifacts, "artifacts location to publish to (s3://bucket[/prefix] or file:///dir)")
 	publish := fs.Bool("publish", true, "publish the artifacts (false: train and report only)")
 	fs.Int64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (split, initial weights, batch order)")
@@ -78,6 +79,14 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 		app.Log.Warn("model does not beat the baselines", zap.String("component", "train"),
 			zap.Float64("val_rmse", m.ValRMSE), zap.Float64("global_mean_rmse", m.GlobalMeanRMSE), zap.Float64("item_mean_rmse", m.ItemMeanRMSE))
 	}
+	if *products != "" {
+		items, err := readProductsCSV(*products)
+		if err != nil {
+			return err
+		}
+		n := res.AddItems(items)
+		app.Log.Info("products without ratings added", zap.String("component", "train"), zap.Int("records", n))
+	}
 	if !*publish {
 		return nil
 	}
@@ -118,6 +127,19 @@ func readTrainingCSV(path string) ([]inference.Example, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return ex, nil
+}
+
+func readProductsCSV(path string) ([]inference.Item, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("--products: %v", err)}
+	}
+	defer f.Close()
+	items, err := inference.ReadProductsCSV(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return items, nil
 }
 
 // readTrainingDataset reads the ETL's published dataset through its manifest.

@@ -1,0 +1,146 @@
+package inference
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"go.uber.org/zap/zaptest"
+)
+
+// fakeIndex is a fake at our own seam (Index): it answers from fixed lists, counts calls, and
+// can swap the "live" version during a query, like a concurrent `batch embeddings`.
+type fakeIndex struct {
+	mu          sync.Mutex
+	live        string
+	swapTo      string // if set, the next ItemsFromUsers makes it live mid-query
+	userEmbs    [][][]float32
+	itemQueries [][]string
+}
+
+func (f *fakeIndex) ItemsFromUsers(_ context.Context, embs [][]float32, k int) ([][]ScoredItem, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.userEmbs = append(f.userEmbs, embs)
+	if f.swapTo != "" {
+		f.live, f.swapTo = f.swapTo, ""
+	}
+	out := make([][]ScoredItem, len(embs))
+	for i := range out {
+		out[i] = []ScoredItem{{ID: "from-" + f.live, Score: float64(embs[i][0])}}
+	}
+	return out, nil
+}
+
+func (f *fakeIndex) ItemsFromItems(_ context.Context, codes []string, k int) (map[string][]SimilarItem, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.itemQueries = append(f.itemQueries, codes)
+	out := map[string][]SimilarItem{}
+	for _, c := range codes {
+		if c != "unknown" {
+			out[c] = []SimilarItem{{ID: c + "-near-" + f.live}}
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeIndex) LiveVersion(context.Context) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.live, nil
+}
+
+func syntheticExamples() []Example {
+	var ex []Example
+	for c := 0; c < 12; c++ {
+		for p := 0; p < 8; p++ {
+			ex = append(ex, Example{CustomerNumber: int64(100 + c), ProductCode: fmt.Sprintf("S%d", p),
+				User:   UserFeatures{City: fmt.Sprint("city", c%4), Country: fmt.Sprint("c", c%2), CreditLimit: float64(c * 1000)},
+				Item:   ItemFeatures{ProductLine: fmt.Sprint("line", p%3), ProductScale: "1:10", QuantityInStock: float64(p), BuyPrice: float64(10 + p), MSRP: float64(20 + p)},
+				Rating: float64(1 + (c+p)%5)})
+		}
+	}
+	return ex
+}
+
+func TestServiceSwitchesMidBatchAndCachesPerVersion(t *testing.T) {
+	store, _ := dirStore(t)
+	cfg := DefaultConfig().Train
+	cfg.Epochs = 1
+	var versions []string
+	var models []*Model
+	for seed := int64(1); seed <= 2; seed++ {
+		cfg.Seed = seed
+		res, err := Train(context.Background(), syntheticExamples(), cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := Publish(context.Background(), store, res, cfg, ModelCard{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		versions, models = append(versions, v), append(models, res.Model)
+	}
+	idx := &fakeIndex{live: versions[0]}
+	svc, err := NewService(DefaultConfig(), store, idx, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := svc.Recommend(ctx, nil, nil, 5); err != ErrNotLoaded {
+		t.Fatalf("before Load: err = %v, want ErrNotLoaded", err)
+	}
+	if err := svc.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	users := []UserFeatures{{City: "city1", Country: "c0", CreditLimit: 3000}}
+	items := []string{"S1", "", "unknown", "S1"}
+	res, err := svc.Recommend(ctx, users, items, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ModelVersion != versions[0] || res.Recommended[0][0].ID != "from-"+versions[0] {
+		t.Fatalf("first batch: %+v", res)
+	}
+	if res.Similar[0][0].ID != "S1-near-"+versions[0] || res.Similar[1] != nil || res.Similar[2] != nil || res.Similar[3][0] != res.Similar[0][0] {
+		t.Fatalf("similar: %+v", res.Similar)
+	}
+	// Cached: a second batch asks the index nothing about items.
+	if _, err := svc.Recommend(ctx, users, items, 5); err != nil || len(idx.itemQueries) != 1 || !slices.Equal(idx.itemQueries[0], []string{"S1", "unknown"}) {
+		t.Fatalf("item queries %v (err %v), want one query for [S1 unknown]", idx.itemQueries, err)
+	}
+
+	// A new version goes live while the batch's user query runs: the batch is redone with the
+	// new model and answered from the new version, without an error.
+	idx.swapTo = versions[1]
+	res, err = svc.Recommend(ctx, users, items, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ModelVersion != versions[1] || svc.Version() != versions[1] || res.Recommended[0][0].ID != "from-"+versions[1] {
+		t.Fatalf("after swap: version %s, service %s, %+v", res.ModelVersion, svc.Version(), res.Recommended)
+	}
+	last := idx.userEmbs[len(idx.userEmbs)-1][0]
+	if want := models[1].UserEmbedding(users[0]); !bitsEqual(last, want) {
+		t.Fatal("the redone batch did not use the new model's user embedding")
+	}
+	if res.Similar[0][0].ID != "S1-near-"+versions[1] {
+		t.Fatalf("similar items came from the old version's cache: %+v", res.Similar[0])
+	}
+}
+
+func TestServicePinnedVersionRefusesOtherLiveVersion(t *testing.T) {
+	store, _ := dirStore(t)
+	cfg := DefaultConfig()
+	cfg.ArtifactsVersion = "m-0123456789ab"
+	svc, err := NewService(cfg, store, &fakeIndex{live: "m-ba9876543210"}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Load(context.Background()); err == nil || !contains(err.Error(), "is not the pinned artifacts version m-0123456789ab") {
+		t.Fatalf("err = %v", err)
+	}
+}
