@@ -74,7 +74,7 @@ func ResolveArtifactsVersion(ctx context.Context, root objstore.Store, version s
 	}
 	b, err := objstore.ReadAll(ctx, root, LatestPointerKey)
 	if err != nil {
-		return EmbeddingsSource{}, fmt.Errorf("read artifacts pointer %s: %w", root.URL(LatestPointerKey), err)
+		return EmbeddingsSource{}, fmt.Errorf("resolve artifacts version latest: %w", err)
 	}
 	var p LatestPointer
 	dec := json.NewDecoder(strings.NewReader(string(b)))
@@ -182,6 +182,12 @@ type embLiveVersion struct {
 // an *EmbeddingsInputError naming file, line and reason, and nothing live changes. When the
 // files' checksums and version name equal the live version's, Load returns NoOp unless force.
 func (l *EmbeddingsLoader) Load(ctx context.Context, src EmbeddingsSource, force bool) (LoadResult, error) {
+	if src.Store == nil {
+		return LoadResult{}, errors.New("load embeddings: source has no store")
+	}
+	if src.Version != "" && !artifactsVersionRe.MatchString(src.Version) {
+		return LoadResult{}, fmt.Errorf("load embeddings: version %q must match %s", src.Version, artifactsVersionRe)
+	}
 	conn, release, err := l.lockedConn(ctx)
 	if err != nil {
 		return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
