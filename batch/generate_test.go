@@ -1,0 +1,97 @@
+package batch
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"reflect"
+	"testing"
+)
+
+func TestGeneratorIsDeterministic(t *testing.T) {
+	a, _ := NewGenerator(42, 500, 30)
+	b, _ := NewGenerator(42, 500, 30)
+	c, _ := NewGenerator(43, 500, 30)
+	if !reflect.DeepEqual(a.Products(), b.Products()) || !reflect.DeepEqual(a.Employees(), b.Employees()) {
+		t.Fatal("same seed, different catalogue")
+	}
+	var da, db []CustomerData
+	_ = a.Each(context.Background(), func(d CustomerData) error { da = append(da, d); return nil })
+	_ = b.Each(context.Background(), func(d CustomerData) error { db = append(db, d); return nil })
+	if !reflect.DeepEqual(da, db) {
+		t.Fatal("same seed, different customers")
+	}
+	if reflect.DeepEqual(a.CustomerData(7), c.CustomerData(7)) {
+		t.Fatal("different seeds, same customer")
+	}
+	// Random access equals streaming.
+	if got := a.CustomerData(123); !reflect.DeepEqual(got.Customer, da[123].Customer) || !reflect.DeepEqual(got.Ratings, da[123].Ratings) {
+		t.Fatal("CustomerData(i) differs from Each's customer i")
+	}
+}
+
+func TestGeneratorShapes(t *testing.T) {
+	const customers, per = 2000, 100
+	g, err := NewGenerator(42, customers, per)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ratingCount := make([]int, 6)
+	countries := map[string]int{}
+	lines := map[string]int{}
+	var total, nullState, orders int
+	for i := 0; i < customers; i++ {
+		d := g.CustomerData(i)
+		countries[d.Customer.Country]++
+		if d.Customer.State == nil {
+			nullState++
+		}
+		seen := map[string]bool{}
+		for _, r := range d.Ratings {
+			if seen[r.ProductCode] {
+				t.Fatalf("customer %d rated %s twice", i, r.ProductCode)
+			}
+			seen[r.ProductCode] = true
+			ratingCount[r.Rating]++
+			total++
+		}
+	}
+	_ = g.Each(context.Background(), func(d CustomerData) error {
+		orders += len(d.Orders)
+		return nil
+	})
+	for _, p := range g.Products() {
+		lines[p.Line]++
+	}
+	if total != customers*per {
+		t.Fatalf("total ratings %d, want exactly %d", total, customers*per)
+	}
+	for r, want := range map[int]float64{1: 9, 2: 22, 3: 34, 4: 25, 5: 10} {
+		got := 100 * float64(ratingCount[r]) / float64(total)
+		if math.Abs(got-want) > 1 {
+			t.Errorf("rating %d: %.1f%%, want %.0f%% ± 1", r, got, want)
+		}
+	}
+	if countries["USA"] < countries["France"] || countries["France"] == 0 || len(countries) < 15 {
+		t.Errorf("countries %v do not follow the real mix (USA most common, ~27 countries)", countries)
+	}
+	if share := float64(nullState) / customers; share < 0.4 || share > 0.8 {
+		t.Errorf("NULL state share %.2f, real data has 73/122", share)
+	}
+	if len(lines) != 7 || lines["Classic Cars"] < lines["Trains"] {
+		t.Errorf("product lines %v", lines)
+	}
+	if orders == 0 || orders > total {
+		t.Errorf("%d orders for %d bought products", orders, total)
+	}
+}
+
+func TestNewGeneratorRejectsBadSizes(t *testing.T) {
+	for _, tc := range []struct{ customers, per int }{{0, 10}, {10, 0}, {-1, 5}, {10, 10001}} {
+		t.Run(fmt.Sprint(tc), func(t *testing.T) {
+			if _, err := NewGenerator(1, tc.customers, tc.per); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+}
