@@ -113,6 +113,7 @@ type heldLease struct {
 	counter   int64     // the counter this store last wrote
 	renewedAt time.Time // monotonic time taken before sending that write
 	claimedBy string    // claimant seen at the last renewal attempt
+	uncertain bool      // the last write failed ambiguously: it may have committed
 }
 
 // observation is the state of a row and when this store first saw it (monotonic).
@@ -252,6 +253,12 @@ func (s *Store) renew(ctx context.Context, shard *par.ShardStatus, h heldLease) 
 	cur, ok, err := s.getLease(ctx, shard.ID)
 	if err != nil {
 		return fmt.Errorf("renew lease %s: %w", shard.ID, err)
+	}
+	if ok && cur.Owner == s.cfg.WorkerID && cur.Counter == h.counter+1 && h.uncertain {
+		// Our previous write failed ambiguously but committed. Adopt its counter and keep the
+		// older renewedAt: we do not know when it committed, only that it was later.
+		s.updateHeld(shard.ID, h.counter, func(hl *heldLease) { hl.counter, hl.uncertain = h.counter+1, false })
+		h.counter, h.uncertain = h.counter+1, false
 	}
 	if !ok || cur.Owner != s.cfg.WorkerID || cur.Counter != h.counter {
 		s.observe(shard.ID, cur, ok)
@@ -622,64 +629,86 @@ func (s *Store) ListLeases(ctx context.Context) ([]Lease, error) {
 // fencedUpdate applies update to a lease this store holds with counter h.counter, conditional
 // on owner and counter, and sets the counter to h.counter+1 (":next"). "#owner", "#counter"
 // and "#lt" (with ":lt", a fresh informational timeout) are always defined. On success the
-// held lease is renewed (unless op is release). A conditional failure is re-read: if the row
-// already shows our write (an SDK retry of a committed request), it is success; otherwise the
-// lease is lost.
+// held lease is renewed (unless op is release).
+//
+// A conditional failure is re-read. If the row shows exactly this write and no earlier write
+// is in doubt, it was an SDK retry of a committed request: success. If the row shows an
+// earlier write of ours whose outcome was in doubt (it failed ambiguously), its counter is
+// adopted, keeping the older renewal time, and the write is retried once. Anything else is a
+// lost lease.
 func (s *Store) fencedUpdate(ctx context.Context, op, shardID string, h heldLease, update string,
 	names map[string]string, values map[string]types.AttributeValue, verify ...func(Lease) bool) error {
 	me := s.cfg.WorkerID
-	next := h.counter + 1
 	n := map[string]string{"#owner": AttrOwner, "#counter": AttrCounter, "#lt": AttrLeaseTimeout}
 	for k, v := range names {
 		n[k] = v
 	}
-	v := map[string]types.AttributeValue{
-		":me": &types.AttributeValueMemberS{Value: me}, ":n": num(h.counter), ":next": num(next),
-	}
-	if op != "release" {
-		v[":lt"] = &types.AttributeValueMemberS{Value: time.Now().Add(s.cfg.FailoverTime).UTC().Format(time.RFC3339Nano)}
-	}
-	for k, x := range values {
-		v[k] = x
-	}
-	t0 := s.now() // before sending: the write commits after this, so t0+failover is conservative
-	_, err := s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName:                 aws.String(s.cfg.Table),
-		Key:                       key(shardID),
-		UpdateExpression:          aws.String(update),
-		ConditionExpression:       aws.String("#owner = :me AND #counter = :n"),
-		ExpressionAttributeNames:  n,
-		ExpressionAttributeValues: v,
-	})
-	if err != nil {
-		var ccf *types.ConditionalCheckFailedException
-		if !errors.As(err, &ccf) {
-			return fmt.Errorf("%s lease %s: %w", op, shardID, err)
+	for attempt := 0; ; attempt++ {
+		next := h.counter + 1
+		v := map[string]types.AttributeValue{
+			":me": &types.AttributeValueMemberS{Value: me}, ":n": num(h.counter), ":next": num(next),
 		}
-		cur, ok, rerr := s.getLease(ctx, shardID)
-		if rerr != nil {
-			return fmt.Errorf("%s lease %s: re-read after conditional failure: %w", op, shardID, rerr)
+		if op != "release" {
+			v[":lt"] = &types.AttributeValueMemberS{Value: time.Now().Add(s.cfg.FailoverTime).UTC().Format(time.RFC3339Nano)}
 		}
-		ours := ok && cur.Counter == next && (cur.Owner == me || op == "release")
-		for _, f := range verify {
-			ours = ours && f(cur)
+		for k, x := range values {
+			v[k] = x
 		}
-		if !ours {
-			s.observe(shardID, cur, ok)
-			return s.lost(op, shardID, cur.Owner)
+		t0 := s.now() // before sending: the write commits after this, so t0+failover is conservative
+		_, err := s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
+			TableName:                 aws.String(s.cfg.Table),
+			Key:                       key(shardID),
+			UpdateExpression:          aws.String(update),
+			ConditionExpression:       aws.String("#owner = :me AND #counter = :n"),
+			ExpressionAttributeNames:  n,
+			ExpressionAttributeValues: v,
+		})
+		if err != nil {
+			var ccf *types.ConditionalCheckFailedException
+			if !errors.As(err, &ccf) {
+				s.updateHeld(shardID, h.counter, func(hl *heldLease) { hl.uncertain = true })
+				return fmt.Errorf("%s lease %s: %w", op, shardID, err)
+			}
+			cur, ok, rerr := s.getLease(ctx, shardID)
+			if rerr != nil {
+				return fmt.Errorf("%s lease %s: re-read after conditional failure: %w", op, shardID, rerr)
+			}
+			ownWrite := ok && cur.Counter == next && (cur.Owner == me || op == "release")
+			matches := ownWrite
+			for _, f := range verify {
+				matches = matches && f(cur)
+			}
+			switch {
+			case matches && !h.uncertain:
+				// An SDK retry of this very write, which had committed.
+			case ownWrite && cur.Owner == me && h.uncertain && attempt == 0:
+				s.updateHeld(shardID, h.counter, func(hl *heldLease) { hl.counter, hl.uncertain = next, false })
+				h.counter, h.uncertain = next, false
+				continue
+			default:
+				s.observe(shardID, cur, ok)
+				return s.lost(op, shardID, cur.Owner)
+			}
 		}
-	}
-	if op == "release" {
+		if op == "release" {
+			return nil
+		}
+		s.updateHeld(shardID, h.counter, func(hl *heldLease) { hl.counter, hl.renewedAt, hl.uncertain = next, t0, false })
+		s.mu.Lock()
+		s.seen[shardID] = observation{owner: me, counter: next, seenAt: t0}
+		s.mu.Unlock()
 		return nil
 	}
+}
+
+// updateHeld applies f to the held lease on shardID if its counter is still counter.
+func (s *Store) updateHeld(shardID string, counter int64, f func(*heldLease)) {
 	s.mu.Lock()
-	if cur, ok := s.held[shardID]; ok && cur.counter == h.counter {
-		cur.counter, cur.renewedAt = next, t0
-		s.held[shardID] = cur
+	defer s.mu.Unlock()
+	if hl, ok := s.held[shardID]; ok && hl.counter == counter {
+		f(&hl)
+		s.held[shardID] = hl
 	}
-	s.seen[shardID] = observation{owner: me, counter: next, seenAt: t0}
-	s.mu.Unlock()
-	return nil
 }
 
 // lost forgets a held lease and returns the ErrLeaseLost error for op.

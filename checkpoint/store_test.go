@@ -641,3 +641,70 @@ func TestSDKRetryOfCommittedWriteIsNotLeaseLoss(t *testing.T) {
 		t.Fatalf("checkpoint after retries: %v", err)
 	}
 }
+
+// failAfterCommit makes the next UpdateItem return a non-retryable error after DynamoDB
+// committed it (a timeout the SDK gives up on).
+type failAfterCommit struct{ armed atomic.Bool }
+
+func (f *failAfterCommit) option(cfg *aws.Config) {
+	cfg.APIOptions = append(cfg.APIOptions, func(stack *middleware.Stack) error {
+		return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("failAfterCommit",
+			func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+				out, md, err := next.HandleFinalize(ctx, in)
+				if err == nil && awsmiddleware.GetOperationName(ctx) == "UpdateItem" && f.armed.CompareAndSwap(true, false) {
+					return out, md, errors.New("request timed out")
+				}
+				return out, md, err
+			}), middleware.Before)
+	})
+}
+
+func TestAmbiguousCheckpointFailureIsAdoptedByNextRenewal(t *testing.T) {
+	var fail failAfterCommit
+	db, table := testTable(t, fail.option)
+	clock := newFakeClock()
+	a := newStore(t, db, table, "worker-a", clock)
+	st := status("s0", "")
+	mustLease(t, a, st)
+	before, _ := a.HeldUntil("s0")
+	clock.Advance(time.Second)
+	fail.armed.Store(true)
+	if err := checkpointAt(a, st, "5"); err == nil || errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("checkpoint with a lost response: %v, want a plain error", err)
+	}
+	if until, _ := a.HeldUntil("s0"); !until.Equal(before) {
+		t.Fatalf("HeldUntil moved to %v on an ambiguous write, want %v", until, before)
+	}
+	mustLease(t, a, st) // renew: adopts the committed counter instead of reporting a loss
+	if err := checkpointAt(a, st, "6"); err != nil {
+		t.Fatalf("checkpoint after adoption: %v", err)
+	}
+	if l := row(t, a, "s0"); l.Counter != 4 || l.Checkpoint != "6" {
+		t.Fatalf("row %+v, want counter 4 checkpoint 6", l)
+	}
+}
+
+func TestAmbiguousCheckpointFailureThenCheckpoint(t *testing.T) {
+	var fail failAfterCommit
+	db, table := testTable(t, fail.option)
+	clock := newFakeClock()
+	a := newStore(t, db, table, "worker-a", clock)
+	st := status("s0", "")
+	mustLease(t, a, st)
+	before, _ := a.HeldUntil("s0")
+	clock.Advance(time.Second)
+	fail.armed.Store(true)
+	if err := checkpointAt(a, st, "5"); err == nil || errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("checkpoint with a lost response: %v, want a plain error", err)
+	}
+	clock.Advance(time.Second)
+	if err := checkpointAt(a, st, "6"); err != nil {
+		t.Fatalf("checkpoint after an ambiguous one: %v", err)
+	}
+	if until, _ := a.HeldUntil("s0"); !until.Equal(before.Add(2 * time.Second)) {
+		t.Fatalf("HeldUntil %v, want %v (renewed by the retried checkpoint)", until, before.Add(2*time.Second))
+	}
+	if l := row(t, a, "s0"); l.Counter != 3 || l.Checkpoint != "6" {
+		t.Fatalf("row %+v, want counter 3 (acquire, ambiguous checkpoint, retried checkpoint) at 6", l)
+	}
+}
