@@ -1,5 +1,109 @@
 #!/usr/bin/env bash
-# The end-to-end demo (make demo). Filled in stage by stage as the jobs land.
+# The end-to-end demo (`make demo`, also run by `make test`): generated source data → batch etl →
+# train → batch embeddings → worker ← produce, then a readable summary. It checks its own result
+# (every well-formed event written exactly once, every malformed one in errors/) and exits
+# non-zero otherwise. Needs the local stack (make demo starts it) and bin/recstream.
+#
+# Each run uses its own stream, lease table and output prefix, so runs never see each other's
+# events. Tunables: DEMO_SCALE (customers), DEMO_RATE (events/s), DEMO_DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "recstream demo: no stages yet"
+
+BIN=${BIN:-bin/recstream}
+RUN=${DEMO_RUN:-$(date -u +%Y%m%d%H%M%S)-$$}
+OUT=out/demo/$RUN
+SCALE=${DEMO_SCALE:-150}
+RATE=${DEMO_RATE:-10}
+DURATION=${DEMO_DURATION:-30s}
+SHARDS=${DEMO_SHARDS:-2}
+mkdir -p "$OUT"
+
+export RECSTREAM_KINESIS_STREAM=recstream-demo-$RUN
+export RECSTREAM_DYNAMODB_LEASE_TABLE=recstream-demo-$RUN
+export RECSTREAM_S3_BUCKETS_RECOMMENDATIONS=s3://recstream-recommendations/demo-$RUN
+export RECSTREAM_WORKER_FLUSH_MAX_AGE=${RECSTREAM_WORKER_FLUSH_MAX_AGE:-2s}
+export RECSTREAM_METRICS_LISTEN=${RECSTREAM_METRICS_LISTEN:-127.0.0.1:9108}
+export RECSTREAM_LOG_FORMAT=json
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+fail() { printf 'demo: FAILED: %s\n' "$*" >&2; exit 1; }
+json_num() { grep -o "\"$1\": *[0-9]*" "$2" | head -1 | grep -o '[0-9]*$'; }
+
+worker_pid=
+cleanup() {
+  if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then kill -KILL "$worker_pid" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+step "batch seed: generated classicmodels data ($SCALE customers)"
+$BIN batch seed --scale "$SCALE" --ratings-per-customer 20 --replace 2>"$OUT/seed.log" || { cat "$OUT/seed.log"; fail "batch seed"; }
+tail -1 "$OUT/seed.log"
+
+step "batch etl: ratings ⋈ products ⋈ customers → Snappy Parquet, partitioned by customerNumber"
+$BIN batch etl 2>"$OUT/etl.log" || { cat "$OUT/etl.log"; fail "batch etl"; }
+tail -1 "$OUT/etl.log"
+
+step "train: two-tower model, publish artifacts"
+$BIN train 2>"$OUT/train.log" || { cat "$OUT/train.log"; fail "train"; }
+grep -E '"msg":"(validation|trained|published)' "$OUT/train.log" | tail -3 || tail -3 "$OUT/train.log"
+
+step "batch embeddings: load the new version into pgvector"
+$BIN batch embeddings 2>"$OUT/embeddings.log" || { cat "$OUT/embeddings.log"; fail "batch embeddings"; }
+tail -1 "$OUT/embeddings.log"
+
+step "worker: start on stream $RECSTREAM_KINESIS_STREAM ($SHARDS shards)"
+scripts/stack.sh stream "$RECSTREAM_KINESIS_STREAM" "$SHARDS"
+$BIN worker 2>"$OUT/worker.log" &
+worker_pid=$!
+deadline=$((SECONDS + 60))
+until curl -fsS "http://$RECSTREAM_METRICS_LISTEN/readyz" >/dev/null 2>&1; do
+  kill -0 "$worker_pid" 2>/dev/null || { tail -20 "$OUT/worker.log"; fail "worker exited during start-up"; }
+  [ $SECONDS -lt $deadline ] || { tail -20 "$OUT/worker.log"; fail "worker not ready within 60 s"; }
+  sleep 0.5
+done
+echo "worker pid $worker_pid ready: http://$RECSTREAM_METRICS_LISTEN/metrics"
+
+step "produce: $RATE events/s for $DURATION (5% malformed)"
+$BIN produce --rate "$RATE" --duration "$DURATION" --bad-ratio 0.05 --seed 7 --json >"$OUT/produce.json" 2>"$OUT/produce.log" \
+  || { cat "$OUT/produce.log"; fail "produce"; }
+sent=$(json_num sent "$OUT/produce.json")
+bad=0
+for k in bad_json missing_field invalid_field unknown_field; do
+  n=$(json_num "$k" "$OUT/produce.json" || true); bad=$((bad + ${n:-0}))
+done
+good=$((sent - bad))
+echo "sent $sent events: $good well-formed, $bad malformed"
+
+step "waiting for the worker to write all $good records and $bad errors"
+deadline=$((SECONDS + 120))
+while :; do
+  $BIN inspect --json >"$OUT/inspect.json" 2>/dev/null || true
+  records=$(json_num records "$OUT/inspect.json" || echo 0)
+  errors=$(json_num error_objects "$OUT/inspect.json" || echo 0)
+  [ "${records:-0}" -ge "$good" ] && [ "${errors:-0}" -ge "$bad" ] && break
+  [ $SECONDS -lt $deadline ] || fail "after 120 s: $records/$good records, $errors/$bad errors written"
+  sleep 1
+done
+
+step "status"
+$BIN status | tee "$OUT/status.txt"
+
+step "stop the worker with SIGTERM"
+t0=$SECONDS
+kill -TERM "$worker_pid"
+rc=0; wait "$worker_pid" || rc=$?
+worker_pid=
+echo "worker exited with code $rc after $((SECONDS - t0)) s"
+[ "$rc" -eq 0 ] || { tail -20 "$OUT/worker.log"; fail "worker exit code $rc"; }
+
+step "summary"
+$BIN inspect | tee "$OUT/summary.txt"
+$BIN inspect --json >"$OUT/inspect.json"
+records=$(json_num records "$OUT/inspect.json"); dups=$(json_num duplicates "$OUT/inspect.json"); errors=$(json_num error_objects "$OUT/inspect.json")
+echo
+echo "events sent: $sent ($bad malformed); records written: $records; duplicates: $dups; rejected events in errors/: $errors"
+[ "$records" -eq "$good" ] || fail "records written $records != well-formed events sent $good"
+[ "$dups" -eq 0 ] || fail "$dups duplicate records"
+[ "$errors" -eq "$bad" ] || fail "errors/ holds $errors objects, $bad malformed events were sent"
+grep -q "recommended:" "$OUT/summary.txt" || fail "no sample recommendations in the summary"
+echo "demo: OK (logs and reports in $OUT)"
