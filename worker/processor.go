@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,44 @@ type processor struct {
 	checkpoint string // last sequence number checkpointed by this processor or found at start
 	lastStatus time.Time
 	taken      int64
+
+	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
+	// Run's goroutine while this shard's consumer goroutine may still be inside a flush.
+	pubCheckpoint atomic.Pointer[string]
+	pubBuffered   atomic.Int64
+}
+
+// setCheckpoint records (and publishes) the shard's checkpoint.
+func (p *processor) setCheckpoint(seq string) {
+	p.checkpoint = seq
+	p.pubCheckpoint.Store(&seq)
+}
+
+// publishBuffered publishes the buffer's record count; call after every buffer change.
+func (p *processor) publishBuffered() { p.pubBuffered.Store(int64(p.buf.n)) }
+
+// shardReport is what the shutdown-timeout log says about one shard still being processed.
+type shardReport struct {
+	shard      string
+	checkpoint string
+	buffered   int64
+}
+
+// snapshot returns the published state of every live processor, sorted by shard id. Safe to
+// call from any goroutine.
+func (s *shared) snapshot() []shardReport {
+	s.mu.Lock()
+	out := make([]shardReport, 0, len(s.live))
+	for id, p := range s.live {
+		r := shardReport{shard: id, buffered: p.pubBuffered.Load()}
+		if c := p.pubCheckpoint.Load(); c != nil {
+			r.checkpoint = *c
+		}
+		out = append(out, r)
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].shard < out[j].shard })
+	return out
 }
 
 // Initialize implements kcl.IRecordProcessor.
@@ -89,9 +128,11 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	p.shard = in.ShardId
 	p.log = p.s.deps.Log.With(zap.String("component", "worker"), zap.String("stream", p.s.stream), zap.String("shard_id", p.shard))
 	p.buf = newBuffer(p.s.cfg.Flush)
+	cp := ""
 	if in.ExtendedSequenceNumber != nil {
-		p.checkpoint = aws.ToString(in.ExtendedSequenceNumber.SequenceNumber)
+		cp = aws.ToString(in.ExtendedSequenceNumber.SequenceNumber)
 	}
+	p.setCheckpoint(cp)
 	p.lastStatus = p.s.now()
 	p.s.mu.Lock()
 	p.s.live[p.shard] = p
@@ -171,6 +212,7 @@ func (p *processor) die(why string, err error) {
 	}
 	p.log.Warn("dropped shard buffer for replay", fields...)
 	p.buf.reset()
+	p.publishBuffered()
 	if why == "lease lost" {
 		p.s.deps.Metrics.LeasesLost.WithLabelValues(p.shard).Inc()
 	}
@@ -242,6 +284,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 			}, len(r.Data), now)
 			u++
 		}
+		p.publishBuffered()
 		p.taken++
 		if p.buf.full() && !p.flush(in.Checkpointer) {
 			return false
@@ -297,7 +340,7 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	if !p.retry("checkpoint", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }, true) {
 		return false
 	}
-	p.checkpoint = last
+	p.setCheckpoint(last)
 	m.RecordsOut.WithLabelValues(p.shard).Add(float64(len(p.buf.recs)))
 	for _, e := range p.buf.errs {
 		m.RecordsFailed.WithLabelValues(p.shard, string(e.Reason)).Inc()
@@ -314,6 +357,7 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	}
 	p.log.Info("flushed batch", fields...)
 	p.buf.reset()
+	p.publishBuffered()
 	return true
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"sync/atomic"
 	"time"
 
@@ -168,18 +167,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-done:
 	case <-time.After(slack / 2):
 	}
-	s.mu.Lock()
-	shards := make([]string, 0, len(s.live))
-	for id := range s.live {
-		shards = append(shards, id)
+	// The shard goroutines may still be running: read only what they publish atomically.
+	for _, r := range s.snapshot() {
+		log.Error("shutdown timed out, shard will be replayed", zap.String("shard_id", r.shard),
+			zap.String("checkpoint", r.checkpoint), zap.Int64("records", r.buffered))
 	}
-	sort.Strings(shards)
-	for _, id := range shards {
-		p := s.live[id]
-		log.Error("shutdown timed out, shard will be replayed", zap.String("shard_id", id),
-			zap.String("checkpoint", p.checkpoint), zap.Int("records", p.buf.n))
-	}
-	s.mu.Unlock()
 	return ErrShutdownTimeout
 }
 
