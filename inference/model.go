@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
+	"sync"
 )
 
 // Tower shape: Dense(Hidden1, ReLU) → Dense(Hidden2, ReLU) → Dense(EmbeddingDim), then L2
@@ -126,12 +128,36 @@ func (t *Tower) Forward(x []float32, n int) []float32 {
 		panic(fmt.Sprintf("inference: Tower.Forward: %d values for %d rows of width %d", len(x), n, in)) // programming error
 	}
 	out := make([]float32, n*EmbeddingDim)
+	// Rows are independent, so a large batch is split across cores; each row's arithmetic is
+	// the same either way, so the result does not depend on the split.
+	workers := min(runtime.GOMAXPROCS(0), n/minRowsPerWorker)
+	if workers <= 1 {
+		t.forwardRows(x, out, 0, n)
+		return out
+	}
+	var wg sync.WaitGroup
+	per := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += per {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			t.forwardRows(x, out, lo, hi)
+		}(lo, min(lo+per, n))
+	}
+	wg.Wait()
+	return out
+}
+
+// minRowsPerWorker is the smallest share of a batch worth a goroutine.
+const minRowsPerWorker = 32
+
+func (t *Tower) forwardRows(x, out []float32, lo, hi int) {
+	in := t.InputWidth()
 	s := newRowState()
-	for r := 0; r < n; r++ {
+	for r := lo; r < hi; r++ {
 		t.forwardRow(x[r*in:(r+1)*in], s)
 		copy(out[r*EmbeddingDim:], s.u)
 	}
-	return out
 }
 
 // dot is the float32 inner product, unrolled with four independent accumulators (a fixed

@@ -173,3 +173,21 @@ func TestBackwardMatchesFiniteDifferences(t *testing.T) {
 		t.Fatalf("checked only %d gradients", checked)
 	}
 }
+
+func TestBatchedForwardEqualsRowByRow(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	const width, n = 40, 301 // large enough to be split across goroutines
+	tw := NewTower(width)
+	tw.initUniform(rng)
+	var x []float32
+	for r := 0; r < n; r++ {
+		x = append(x, randomInput(rng, width)...)
+	}
+	batched := tw.Forward(x, n)
+	for r := 0; r < n; r++ {
+		one := tw.Forward(x[r*width:(r+1)*width], 1)
+		if !bitsEqual(one, batched[r*EmbeddingDim:(r+1)*EmbeddingDim]) {
+			t.Fatalf("row %d: batched result differs from the single-row result", r)
+		}
+	}
+}
