@@ -1,0 +1,370 @@
+package deploy_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/recstream/recstream/deploy"
+)
+
+const iamDir = "iam"
+
+// OpLogPathEnv names the operation log (written by internal/awsenv under RECSTREAM_AWS_OPLOG
+// while `make test` runs the demo) that TestPoliciesMatchRecordedOperations checks.
+const opLogPathEnv = "RECSTREAM_IAM_OPLOG"
+
+// roles maps each policy that a recstream process runs under to the subcommands that run under
+// it. The worker ECS service runs `worker`; the scheduled batch tasks run the nightly jobs (and
+// `migrate`, which the jobs also run implicitly); an on-call engineer's own role gets the
+// operator policy for `status`.
+var roles = map[string][]string{
+	"worker-task-role.json": {"worker"},
+	"batch-task-role.json":  {"batch etl", "train", "batch embeddings", "migrate"},
+	"operator-policy.json":  {"status"},
+}
+
+// notDeployed are subcommands recorded by the demo that never run in production: `produce`
+// simulates the sales platform (which writes the stream itself) and `batch seed` loads demo
+// data into MySQL. No policy grants what they call.
+var notDeployed = map[string]string{
+	"produce":    "simulator of the sales platform; in production the platform writes the stream",
+	"batch seed": "loads generated or CSV demo data into MySQL; never run against production",
+}
+
+// conditional are actions a policy may grant although a run need not call them, because the
+// code calls them only when a resource is missing. Each needs its reason.
+var conditional = map[string]map[string]string{
+	"worker-task-role.json": {
+		"dynamodb:CreateTable": "checkpoint store creates the lease table (on-demand) when DescribeTable finds none; a run on an existing table does not call it",
+	},
+}
+
+// nonCodeRoles are the policies no recstream code runs under (ECS agent, EventBridge Scheduler,
+// trust policies); they get only the static checks.
+var nonCodeRoles = map[string]bool{
+	"task-execution-role.json": true,
+	"scheduler-role.json":      true,
+	"trust-ecs-tasks.json":     true,
+	"trust-scheduler.json":     true,
+}
+
+func loadPolicies(t *testing.T) map[string]*deploy.Policy {
+	t.Helper()
+	files, err := deploy.Files(iamDir, "*.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*deploy.Policy{}
+	for _, f := range files {
+		p, err := deploy.LoadPolicy(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := filepath.Base(f)
+		if _, ok := roles[name]; !ok && !nonCodeRoles[name] {
+			t.Errorf("%s: not assigned to a role in deploy/iam_test.go (roles or nonCodeRoles)", f)
+		}
+		out[name] = p
+	}
+	for name := range roles {
+		if out[name] == nil {
+			t.Errorf("deploy/iam/%s missing", name)
+		}
+	}
+	return out
+}
+
+var (
+	actionRE = regexp.MustCompile(`^[a-z0-9-]+:[A-Za-z0-9]+$`)
+	arnRE    = regexp.MustCompile(`^arn:aws:([a-z0-9-]+):([^:]*):([^:]*):(.+)$`)
+)
+
+// TestPoliciesStatic: no wildcard actions; every resource a named ARN in this account (or one
+// of config.yaml's buckets) with "*" only at the end of a prefix; S3 only on config.yaml's
+// buckets, DynamoDB only on the lease table, Kinesis only on the stream; no CloudWatch, because
+// the code calls no CloudWatch API (metrics are Prometheus, logs go through awslogs).
+func TestPoliciesStatic(t *testing.T) {
+	cfg := loadShippedConfig(t)
+	buckets := map[string]bool{}
+	for _, b := range bucketNames(t) {
+		buckets[b] = true
+	}
+	for name, p := range loadPolicies(t) {
+		trust := strings.HasPrefix(name, "trust-")
+		raw, err := os.ReadFile(filepath.Join(iamDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ph := range deploy.PlaceholdersIn(string(raw)) {
+			if _, ok := deploy.Placeholders[ph]; !ok {
+				t.Errorf("%s: unknown placeholder ${%s}", name, ph)
+			}
+		}
+		for i, s := range p.Statement {
+			where := name + " " + s.Sid
+			if s.Sid == "" {
+				t.Errorf("%s Statement[%d]: give it a Sid saying what it is for", name, i)
+			}
+			if s.Effect != "Allow" {
+				continue
+			}
+			for _, a := range s.Action {
+				if !actionRE.MatchString(a) {
+					t.Errorf("%s: action %q: want service:Action with no wildcard", where, a)
+				}
+				if strings.HasPrefix(a, "cloudwatch:") {
+					t.Errorf("%s: %s: the code calls no CloudWatch API (Prometheus metrics, awslogs driver)", where, a)
+				}
+			}
+			if trust {
+				if len(s.Resource) > 0 {
+					t.Errorf("%s: a trust policy has no Resource", where)
+				}
+				for _, ps := range s.Principal {
+					for _, pr := range ps {
+						if strings.Contains(pr, "*") {
+							t.Errorf("%s: wildcard principal %q", where, pr)
+						}
+					}
+				}
+				continue
+			}
+			if len(s.Resource) == 0 {
+				t.Errorf("%s: no Resource", where)
+			}
+			for _, r := range s.Resource {
+				if r == "*" {
+					if len(s.Action) != 1 || s.Action[0] != "ecr:GetAuthorizationToken" {
+						t.Errorf("%s: Resource \"*\" is allowed only for ecr:GetAuthorizationToken (no resource-level permissions), not %v", where, s.Action)
+					}
+					continue
+				}
+				checkResource(t, where, r, s.Action, buckets, cfg)
+			}
+		}
+	}
+}
+
+func checkResource(t *testing.T, where, r string, actions []string, buckets map[string]bool, cfg shippedConfig) {
+	t.Helper()
+	m := arnRE.FindStringSubmatch(r)
+	if m == nil {
+		t.Errorf("%s: resource %q is not an ARN", where, r)
+		return
+	}
+	svc, region, account, rest := m[1], m[2], m[3], m[4]
+	if i := strings.IndexByte(r, '*'); i >= 0 && (i != len(r)-1 || !strings.ContainsRune("/:=", rune(r[i-1]))) {
+		t.Errorf("%s: resource %q: \"*\" only as the last character after a / : or = (a prefix)", where, r)
+	}
+	if strings.Contains(r, "?") && !(svc == "secretsmanager" && strings.HasSuffix(r, "-??????") && strings.Count(r, "?") == 6) {
+		t.Errorf("%s: resource %q: \"?\" only for a Secrets Manager secret's random -?????? suffix", where, r)
+	}
+	for _, a := range actions {
+		if p, _, _ := strings.Cut(a, ":"); p != svc {
+			t.Errorf("%s: action %s on a %s resource %q: split the statement by service", where, a, svc, r)
+		}
+	}
+	switch svc {
+	case "s3":
+		bucket, key, _ := strings.Cut(rest, "/")
+		if region != "" || account != "" || !buckets[bucket] {
+			t.Errorf("%s: S3 resource %q: want arn:aws:s3:::<bucket>[/prefix] on a config.yaml bucket %v", where, r, deploy.SortedKeys(buckets))
+		}
+		for _, a := range actions {
+			objectLevel := a != "s3:ListBucket"
+			if objectLevel && (key == "" || key == "*") {
+				t.Errorf("%s: %s on %q: object actions need a key prefix, not the whole bucket", where, a, r)
+			}
+			if !objectLevel && key != "" {
+				t.Errorf("%s: s3:ListBucket on %q: it applies to the bucket; scope it with an s3:prefix condition", where, r)
+			}
+		}
+	case "iam":
+		if account != "${AccountId}" {
+			t.Errorf("%s: resource %q: want account ${AccountId}", where, r)
+		}
+	default:
+		if region != "${Region}" || account != "${AccountId}" {
+			t.Errorf("%s: resource %q: want region ${Region} and account ${AccountId}", where, r)
+		}
+	}
+	switch {
+	case svc == "dynamodb" && rest != "table/"+cfg.DynamoDB.LeaseTable:
+		t.Errorf("%s: DynamoDB resource %q: only the lease table %s", where, r, cfg.DynamoDB.LeaseTable)
+	case svc == "kinesis" && rest != "stream/"+cfg.Kinesis.Stream:
+		t.Errorf("%s: Kinesis resource %q: only the stream %s", where, r, cfg.Kinesis.Stream)
+	}
+}
+
+// TestListBucketHasPrefixCondition: a ListBucket grant is scoped to key prefixes.
+func TestListBucketHasPrefixCondition(t *testing.T) {
+	for name, p := range loadPolicies(t) {
+		for _, s := range p.Statement {
+			for _, a := range s.Action {
+				if a == "s3:ListBucket" && len(s.Condition["StringLike"]["s3:prefix"]) == 0 {
+					t.Errorf("%s %s: s3:ListBucket without a StringLike s3:prefix condition lists the whole bucket", name, s.Sid)
+				}
+			}
+		}
+	}
+}
+
+// deployedRoles is the role assignment the op-log check uses.
+var deployedRoles = deploy.Roles{
+	Callers:     roles,
+	NotDeployed: notDeployed,
+	Conditional: conditional,
+	Silent:      map[string]bool{"migrate": true}, // PostgreSQL only
+}
+
+// TestPoliciesMatchRecordedOperations compares each role's policy with the AWS operations its
+// subcommands called while `make test` ran the demo against the local stack (recorded by
+// internal/awsenv to RECSTREAM_AWS_OPLOG, passed here as RECSTREAM_IAM_OPLOG): a policy must
+// grant every action its code called and nothing else (except a documented conditional action).
+func TestPoliciesMatchRecordedOperations(t *testing.T) {
+	path := os.Getenv(opLogPathEnv)
+	if path == "" {
+		t.Skipf("%s is unset: this check runs in `make test` after the demo has recorded every subcommand's AWS operations (RECSTREAM_AWS_OPLOG)", opLogPathEnv)
+	}
+	entries, err := deploy.ReadOpLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) == 0 {
+		t.Fatalf("%s is empty: was the demo run with RECSTREAM_AWS_OPLOG=%s?", path, path)
+	}
+	problems, notes := deploy.ComparePolicies(entries, deployedRoles, loadPolicies(t))
+	for _, n := range notes {
+		t.Log(n)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", path, p)
+	}
+}
+
+// TestActionsFor pins the operation → IAM action mapping, including the S3 operations whose
+// action names differ.
+func TestActionsFor(t *testing.T) {
+	tests := []struct {
+		op      string
+		want    string
+		wantErr bool
+	}{
+		{op: "Kinesis:GetRecords", want: "kinesis:GetRecords"},
+		{op: "Kinesis:ListShards", want: "kinesis:ListShards"},
+		{op: "Kinesis:DescribeStreamSummary", want: "kinesis:DescribeStreamSummary"},
+		{op: "DynamoDB:PutItem", want: "dynamodb:PutItem"},
+		{op: "DynamoDB:CreateTable", want: "dynamodb:CreateTable"},
+		{op: "S3:PutObject", want: "s3:PutObject"},
+		{op: "S3:ListObjectsV2", want: "s3:ListBucket"},
+		{op: "S3:HeadObject", want: "s3:GetObject"},
+		{op: "S3:GetObject", want: "s3:GetObject"},
+		{op: "S3:DeleteObject", want: "s3:DeleteObject"},
+		{op: "S3:DeleteObjects", want: "s3:DeleteObject"},
+		{op: "S3:CopyObject", want: "s3:GetObject,s3:PutObject"},
+		{op: "S3:SelectObjectContent", wantErr: true},
+		{op: "Lambda:Invoke", wantErr: true},
+		{op: "GetRecords", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.op, func(t *testing.T) {
+			got, err := deploy.ActionsFor(tc.op)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("ActionsFor(%q) error %v, wantErr %v", tc.op, err, tc.wantErr)
+			}
+			if !tc.wantErr && strings.Join(got, ",") != tc.want {
+				t.Errorf("ActionsFor(%q) = %v, want %s", tc.op, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestComparePolicies runs the comparison on synthetic logs against the shipped policies, so
+// the check is known to fail on a missing grant, an unused grant and an unassigned caller.
+func TestComparePolicies(t *testing.T) {
+	policies := loadPolicies(t)
+	// A log that calls exactly what every role grants (minus conditional grants) passes.
+	var full strings.Builder
+	for _, role := range deploy.SortedKeys(roles) {
+		caller := roles[role][0]
+		for _, a := range deploy.SortedKeys(policies[role].AllowedActions()) {
+			if conditional[role][a] != "" {
+				continue
+			}
+			fmt.Fprintf(&full, "%s\t%s\n", caller, opFor(t, a))
+		}
+	}
+	for _, role := range deploy.SortedKeys(roles) {
+		for _, c := range roles[role][1:] {
+			if !deployedRoles.Silent[c] {
+				fmt.Fprintf(&full, "%s\tS3:GetObject\n", c)
+			}
+		}
+	}
+	tests := []struct {
+		name string
+		log  string
+		want []string // substrings of expected problems; none means it must pass
+	}{
+		{name: "exact", log: full.String()},
+		{name: "missing grant", log: full.String() + "worker\tKinesis:PutRecord\n", want: []string{"worker-task-role.json lacks kinesis:PutRecord"}},
+		{name: "unused grant", log: strings.Replace(full.String(), "worker\tKinesis:GetRecords\n", "", 1), want: []string{"worker-task-role.json grants kinesis:GetRecords"}},
+		{name: "unknown caller", log: full.String() + "reindex\tS3:GetObject\n", want: []string{`caller "reindex"`}},
+		{name: "unmapped operation", log: full.String() + "worker\tS3:SelectObjectContent\n", want: []string{"S3:SelectObjectContent"}},
+		{name: "not deployed and test binaries ignored", log: full.String() + "produce\tKinesis:PutRecords\nworker.test\tS3:CreateBucket\n"},
+		{name: "subcommand never ran", log: strings.ReplaceAll(full.String(), "status\t", "produce\t"), want: []string{`no AWS operation recorded for "status"`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "oplog")
+			if err := os.WriteFile(path, []byte(tc.log), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			entries, err := deploy.ReadOpLog(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			problems, _ := deploy.ComparePolicies(entries, deployedRoles, policies)
+			got := strings.Join(problems, "\n")
+			if len(tc.want) == 0 && len(problems) > 0 {
+				t.Fatalf("unexpected problems:\n%s", got)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("want a problem containing %q, got:\n%s", w, got)
+				}
+			}
+		})
+	}
+}
+
+// opFor returns a recorded operation that needs IAM action a (the inverse of ActionsFor).
+func opFor(t *testing.T, a string) string {
+	t.Helper()
+	svc := map[string]string{"kinesis": "Kinesis", "dynamodb": "DynamoDB", "s3": "S3"}
+	p, name, _ := strings.Cut(a, ":")
+	op := svc[p] + ":" + name
+	switch a {
+	case "s3:ListBucket":
+		op = "S3:ListObjectsV2"
+	}
+	got, err := deploy.ActionsFor(op)
+	if err != nil || len(got) != 1 || got[0] != a {
+		t.Fatalf("no operation maps to %s (tried %s: %v %v)", a, op, got, err)
+	}
+	return op
+}
+
+func TestReadOpLogNamesBadLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "oplog")
+	if err := os.WriteFile(path, []byte("worker\tKinesis:GetRecords\nbad line\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := deploy.ReadOpLog(path); err == nil || !strings.Contains(err.Error(), ":2:") {
+		t.Fatalf("ReadOpLog: want an error naming line 2, got %v", err)
+	}
+}
