@@ -161,6 +161,7 @@ func (e *testEnv) put(t testing.TB, recs [][]byte) {
 // output is what the worker wrote: records per session id, and errors/ objects.
 type output struct {
 	count   map[string]int
+	shard   map[string]string // shard id of each record's last copy
 	objects int
 	errors  []ErrorRecord
 }
@@ -173,7 +174,7 @@ func (e *testEnv) read(t testing.TB) output {
 	if err != nil {
 		t.Fatalf("list: %v", err)
 	}
-	out := output{count: map[string]int{}}
+	out := output{count: map[string]int{}, shard: map[string]string{}}
 	for _, o := range objs {
 		b, err := objstore.ReadAll(ctx, e.store, o.Key)
 		if err != nil {
@@ -203,6 +204,7 @@ func (e *testEnv) read(t testing.TB) output {
 				t.Fatalf("object %s: incomplete record %+v", o.Key, r)
 			}
 			out.count[r.SessionID]++
+			out.shard[r.SessionID] = r.ShardID
 		}
 	}
 	return out
