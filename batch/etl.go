@@ -124,22 +124,39 @@ func (e *ETL) shardName() string {
 
 func runsPrefix(runID string) string { return DatasetPrefix + "/_runs/" + runID + "/" }
 
-// sourceQuery is the lab's join made outer, so that rows the inner join would silently drop
-// (unknown product or customer) can be counted as rejected. Ordering by the ratings primary
-// key streams one customer at a time without a server-side sort.
-func (e *ETL) sourceQuery() (string, []any) {
-	q := `SELECT r.customerNumber, r.productCode, r.productRating,
-  c.customerNumber, c.city, c.state, c.postalCode, c.country, c.creditLimit,
-  p.productCode, p.productLine, p.productScale, p.quantityInStock, p.buyPrice, p.MSRP
-FROM ratings r
-LEFT JOIN customers c ON c.customerNumber = r.customerNumber
-LEFT JOIN products p ON p.productCode = r.productCode`
-	var args []any
-	if e.sharded() {
-		q += "\nWHERE CRC32(r.customerNumber) % ? = ?"
-		args = append(args, e.opts.Shards, e.opts.Shard)
+// The lab's join, ratings r JOIN products p JOIN customers c, is done here as a merge join
+// rather than in SQL: MySQL streams ratings in primary-key order (customerNumber,
+// productCode) with no join work, customers stream in customerNumber order on a second
+// connection, and the product catalogue (small: 110 rows real, customers/10 generated) is held
+// in a map. On 1M ratings this cuts the server's work about ninefold compared with two eq_ref
+// joins per row. Left-join semantics let rows the lab's inner join would silently drop (unknown
+// product or customer) be counted as rejected. Like the Glue job's separate JDBC reads, the
+// three statements are not one snapshot: a customer inserted during the run may count as
+// unknown for its ratings; the next run picks it up.
+func (e *ETL) shardFilter(col string) (string, []any) {
+	if !e.sharded() {
+		return "", nil
 	}
-	return q + "\nORDER BY r.customerNumber, r.productCode", args
+	return " WHERE CRC32(" + col + ") % ? = ?", []any{e.opts.Shards, e.opts.Shard}
+}
+
+func (e *ETL) ratingsQuery() (string, []any) {
+	w, args := e.shardFilter("customerNumber")
+	return "SELECT customerNumber, productCode, productRating FROM ratings" + w + " ORDER BY customerNumber, productCode", args
+}
+
+func (e *ETL) customersQuery() (string, []any) {
+	w, args := e.shardFilter("customerNumber")
+	return "SELECT customerNumber, city, state, postalCode, country, creditLimit FROM customers" + w + " ORDER BY customerNumber", args
+}
+
+const productsQuery = "SELECT productCode, productLine, productScale, quantityInStock, buyPrice, MSRP FROM products"
+
+// sourceQueries are the statements a run executes, for the dry-run plan.
+func (e *ETL) sourceQueries() []string {
+	r, _ := e.ratingsQuery()
+	c, _ := e.customersQuery()
+	return []string{productsQuery, r, c}
 }
 
 // CountSourceRows counts the ratings rows this run will read (for a progress bar or a plan).
@@ -384,14 +401,7 @@ func (e *ETL) cleanup(ctx context.Context, m *Manifest) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list dataset: %w", err)
 	}
-	deleted := 0
-	del := func(key string) error {
-		if err := e.store.Delete(ctx, key); err != nil {
-			return err
-		}
-		deleted++
-		return nil
-	}
+	var doomed []string
 	for _, o := range objs {
 		rid := fileRunID(o.Key)
 		if rid == "" || live[o.Key] {
@@ -400,21 +410,46 @@ func (e *ETL) cleanup(ctx context.Context, m *Manifest) (int, error) {
 		if rid != m.RunID && fresh[rid] {
 			continue
 		}
-		if err := del(o.Key); err != nil {
-			return deleted, err
-		}
+		doomed = append(doomed, o.Key)
 	}
+	// Data files first: if cleanup stops halfway, the staging markers still protect nothing
+	// that matters and the next run finishes the job.
+	n, err := e.deleteAll(ctx, doomed)
+	if err != nil {
+		return n, err
+	}
+	var staging []string
 	for rid, keys := range staged {
 		if rid != m.RunID && fresh[rid] {
 			continue
 		}
-		for _, k := range keys {
-			if err := e.store.Delete(ctx, k); err != nil {
-				return deleted, err
-			}
-		}
+		staging = append(staging, keys...)
 	}
-	return deleted, nil
+	if _, err := e.deleteAll(ctx, staging); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// deleteAll deletes keys with upload_concurrency deletes in flight and returns how many went.
+func (e *ETL) deleteAll(ctx context.Context, keys []string) (int, error) {
+	var mu sync.Mutex
+	n := 0
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(e.cfg.UploadConcurrency)
+	for _, k := range keys {
+		g.Go(func() error {
+			if err := e.store.Delete(gctx, k); err != nil {
+				return err
+			}
+			mu.Lock()
+			n++
+			mu.Unlock()
+			return nil
+		})
+	}
+	err := g.Wait()
+	return n, err
 }
 
 // fileJob is one finished Parquet file waiting for upload.
@@ -440,10 +475,28 @@ func (e *ETL) export(ctx context.Context, res *ETLResult) (*Manifest, error) {
 	if _, err := qconn.ExecContext(ctx, "SET SESSION net_write_timeout = 600"); err != nil {
 		return nil, fmt.Errorf("set net_write_timeout: %w", err)
 	}
-	q, args := e.sourceQuery()
+	products, err := loadProducts(ctx, qconn)
+	if err != nil {
+		return nil, err
+	}
+	cconn, err := e.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	defer cconn.Close()
+	if _, err := cconn.ExecContext(ctx, "SET SESSION net_write_timeout = 600"); err != nil {
+		return nil, fmt.Errorf("set net_write_timeout: %w", err)
+	}
+	cq, cargs := e.customersQuery()
+	crows, err := cconn.QueryContext(ctx, cq, cargs...)
+	if err != nil {
+		return nil, fmt.Errorf("query customers: %w", err)
+	}
+	defer crows.Close()
+	q, args := e.ratingsQuery()
 	rows, err := qconn.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("query ratings join: %w", err)
+		return nil, fmt.Errorf("query ratings: %w", err)
 	}
 	defer rows.Close()
 
@@ -462,16 +515,13 @@ func (e *ETL) export(ctx context.Context, res *ETLResult) (*Manifest, error) {
 			return nil
 		})
 	}
-	err = e.stream(gctx, rows, jobs, shard, res)
+	err = e.stream(gctx, rows, &customerCursor{rows: crows}, products, jobs, shard, res)
 	close(jobs)
 	if werr := g.Wait(); werr != nil && err == nil {
 		err = werr
 	}
 	if err != nil {
 		return nil, err
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read ratings join: %w", err)
 	}
 	return shard, nil
 }
@@ -484,44 +534,31 @@ type partWriter struct {
 	fileRows int64
 }
 
-func (e *ETL) stream(ctx context.Context, rows *sql.Rows, jobs chan<- fileJob, shard *Manifest, res *ETLResult) error {
-	var raw [15]sql.RawBytes
-	dest := make([]any, len(raw))
-	for i := range raw {
-		dest[i] = &raw[i]
-	}
+func (e *ETL) stream(ctx context.Context, rows *sql.Rows, customers *customerCursor, products map[string]*productCols, jobs chan<- fileJob, shard *Manifest, res *ETLResult) error {
+	var raw [3]sql.RawBytes
+	dest := []any{&raw[0], &raw[1], &raw[2]}
 	pw := &partWriter{
 		w:       parquet.NewGenericWriter[parquetRow](io.Discard, parquet.Compression(&snappy.Codec{}), parquet.CreatedBy("recstream", "batch etl", "")),
 		pending: make([]parquetRow, 0, 512),
 	}
 	var (
-		cur      = -1 // open partition's customer number
-		part     Partition
-		seq      int
-		files    int
-		intern   = map[string]string{}
-		products = map[string]*productCols{}
-		cust     customerCols
+		cur     = -1 // open partition's customer number
+		part    Partition
+		seq     int
+		files   int
+		lastCN  = -1 // customer number of the previous source row
+		cust    *customerCols
+		pending = &pw.pending
 	)
-	str := func(b []byte) string { // strings repeat (cities, lines, scales): share them
-		if s, ok := intern[string(b)]; ok {
-			return s
-		}
-		s := string(b)
-		if len(intern) < 1<<16 {
-			intern[s] = s
-		}
-		return s
-	}
 	flushPending := func() error {
-		if len(pw.pending) == 0 {
+		if len(*pending) == 0 {
 			return nil
 		}
-		if _, err := pw.w.Write(pw.pending); err != nil {
+		if _, err := pw.w.Write(*pending); err != nil {
 			return fmt.Errorf("encode parquet: %w", err)
 		}
-		clear(pw.pending)
-		pw.pending = pw.pending[:0]
+		clear(*pending)
+		*pending = (*pending)[:0]
 		return nil
 	}
 	closeFile := func() error {
@@ -566,33 +603,41 @@ func (e *ETL) stream(ctx context.Context, rows *sql.Rows, jobs chan<- fileJob, s
 			shard.Partitions = append(shard.Partitions, part)
 			res.Partitions++
 		}
+		cur = -1
 		return nil
-	}
-	reject := func(reason string) {
-		shard.Rejected[reason]++
 	}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
-			return fmt.Errorf("scan ratings join: %w", err)
+			return fmt.Errorf("scan ratings: %w", err)
 		}
 		shard.SourceRows++
 		if e.opts.Progress != nil && shard.SourceRows%4096 == 0 {
 			e.opts.Progress(shard.SourceRows)
 		}
-		cn, err := strconv.Atoi(string(raw[0]))
+		cn, err := atoi(raw[0])
 		if err != nil {
 			return fmt.Errorf("ratings.customerNumber %q: %w", raw[0], err)
 		}
-		rating, rerr := strconv.Atoi(string(raw[2]))
+		if cn != lastCN {
+			if cn < lastCN {
+				return fmt.Errorf("ratings not ordered by customerNumber: %d after %d", cn, lastCN)
+			}
+			lastCN = cn
+			if cust, err = customers.seek(cn); err != nil {
+				return err
+			}
+		}
+		rating, rerr := atoi(raw[2])
+		p := products[string(raw[1])]
 		switch {
 		case raw[2] == nil || rerr != nil || rating < MinRating || rating > MaxRating:
-			reject(RejectRatingOutOfRange)
+			shard.Rejected[RejectRatingOutOfRange]++
 			continue
-		case raw[9] == nil:
-			reject(RejectUnknownProduct)
+		case p == nil:
+			shard.Rejected[RejectUnknownProduct]++
 			continue
-		case raw[3] == nil:
-			reject(RejectUnknownCustomer)
+		case cust == nil:
+			shard.Rejected[RejectUnknownCustomer]++
 			continue
 		}
 		if cn != cur {
@@ -601,26 +646,12 @@ func (e *ETL) stream(ctx context.Context, rows *sql.Rows, jobs chan<- fileJob, s
 			}
 			cur, seq = cn, 0
 			part = Partition{CustomerNumber: cn, RunID: e.opts.RunID}
-			if err := cust.set(raw[4:9], str); err != nil {
-				return fmt.Errorf("customer %d: %w", cn, err)
-			}
-		}
-		p := products[string(raw[9])]
-		if p == nil {
-			p = &productCols{}
-			if err := p.set(raw[9:15], str); err != nil {
-				return fmt.Errorf("product %q: %w", raw[9], err)
-			}
-			if len(products) >= 1<<17 {
-				clear(products)
-			}
-			products[p.code] = p
 		}
 		if pw.buf == nil {
 			pw.buf = bufPool.Get().(*bytes.Buffer)
 			pw.w.Reset(pw.buf)
 		}
-		pw.pending = append(pw.pending, parquetRow{
+		*pending = append(*pending, parquetRow{
 			City: cust.city, State: cust.state, PostalCode: cust.postalCode, Country: cust.country, CreditLimit: cust.creditLimit,
 			ProductCode: p.code, ProductLine: p.line, ProductScale: p.scale, QuantityInStock: p.qty, BuyPrice: p.buy, MSRP: p.msrp,
 			ProductRating: int32(rating),
@@ -628,7 +659,7 @@ func (e *ETL) stream(ctx context.Context, rows *sql.Rows, jobs chan<- fileJob, s
 		pw.fileRows++
 		shard.RunRows++
 		res.Rows++
-		if len(pw.pending) == cap(pw.pending) {
+		if len(*pending) == cap(*pending) {
 			if err := flushPending(); err != nil {
 				return err
 			}
@@ -640,7 +671,10 @@ func (e *ETL) stream(ctx context.Context, rows *sql.Rows, jobs chan<- fileJob, s
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read ratings join: %w", err)
+		return fmt.Errorf("read ratings: %w", err)
+	}
+	if err := customers.err(); err != nil {
+		return err
 	}
 	if err := closePartition(); err != nil {
 		return err
@@ -653,53 +687,155 @@ func (e *ETL) stream(ctx context.Context, rows *sql.Rows, jobs chan<- fileJob, s
 	return nil
 }
 
-// customerCols are the customer columns of the open partition (equal for all its rows).
+// atoi parses a non-negative or negative decimal integer column without allocating.
+func atoi(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, errors.New("empty integer")
+	}
+	neg := b[0] == '-'
+	if neg {
+		b = b[1:]
+		if len(b) == 0 {
+			return 0, errors.New("bad integer")
+		}
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' || n > (1<<53) {
+			return 0, errors.New("bad integer")
+		}
+		n = n*10 + int(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, nil
+}
+
+// customerCols are one customer's columns.
 type customerCols struct {
 	city, country     string
 	state, postalCode *string
 	creditLimit       *int64
 }
 
-func (c *customerCols) set(raw []sql.RawBytes, str func([]byte) string) error {
-	c.city, c.country = str(raw[0]), str(raw[3])
-	c.state, c.postalCode, c.creditLimit = nil, nil, nil
-	if raw[1] != nil {
-		s := str(raw[1])
-		c.state = &s
-	}
-	if raw[2] != nil {
-		s := str(raw[2])
-		c.postalCode = &s
-	}
-	if raw[4] != nil {
-		v, err := parseDecimal2(string(raw[4]))
-		if err != nil {
-			return fmt.Errorf("creditLimit: %w", err)
+// customerCursor walks the customers stream in customerNumber order alongside the ratings.
+type customerCursor struct {
+	rows *sql.Rows
+	raw  [6]sql.RawBytes
+	num  int               // customerNumber of the row in raw; valid while have && !done
+	have bool              // a row has been read
+	done bool              // the stream is exhausted
+	strs map[string]string // cities and countries repeat: share the strings
+}
+
+// seek advances to customer n and returns its columns, or nil when there is no such customer.
+// Calls must come with increasing n.
+func (c *customerCursor) seek(n int) (*customerCols, error) {
+	for !c.done && (!c.have || c.num < n) {
+		if !c.rows.Next() {
+			c.done = true
+			break
 		}
-		c.creditLimit = &v
+		if err := c.rows.Scan(&c.raw[0], &c.raw[1], &c.raw[2], &c.raw[3], &c.raw[4], &c.raw[5]); err != nil {
+			return nil, fmt.Errorf("scan customers: %w", err)
+		}
+		num, err := atoi(c.raw[0])
+		if err != nil {
+			return nil, fmt.Errorf("customers.customerNumber %q: %w", c.raw[0], err)
+		}
+		if c.have && num <= c.num {
+			return nil, fmt.Errorf("customers not ordered by customerNumber: %d after %d", num, c.num)
+		}
+		c.num, c.have = num, true
+	}
+	if c.done || c.num != n {
+		return nil, nil
+	}
+	str := func(b []byte) string {
+		if c.strs == nil {
+			c.strs = map[string]string{}
+		}
+		if s, ok := c.strs[string(b)]; ok {
+			return s
+		}
+		s := string(b)
+		if len(c.strs) < 1<<16 {
+			c.strs[s] = s
+		}
+		return s
+	}
+	cols := &customerCols{city: str(c.raw[1]), country: str(c.raw[4])}
+	if c.raw[2] != nil {
+		s := str(c.raw[2])
+		cols.state = &s
+	}
+	if c.raw[3] != nil {
+		s := str(c.raw[3])
+		cols.postalCode = &s
+	}
+	if c.raw[5] != nil {
+		v, err := parseDecimal2(string(c.raw[5]))
+		if err != nil {
+			return nil, fmt.Errorf("customer %d creditLimit: %w", n, err)
+		}
+		cols.creditLimit = &v
+	}
+	return cols, nil
+}
+
+func (c *customerCursor) err() error {
+	if err := c.rows.Err(); err != nil {
+		return fmt.Errorf("read customers: %w", err)
 	}
 	return nil
 }
 
-// productCols are one product's columns, cached by product code.
+// productCols are one product's columns.
 type productCols struct {
 	code, line, scale string
 	qty               int32
 	buy, msrp         int64
 }
 
-func (p *productCols) set(raw []sql.RawBytes, str func([]byte) string) error {
-	p.code, p.line, p.scale = string(raw[0]), str(raw[1]), str(raw[2])
-	q, err := strconv.ParseInt(string(raw[3]), 10, 32)
+// loadProducts reads the product catalogue into memory.
+func loadProducts(ctx context.Context, conn *sql.Conn) (map[string]*productCols, error) {
+	rows, err := conn.QueryContext(ctx, productsQuery)
 	if err != nil {
-		return fmt.Errorf("quantityInStock: %w", err)
+		return nil, fmt.Errorf("query products: %w", err)
 	}
-	p.qty = int32(q)
-	if p.buy, err = parseDecimal2(string(raw[4])); err != nil {
-		return fmt.Errorf("buyPrice: %w", err)
+	defer rows.Close()
+	out := map[string]*productCols{}
+	strs := map[string]string{}
+	str := func(b []byte) string {
+		if s, ok := strs[string(b)]; ok {
+			return s
+		}
+		s := string(b)
+		strs[s] = s
+		return s
 	}
-	if p.msrp, err = parseDecimal2(string(raw[5])); err != nil {
-		return fmt.Errorf("MSRP: %w", err)
+	var raw [6]sql.RawBytes
+	for rows.Next() {
+		if err := rows.Scan(&raw[0], &raw[1], &raw[2], &raw[3], &raw[4], &raw[5]); err != nil {
+			return nil, fmt.Errorf("scan products: %w", err)
+		}
+		p := &productCols{code: string(raw[0]), line: str(raw[1]), scale: str(raw[2])}
+		q, err := atoi(raw[3])
+		if err != nil {
+			return nil, fmt.Errorf("product %s quantityInStock: %w", p.code, err)
+		}
+		p.qty = int32(q)
+		if p.buy, err = parseDecimal2(string(raw[4])); err != nil {
+			return nil, fmt.Errorf("product %s buyPrice: %w", p.code, err)
+		}
+		if p.msrp, err = parseDecimal2(string(raw[5])); err != nil {
+			return nil, fmt.Errorf("product %s MSRP: %w", p.code, err)
+		}
+		out[p.code] = p
 	}
-	return nil
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read products: %w", err)
+	}
+	return out, nil
 }

@@ -15,8 +15,8 @@ type ETLPlan struct {
 	Shard        int
 	Shards       int
 	Lock         string
-	LockHolder   string // "" when the lock is free
-	Query        string
+	LockHolder   string   // "" when the lock is free
+	Queries      []string // products (into memory), ratings and customers (streamed, merge-joined)
 	SourceRows   int64
 	Customers    int64 // partitions the run would write (customers with ratings in the shard)
 	Published    *Manifest
@@ -25,8 +25,7 @@ type ETLPlan struct {
 
 // Plan inspects the source and the datalake without writing or locking anything.
 func (e *ETL) Plan(ctx context.Context) (ETLPlan, error) {
-	q, _ := e.sourceQuery()
-	p := ETLPlan{Location: e.store.URL(DatasetPrefix), RunID: e.opts.RunID, Shard: e.opts.Shard, Shards: e.opts.Shards, Query: q, RowGroupRows: e.cfg.RowGroupRows}
+	p := ETLPlan{Location: e.store.URL(DatasetPrefix), RunID: e.opts.RunID, Shard: e.opts.Shard, Shards: e.opts.Shards, Queries: e.sourceQueries(), RowGroupRows: e.cfg.RowGroupRows}
 	conn, err := e.db.Conn(ctx)
 	if err != nil {
 		return p, fmt.Errorf("connect: %w", err)
@@ -82,7 +81,10 @@ func (p ETLPlan) Write(w io.Writer) error {
 	if p.Shards > 1 {
 		fmt.Fprintf(&b, "  publish:       when all %d shards of run %s have finished\n", p.Shards, p.RunID)
 	}
-	fmt.Fprintf(&b, "  query:\n    %s\n", strings.ReplaceAll(p.Query, "\n", "\n    "))
+	fmt.Fprintf(&b, "  queries (ratings ⋈ customers merge-joined in order, products from memory):\n")
+	for _, q := range p.Queries {
+		fmt.Fprintf(&b, "    %s\n", q)
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
