@@ -81,3 +81,23 @@ func BenchmarkProcessingPath(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "events/s")
 }
+
+// BenchmarkDecode compares the event decoder with the original map-based one (the oracle of
+// FuzzDecode) on a typical event: the decoder was the processing path's hot spot.
+func BenchmarkDecode(b *testing.B) {
+	ev := event(42, "bench")
+	lim := Limits{MaxBytes: 65536, MaxBrowseHistory: 100}
+	for _, bc := range []struct {
+		name string
+		fn   func([]byte, Limits) (Event, error)
+	}{{"fast", Decode}, {"reference", decodeReference}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bc.fn(ev, lim); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

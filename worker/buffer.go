@@ -56,7 +56,10 @@ func (b *buffer) due(now time.Time) bool {
 }
 
 func (b *buffer) reset() {
-	b.recs, b.errs = b.recs[:0:0], b.errs[:0:0]
+	// Keep the record slice's capacity (bounded by max_records) so that the next buffer does
+	// not regrow it; clear it so flushed records can be collected.
+	clear(b.recs)
+	b.recs, b.errs = b.recs[:0], b.errs[:0:0]
 	b.n, b.bytes, b.first, b.last = 0, 0, "", ""
 	b.firstAt = time.Time{}
 }
@@ -71,6 +74,21 @@ type objectPart struct {
 // order inside each part, and parts are in order of their first record (records arrive in sequence order), so a batch
 // spanning an hour boundary gives one object per hour.
 func (b *buffer) partitions() []objectPart {
+	if len(b.recs) == 0 {
+		return nil
+	}
+	// Common case: one hour, one part sharing the buffer's slice (no copy).
+	first := b.recs[0].ArrivalTime.UTC().Truncate(time.Hour)
+	one := true
+	for i := range b.recs {
+		if !b.recs[i].ArrivalTime.UTC().Truncate(time.Hour).Equal(first) {
+			one = false
+			break
+		}
+	}
+	if one {
+		return []objectPart{{hour: first, recs: b.recs}}
+	}
 	idx := map[time.Time]int{}
 	var parts []objectPart
 	for _, r := range b.recs {

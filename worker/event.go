@@ -87,87 +87,183 @@ const maxStringLen = 256
 // Decode parses and validates one raw record. Any failure is a *DecodeError; Decode never panics
 // on input. Unknown fields are rejected so that a producer-side schema change is noticed in
 // errors/ rather than silently dropped from the output.
+//
+// Checks run in this order, and the first failure is returned: size; well-formed JSON object
+// (bad_json); no unknown top-level field; session_id, city, country, customer_number,
+// credit_limit; browse_history present and an array of objects, not too long; then each item
+// in turn (unknown field, product_code, quantity, in_shopping_cart). A duplicated key counts
+// once, with its last value (as encoding/json does).
+//
+// It is a single pass over the bytes after encoding/json's validity scan (the hot path of the
+// worker: a map-based decode cost five times as much); strings with escapes or non-ASCII bytes
+// and every error message on malformed JSON still come from encoding/json, so values and
+// reasons are those of a plain json.Unmarshal (pinned by a differential fuzz test).
 func Decode(data []byte, lim Limits) (Event, error) {
 	var ev Event
 	if lim.MaxBytes > 0 && len(data) > lim.MaxBytes {
 		return ev, &DecodeError{Reason: ReasonTooLarge, Msg: fmt.Sprintf("%d bytes, limit %d", len(data), lim.MaxBytes)}
 	}
-	var raw map[string]json.RawMessage
-	if err := strictUnmarshal(data, &raw); err != nil {
-		return ev, &DecodeError{Reason: ReasonBadJSON, Msg: err.Error()}
+	if !json.Valid(data) {
+		return ev, badJSON(data)
 	}
-	if raw == nil {
-		return ev, &DecodeError{Reason: ReasonBadJSON, Msg: "not a JSON object"}
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return ev, badJSON(data)
 	}
-	known := map[string]bool{"session_id": true, "customer_number": true, "city": true, "country": true, "credit_limit": true, "browse_history": true}
-	for k := range raw {
-		if !known[k] {
-			return ev, &DecodeError{Reason: ReasonUnknownField, Field: k, Msg: "not part of the event schema"}
+	// Top-level members: the raw value of each known field (nil when absent).
+	var f [numEventFields][]byte
+	var unknown []byte
+	_, err := eachMember(data, i, func(key, val []byte) {
+		if k := eventFieldIndex(key); k >= 0 {
+			f[k] = val
+		} else if unknown == nil {
+			unknown = key
 		}
-	}
-	var err error
-	if ev.SessionID, err = stringField(raw, "session_id", "session_id", false); err != nil {
+	})
+	if err != nil {
 		return ev, err
 	}
-	if ev.City, err = stringField(raw, "city", "city", true); err != nil {
+	if unknown != nil {
+		return ev, &DecodeError{Reason: ReasonUnknownField, Field: jsonString(unknown), Msg: "not part of the event schema"}
+	}
+	if ev.SessionID, err = stringValue(f[fSessionID], "session_id", false); err != nil {
 		return ev, err
 	}
-	if ev.Country, err = stringField(raw, "country", "country", true); err != nil {
+	if ev.City, err = stringValue(f[fCity], "city", true); err != nil {
 		return ev, err
 	}
-	if ev.CustomerNumber, err = intField(raw["customer_number"], "customer_number", false); err != nil {
+	if ev.Country, err = stringValue(f[fCountry], "country", true); err != nil {
 		return ev, err
 	}
-	if ev.CreditLimit, err = numberField(raw["credit_limit"], "credit_limit"); err != nil {
+	if ev.CustomerNumber, err = intValue(f[fCustomerNumber], "customer_number", false); err != nil {
+		return ev, err
+	}
+	if ev.CreditLimit, err = numberValue(f[fCreditLimit], "credit_limit"); err != nil {
 		return ev, err
 	}
 	if ev.CreditLimit < 0 {
 		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "credit_limit", Msg: "must be >= 0"}
 	}
-	hist, ok := raw["browse_history"]
-	if !ok || isNull(hist) {
+	hist := f[fBrowseHistory]
+	if hist == nil || isNullValue(hist) {
 		return ev, &DecodeError{Reason: ReasonMissingField, Field: "browse_history", Msg: "required"}
 	}
-	var items []map[string]json.RawMessage
-	if err := json.Unmarshal(hist, &items); err != nil {
+	// First the whole array's shape (objects or nulls), then its length, then each item.
+	var itemsBuf [16][]byte // typical histories need no allocation for the split
+	items, ok := arrayOfObjects(hist, itemsBuf[:0])
+	if !ok {
 		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "browse_history", Msg: "must be an array of objects"}
 	}
 	if lim.MaxBrowseHistory > 0 && len(items) > lim.MaxBrowseHistory {
 		return ev, &DecodeError{Reason: ReasonHistoryTooLong, Field: "browse_history", Msg: fmt.Sprintf("%d items, limit %d", len(items), lim.MaxBrowseHistory)}
 	}
 	ev.BrowseHistory = make([]BrowseItem, 0, len(items))
-	for i, it := range items {
-		p := fmt.Sprintf("browse_history[%d]", i)
-		if it == nil {
-			return ev, &DecodeError{Reason: ReasonInvalidField, Field: p, Msg: "must be an object"}
-		}
-		for k := range it {
-			switch k {
-			case "product_code", "quantity", "in_shopping_cart":
-			default:
-				return ev, &DecodeError{Reason: ReasonUnknownField, Field: p + "." + k, Msg: "not part of the event schema"}
-			}
-		}
-		var bi BrowseItem
-		if bi.ProductCode, err = stringField(it, "product_code", p+".product_code", false); err != nil {
+	for n, it := range items {
+		bi, err := decodeItem(it, n)
+		if err != nil {
 			return ev, err
-		}
-		if bi.Quantity, err = intField(it["quantity"], p+".quantity", true); err != nil {
-			return ev, err
-		}
-		if bi.Quantity < 0 {
-			return ev, &DecodeError{Reason: ReasonInvalidField, Field: p + ".quantity", Msg: "must be >= 0"}
-		}
-		cart, ok := it["in_shopping_cart"]
-		if !ok || isNull(cart) {
-			return ev, &DecodeError{Reason: ReasonMissingField, Field: p + ".in_shopping_cart", Msg: "required"}
-		}
-		if err := json.Unmarshal(cart, &bi.InShoppingCart); err != nil {
-			return ev, &DecodeError{Reason: ReasonInvalidField, Field: p + ".in_shopping_cart", Msg: "must be true or false"}
 		}
 		ev.BrowseHistory = append(ev.BrowseHistory, bi)
 	}
 	return ev, nil
+}
+
+// Known top-level fields, indexes into Decode's slots.
+const (
+	fSessionID = iota
+	fCustomerNumber
+	fCity
+	fCountry
+	fCreditLimit
+	fBrowseHistory
+	numEventFields
+)
+
+// eventFieldIndex maps a raw key token (with quotes) to its slot, or -1.
+func eventFieldIndex(key []byte) int {
+	switch string(unquoteKey(key)) {
+	case "session_id":
+		return fSessionID
+	case "customer_number":
+		return fCustomerNumber
+	case "city":
+		return fCity
+	case "country":
+		return fCountry
+	case "credit_limit":
+		return fCreditLimit
+	case "browse_history":
+		return fBrowseHistory
+	}
+	return -1
+}
+
+// decodeItem validates browse_history[n]; it is a raw object or null.
+func decodeItem(raw []byte, n int) (BrowseItem, error) {
+	var bi BrowseItem
+	path := func(field string) string { return fmt.Sprintf("browse_history[%d]%s", n, field) }
+	if isNullValue(raw) {
+		return bi, &DecodeError{Reason: ReasonInvalidField, Field: path(""), Msg: "must be an object"}
+	}
+	var code, qty, cart, unknown []byte
+	if _, err := eachMember(raw, 0, func(key, val []byte) {
+		switch string(unquoteKey(key)) {
+		case "product_code":
+			code = val
+		case "quantity":
+			qty = val
+		case "in_shopping_cart":
+			cart = val
+		default:
+			if unknown == nil {
+				unknown = key
+			}
+		}
+	}); err != nil {
+		return bi, err
+	}
+	if unknown != nil {
+		return bi, &DecodeError{Reason: ReasonUnknownField, Field: path("." + jsonString(unknown)), Msg: "not part of the event schema"}
+	}
+	var err error
+	if bi.ProductCode, err = stringValue(code, "", false); err != nil {
+		return bi, withField(err, path(".product_code"))
+	}
+	if bi.Quantity, err = intValue(qty, "", true); err != nil {
+		return bi, withField(err, path(".quantity"))
+	}
+	if bi.Quantity < 0 {
+		return bi, &DecodeError{Reason: ReasonInvalidField, Field: path(".quantity"), Msg: "must be >= 0"}
+	}
+	switch {
+	case cart == nil || isNullValue(cart):
+		return bi, &DecodeError{Reason: ReasonMissingField, Field: path(".in_shopping_cart"), Msg: "required"}
+	case string(cart) == "true":
+		bi.InShoppingCart = true
+	case string(cart) == "false":
+	default:
+		return bi, &DecodeError{Reason: ReasonInvalidField, Field: path(".in_shopping_cart"), Msg: "must be true or false"}
+	}
+	return bi, nil
+}
+
+// withField names the field of a DecodeError built without it (item paths are formatted only
+// on failure: they cost an allocation per item).
+func withField(err error, field string) error {
+	var de *DecodeError
+	if errors.As(err, &de) {
+		de.Field = field
+	}
+	return err
+}
+
+// badJSON explains why data is not one JSON object, in encoding/json's words.
+func badJSON(data []byte) error {
+	var raw map[string]json.RawMessage
+	if err := strictUnmarshal(data, &raw); err != nil {
+		return &DecodeError{Reason: ReasonBadJSON, Msg: err.Error()}
+	}
+	return &DecodeError{Reason: ReasonBadJSON, Msg: "not a JSON object"}
 }
 
 // strictUnmarshal decodes exactly one JSON value, rejecting trailing data.
@@ -183,18 +279,194 @@ func strictUnmarshal(data []byte, v any) error {
 	return nil
 }
 
-func isNull(m json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(m), []byte("null")) }
+// The scanner below runs only on input json.Valid accepted, so it need not diagnose syntax;
+// it still bounds-checks every index and reports a bad_json error rather than panic if its
+// assumptions ever fail.
 
-// stringField reads a required string; allowEmpty permits "" (a city may be unknown).
-func stringField(obj map[string]json.RawMessage, key, path string, allowEmpty bool) (string, error) {
-	v, ok := obj[key]
-	if !ok || isNull(v) {
-		return "", &DecodeError{Reason: ReasonMissingField, Field: path, Msg: "required"}
+var errScan = &DecodeError{Reason: ReasonBadJSON, Msg: "malformed JSON"}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index just after the value starting at b[i].
+func skipValue(b []byte, i int) (int, error) {
+	if i >= len(b) {
+		return 0, errScan
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				j, err := skipString(b, i)
+				if err != nil {
+					return 0, err
+				}
+				i = j
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1, nil
+				}
+			}
+			i++
+		}
+		return 0, errScan
+	default: // number, true, false, null
+		j := i
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+			j++
+		}
+		if j == i {
+			return 0, errScan
+		}
+		return j, nil
+	}
+}
+
+// skipString returns the index just after the string starting at b[i] (a quote).
+func skipString(b []byte, i int) (int, error) {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, nil
+		}
+	}
+	return 0, errScan
+}
+
+// eachMember calls fn with each member's raw key token (quoted) and raw value of the object
+// starting at b[i], and returns the index after it.
+func eachMember(b []byte, i int, fn func(key, val []byte)) (int, error) {
+	if i >= len(b) || b[i] != '{' {
+		return 0, errScan
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, nil
+	}
+	for {
+		k, err := skipString(b, i)
+		if err != nil || b[i] != '"' {
+			return 0, errScan
+		}
+		key := b[i:k]
+		i = skipSpace(b, k)
+		if i >= len(b) || b[i] != ':' {
+			return 0, errScan
+		}
+		i = skipSpace(b, i+1)
+		j, err := skipValue(b, i)
+		if err != nil {
+			return 0, err
+		}
+		fn(key, b[i:j])
+		i = skipSpace(b, j)
+		if i >= len(b) {
+			return 0, errScan
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case '}':
+			return i + 1, nil
+		default:
+			return 0, errScan
+		}
+	}
+}
+
+// arrayOfObjects appends to items the elements of a raw array whose elements are all objects
+// or null; ok is false for anything else (encoding/json would refuse it as
+// []map[string]json.RawMessage).
+func arrayOfObjects(b []byte, items [][]byte) (_ [][]byte, ok bool) {
+	if len(b) == 0 || b[0] != '[' {
+		return nil, false
+	}
+	i := skipSpace(b, 1)
+	if i < len(b) && b[i] == ']' {
+		return items, true
+	}
+	for i < len(b) {
+		if b[i] != '{' && !bytes.HasPrefix(b[i:], []byte("null")) {
+			return nil, false
+		}
+		j, err := skipValue(b, i)
+		if err != nil {
+			return nil, false
+		}
+		items = append(items, b[i:j])
+		i = skipSpace(b, j)
+		if i >= len(b) {
+			return nil, false
+		}
+		if b[i] == ']' {
+			return items, true
+		}
+		if b[i] != ',' {
+			return nil, false
+		}
+		i = skipSpace(b, i+1)
+	}
+	return nil, false
+}
+
+func isNullValue(v []byte) bool { return string(v) == "null" }
+
+// plainString reports whether a raw string token needs no unescaping or UTF-8 repair.
+func plainString(tok []byte) bool {
+	for _, c := range tok[1 : len(tok)-1] {
+		if c == '\\' || c >= 0x80 || c < 0x20 {
+			return false
+		}
+	}
+	return true
+}
+
+// unquoteKey returns a key token's text cheaply for the common case (no escapes, ASCII);
+// other keys are decoded by encoding/json.
+func unquoteKey(tok []byte) []byte {
+	if len(tok) >= 2 && plainString(tok) {
+		return tok[1 : len(tok)-1]
+	}
+	return []byte(jsonString(tok))
+}
+
+// jsonString decodes a raw string token as encoding/json does (escapes, invalid UTF-8 → U+FFFD).
+func jsonString(tok []byte) string {
+	if len(tok) >= 2 && plainString(tok) {
+		return string(tok[1 : len(tok)-1])
 	}
 	var s string
-	if err := json.Unmarshal(v, &s); err != nil {
+	if err := json.Unmarshal(tok, &s); err != nil {
+		return string(tok)
+	}
+	return s
+}
+
+func isQuotedValue(v []byte) bool { return len(v) > 0 && v[0] == '"' }
+
+// stringValue reads a required string; allowEmpty permits "" (a city may be unknown).
+func stringValue(v []byte, path string, allowEmpty bool) (string, error) {
+	if v == nil || isNullValue(v) {
+		return "", &DecodeError{Reason: ReasonMissingField, Field: path, Msg: "required"}
+	}
+	if !isQuotedValue(v) {
 		return "", &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must be a string"}
 	}
+	s := jsonString(v)
 	if !allowEmpty && strings.TrimSpace(s) == "" {
 		return "", &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must not be empty"}
 	}
@@ -204,47 +476,40 @@ func stringField(obj map[string]json.RawMessage, key, path string, allowEmpty bo
 	return s, nil
 }
 
-// numberField reads a required finite JSON number.
-func numberField(v json.RawMessage, path string) (float64, error) {
-	if v == nil || isNull(v) {
+// isNumberValue reports whether a raw value is a JSON number literal.
+func isNumberValue(v []byte) bool { return len(v) > 0 && (v[0] == '-' || v[0] >= '0' && v[0] <= '9') }
+
+// numberValue reads a required finite JSON number.
+func numberValue(v []byte, path string) (float64, error) {
+	if v == nil || isNullValue(v) {
 		return 0, &DecodeError{Reason: ReasonMissingField, Field: path, Msg: "required"}
 	}
-	var n json.Number
-	if isQuoted(v) || json.Unmarshal(v, &n) != nil {
+	if !isNumberValue(v) {
 		return 0, &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must be a number"}
 	}
-	f, err := n.Float64()
+	f, err := strconv.ParseFloat(string(v), 64)
 	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
 		return 0, &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must be a finite number"}
 	}
 	return f, nil
 }
 
-func isQuoted(v json.RawMessage) bool {
-	t := bytes.TrimSpace(v)
-	return len(t) > 0 && t[0] == '"'
-}
-
-// intField reads a required integer; allowString also accepts a numeric string ("7").
-func intField(v json.RawMessage, path string, allowString bool) (int64, error) {
-	if v == nil || isNull(v) {
+// intValue reads a required integer; allowString also accepts a numeric string ("7").
+func intValue(v []byte, path string, allowString bool) (int64, error) {
+	if v == nil || isNullValue(v) {
 		return 0, &DecodeError{Reason: ReasonMissingField, Field: path, Msg: "required"}
 	}
 	var text string
-	if isQuoted(v) {
+	switch {
+	case isQuotedValue(v):
 		if !allowString {
 			return 0, &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must be an integer"}
 		}
-		if err := json.Unmarshal(v, &text); err != nil {
-			return 0, &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must be an integer or a numeric string"}
-		}
-		text = strings.TrimSpace(text)
-	} else {
-		var n json.Number
-		if err := json.Unmarshal(v, &n); err != nil {
-			return 0, &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must be an integer"}
-		}
-		text = n.String()
+		text = strings.TrimSpace(jsonString(v))
+	case isNumberValue(v):
+		text = string(v)
+	default:
+		return 0, &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must be an integer"}
 	}
 	if i, err := strconv.ParseInt(text, 10, 64); err == nil {
 		return i, nil

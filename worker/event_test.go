@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -124,8 +125,29 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte(`{"session_id":"45ba9939","customer_number":478,"city":"Pasadena","country":"USA","credit_limit":59811,"browse_history":[{"product_code":"S50_1514","quantity":"1","in_shopping_cart":true}]}`))
 	f.Add([]byte(`{"quantity":"1e3"}`))
+	f.Add([]byte(`{"session_id":"s","customer_number":1e2,"\u0063ity":"P\u00e4s","country":"\xff","credit_limit":0,"browse_history":[{"product_code":"A","quantity":" 2.0 ","in_shopping_cart":false,"quantity":3}]}`))
+	f.Add([]byte(`{"session_id":"s","customer_number":1,"city":"c","country":"x","credit_limit":1,"browse_history":[null,{"x":1}]}`))
+	f.Add([]byte(` {"session_id" : "s" , "customer_number" : -0 , "city":"","country":"x","credit_limit":1e308,"browse_history":[ ] } `))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := Decode(b, Limits{MaxBytes: 8192, MaxBrowseHistory: 10})
+		lim := Limits{MaxBytes: 8192, MaxBrowseHistory: 10}
+		ev, err := Decode(b, lim)
+		// Differential: the fast decoder accepts and rejects exactly what the original
+		// map-based one does, with the same values, reasons and fields.
+		ref, refErr := decodeReference(b, lim)
+		if (err == nil) != (refErr == nil) {
+			t.Fatalf("Decode error %v, reference error %v", err, refErr)
+		}
+		if err == nil && !reflect.DeepEqual(ev, ref) {
+			t.Fatalf("Decode %+v, reference %+v", ev, ref)
+		}
+		if err != nil {
+			var de, rde *DecodeError
+			if errors.As(err, &de) && errors.As(refErr, &rde) && (de.Reason != rde.Reason ||
+				// With several unknown fields the reference names a random one (map order).
+				de.Field != rde.Field && de.Reason != ReasonUnknownField) {
+				t.Fatalf("Decode error %v, reference error %v", err, refErr)
+			}
+		}
 		if err != nil {
 			var de *DecodeError
 			if !errors.As(err, &de) || de.Reason == "" {

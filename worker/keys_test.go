@@ -79,6 +79,18 @@ func TestBufferPartitions(t *testing.T) {
 	if len(parts) != 2 || len(parts[0].recs) != 2 || len(parts[1].recs) != 2 || parts[1].recs[0].SequenceNumber != "c" || parts[1].hour.Hour() != 11 {
 		t.Fatalf("partitions %+v", parts)
 	}
+	// After a reset the buffer reuses its slice: one hour gives one part with only the new records.
+	b.reset()
+	if parts := b.partitions(); len(parts) != 0 {
+		t.Fatalf("empty buffer partitions %+v", parts)
+	}
+	for i := range 3 {
+		b.addRecord(OutputRecord{SequenceNumber: string(rune('x' + i)), ArrivalTime: t0.Add(-time.Duration(i) * time.Minute)}, 1, t0)
+	}
+	parts = b.partitions()
+	if len(parts) != 1 || len(parts[0].recs) != 3 || parts[0].recs[0].SequenceNumber != "x" || parts[0].hour.Hour() != 10 {
+		t.Fatalf("single-hour partitions %+v", parts)
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
