@@ -214,12 +214,12 @@ func (e *ETL) Run(ctx context.Context) (ETLResult, error) {
 	}
 	e.log.Debug("etl started", zap.String("run_id", e.opts.RunID), zap.Int("shard", e.opts.Shard), zap.Int("shards", e.opts.Shards), zap.String("location", e.store.URL(DatasetPrefix)))
 
-	if e.sharded() {
-		// The marker protects this run's files from another run's orphan cleanup (orphan_grace).
-		marker := fmt.Sprintf(`{"run_id":%q,"shard":%d,"shards":%d,"started_at":%q}`, e.opts.RunID, e.opts.Shard, e.opts.Shards, start.UTC().Format(time.RFC3339Nano))
-		if err := e.store.Put(ctx, runsPrefix(e.opts.RunID)+e.shardName()+".started", strings.NewReader(marker)); err != nil {
-			return res, fmt.Errorf("write shard marker: %w", err)
-		}
+	// The marker says a run started; it goes when the run publishes. A marker left behind
+	// tells the next publisher to look for orphans (and, for a sharded run younger than
+	// orphan_grace, protects its files while the other shards run).
+	marker := fmt.Sprintf(`{"run_id":%q,"shard":%d,"shards":%d,"started_at":%q}`, e.opts.RunID, e.opts.Shard, e.opts.Shards, start.UTC().Format(time.RFC3339Nano))
+	if err := e.store.Put(ctx, runsPrefix(e.opts.RunID)+e.shardName()+".started", strings.NewReader(marker)); err != nil {
+		return res, fmt.Errorf("write run marker: %w", err)
 	}
 
 	shard, err := e.export(ctx, &res)
@@ -261,12 +261,12 @@ func (e *ETL) Run(ctx context.Context) (ETLResult, error) {
 			return res, nil
 		}
 	}
-	m, err := e.publish(ctx, shards)
+	m, prev, err := e.publish(ctx, shards)
 	if err != nil {
 		return res, err
 	}
 	res.Published, res.Manifest = true, m
-	res.Deleted, err = e.cleanup(ctx, m)
+	res.Deleted, err = e.cleanup(ctx, m, prev)
 	res.Duration = time.Since(start)
 	if err != nil {
 		// The dataset is published and consistent; leftovers go on the next run.
@@ -303,8 +303,8 @@ func (e *ETL) shardManifests(ctx context.Context) ([]*Manifest, error) {
 
 // publish merges the shards with the previous dataset (dynamic partition overwrite: the run's
 // partitions replace theirs, other partitions are carried over) and writes the manifest.
-func (e *ETL) publish(ctx context.Context, shards []*Manifest) (*Manifest, error) {
-	m := &Manifest{
+func (e *ETL) publish(ctx context.Context, shards []*Manifest) (m, prev *Manifest, err error) {
+	m = &Manifest{
 		Format: ManifestFormat, Dataset: DatasetPrefix, RunID: e.opts.RunID, Shards: e.opts.Shards,
 		Rejected: map[string]int64{}, PartitionColumn: PartitionColumn, Schema: Schema(),
 		StartedAt: shards[0].StartedAt,
@@ -325,9 +325,9 @@ func (e *ETL) publish(ctx context.Context, shards []*Manifest) (*Manifest, error
 			m.Partitions = append(m.Partitions, p)
 		}
 	}
-	prev, err := ReadManifest(ctx, e.store)
+	prev, err = ReadManifest(ctx, e.store)
 	if err != nil && !errors.Is(err, ErrNoDataset) {
-		return nil, err
+		return nil, nil, err
 	}
 	if prev != nil {
 		for _, p := range prev.Partitions {
@@ -344,13 +344,13 @@ func (e *ETL) publish(ctx context.Context, shards []*Manifest) (*Manifest, error
 	m.FinishedAt = e.now().UTC()
 	b, err := json.MarshalIndent(m, "", " ")
 	if err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
+		return nil, nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	if err := e.store.Put(ctx, ManifestKey, bytes.NewReader(b)); err != nil {
-		return nil, fmt.Errorf("publish manifest: %w", err)
+		return nil, nil, fmt.Errorf("publish manifest: %w", err)
 	}
 	e.log.Debug("published dataset", zap.String("run_id", m.RunID), zap.Int("partitions", len(m.Partitions)), zap.Int64("rows", m.Rows), zap.String("s3_key", e.store.URL(ManifestKey)))
-	return m, nil
+	return m, prev, nil
 }
 
 // fileRunID extracts <run> from .../part-<run>_s<i>of<n>_<seq>.snappy.parquet ("" if the name
@@ -368,11 +368,13 @@ func fileRunID(key string) string {
 	return name[:i]
 }
 
-// cleanup deletes, after m is published, every data file m does not reference: the replaced
-// files of earlier runs and the orphans of runs that died. Files of another sharded run whose
-// shard markers are younger than orphan_grace are kept (it may still be running). It also
-// removes this run's staging objects and stale staging directories.
-func (e *ETL) cleanup(ctx context.Context, m *Manifest) (int, error) {
+// cleanup deletes, after m is published, the data files m no longer references. Usually that
+// is the previous manifest's files of the partitions this run rewrote, known without listing.
+// When a run marker of another run is left over (a run that died, or a sharded run older than
+// orphan_grace), it also lists the dataset and deletes every unreferenced file except those of
+// sharded runs still within their grace period (they may be running). Then it removes the
+// staging objects of this run and of the dead runs.
+func (e *ETL) cleanup(ctx context.Context, m, prev *Manifest) (int, error) {
 	live := map[string]bool{}
 	for _, p := range m.Partitions {
 		for _, f := range p.Files {
@@ -381,49 +383,73 @@ func (e *ETL) cleanup(ctx context.Context, m *Manifest) (int, error) {
 	}
 	runObjs, err := e.store.List(ctx, DatasetPrefix+"/_runs/")
 	if err != nil {
-		return 0, fmt.Errorf("list staging: %w", err)
+		return 0, fmt.Errorf("list run markers: %w", err)
 	}
 	cutoff := e.now().Add(-e.cfg.OrphanGrace)
-	fresh := map[string]bool{} // run id → has a marker younger than the grace period
-	staged := map[string][]string{}
+	type stagedRun struct {
+		keys    []string
+		fresh   bool // a marker younger than orphan_grace
+		sharded bool
+	}
+	runs := map[string]*stagedRun{}
 	for _, o := range runObjs {
 		rest := strings.TrimPrefix(o.Key, DatasetPrefix+"/_runs/")
-		rid, _, ok := strings.Cut(rest, "/")
+		rid, name, ok := strings.Cut(rest, "/")
 		if !ok {
 			continue
 		}
-		staged[rid] = append(staged[rid], o.Key)
-		if o.Modified.After(cutoff) {
-			fresh[rid] = true
+		r := runs[rid]
+		if r == nil {
+			r = &stagedRun{}
+			runs[rid] = r
 		}
+		r.keys = append(r.keys, o.Key)
+		r.fresh = r.fresh || o.Modified.After(cutoff)
+		r.sharded = r.sharded || !strings.Contains(name, "-of-1.")
 	}
-	objs, err := e.store.List(ctx, DatasetPrefix+"/"+PartitionColumn+"=")
-	if err != nil {
-		return 0, fmt.Errorf("list dataset: %w", err)
+	// Unsharded runs never overlap (they share one lock, which we hold), so another unsharded
+	// run's marker is always a dead run's.
+	alive := func(rid string) bool {
+		r := runs[rid]
+		return rid != m.RunID && r != nil && r.sharded && r.fresh
+	}
+	dead := 0
+	for rid := range runs {
+		if rid != m.RunID && !alive(rid) {
+			dead++
+		}
 	}
 	var doomed []string
-	for _, o := range objs {
-		rid := fileRunID(o.Key)
-		if rid == "" || live[o.Key] {
-			continue
+	if dead > 0 {
+		objs, err := e.store.List(ctx, DatasetPrefix+"/"+PartitionColumn+"=")
+		if err != nil {
+			return 0, fmt.Errorf("list dataset: %w", err)
 		}
-		if rid != m.RunID && fresh[rid] {
-			continue
+		for _, o := range objs {
+			if rid := fileRunID(o.Key); rid != "" && !live[o.Key] && !alive(rid) {
+				doomed = append(doomed, o.Key)
+			}
 		}
-		doomed = append(doomed, o.Key)
+	} else if prev != nil {
+		for _, p := range prev.Partitions {
+			for _, f := range p.Files {
+				if !live[f.Key] {
+					doomed = append(doomed, f.Key)
+				}
+			}
+		}
 	}
-	// Data files first: if cleanup stops halfway, the staging markers still protect nothing
-	// that matters and the next run finishes the job.
+	// Data files before markers: if cleanup stops halfway, the markers make the next run
+	// list and finish the job.
 	n, err := e.deleteAll(ctx, doomed)
 	if err != nil {
 		return n, err
 	}
 	var staging []string
-	for rid, keys := range staged {
-		if rid != m.RunID && fresh[rid] {
-			continue
+	for rid, r := range runs {
+		if !alive(rid) {
+			staging = append(staging, r.keys...)
 		}
-		staging = append(staging, keys...)
 	}
 	if _, err := e.deleteAll(ctx, staging); err != nil {
 		return n, err

@@ -486,3 +486,45 @@ func TestETLDryRunWritesNothing(t *testing.T) {
 		t.Fatalf("dry run wrote %v (%v)", objs, err)
 	}
 }
+
+func TestETLCleanupSparesUnfinishedShardedRunUntilGrace(t *testing.T) {
+	db, _ := testMySQL(t)
+	seedShared(t, db)
+	ctx := testCtx(t)
+	store := fileStore(t)
+	runETL(t, ctx, newETL(t, db, store, ETLOptions{RunID: "slow-1", Shard: 0, Shards: 2}))
+	countOf := func(rid string) int {
+		n := 0
+		for _, k := range dataFiles(t, ctx, store) {
+			if fileRunID(k) == rid {
+				n++
+			}
+		}
+		return n
+	}
+	before := countOf("slow-1")
+	if before == 0 {
+		t.Fatal("shard 0 wrote no files")
+	}
+	// An unsharded run publishes meanwhile: the unfinished sharded run may still be running.
+	runETL(t, ctx, newETL(t, db, store, ETLOptions{}))
+	if got := countOf("slow-1"); got != before {
+		t.Fatalf("cleanup removed %d files of a sharded run within orphan_grace", before-got)
+	}
+	// Past the grace period the run counts as dead and its files are orphans.
+	cfg := DefaultConfig()
+	cfg.OrphanGrace = time.Nanosecond
+	e, err := NewETL(db, store, cfg, ETLOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runETL(t, ctx, e)
+	if got := countOf("slow-1"); got != 0 {
+		t.Fatalf("%d files of a run older than orphan_grace survived", got)
+	}
+	m, _ := readAll(t, ctx, store)
+	assertExactlyManifest(t, ctx, store, m)
+	if objs, _ := store.List(ctx, DatasetPrefix+"/_runs/"); len(objs) != 0 {
+		t.Errorf("run markers left: %v", objs)
+	}
+}
