@@ -21,7 +21,7 @@ import (
 
 func catalog() produce.Catalog {
 	return produce.Catalog{
-		Customers: []produce.Customer{{103, "Nantes", "France", 21000}, {112, "Las Vegas", "USA", 71800}, {114, "Melbourne", "Australia", 117300}},
+		Customers: []produce.Customer{{Number: 103, City: "Nantes", Country: "France", CreditLimit: 21000}, {Number: 112, City: "Las Vegas", Country: "USA", CreditLimit: 71800}, {Number: 114, City: "Melbourne", Country: "Australia", CreditLimit: 117300}},
 		Products:  []string{"S10_1678", "S10_1949", "S12_1099", "S18_3233", "S50_1514"},
 	}
 }

@@ -116,7 +116,7 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 	if *logFormat != "" {
 		cfg.Log.Format = *logFormat
 	}
-	log, err := logging.New(cfg.Log)
+	log, err := logging.New(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "recstream: %v\n", err)
 		return exitUsage

@@ -3,6 +3,7 @@ package logging
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -30,9 +31,10 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// New returns a logger writing to stderr: JSON lines by default (what CloudWatch and log
-// queries want), console encoding when asked for or when format is auto and stderr is a terminal.
-func New(c Config) (*zap.Logger, error) {
+// New returns a logger writing to w (the process's stderr): JSON lines by default (what
+// CloudWatch and log queries want), console encoding when asked for or when format is auto and
+// w is a terminal.
+func New(c Config, w io.Writer) (*zap.Logger, error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("log.%w", err)
 	}
@@ -40,7 +42,7 @@ func New(c Config) (*zap.Logger, error) {
 	format := c.Format
 	if format == "auto" {
 		format = "json"
-		if term.IsTerminal(int(os.Stderr.Fd())) {
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			format = "console"
 		}
 	}
@@ -55,6 +57,6 @@ func New(c Config) (*zap.Logger, error) {
 	} else {
 		enc = zapcore.NewJSONEncoder(encCfg)
 	}
-	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl)
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)
 	return zap.New(core, zap.AddCaller()), nil
 }
