@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -27,8 +28,13 @@ func ReadCrontab(path string) ([]CronJob, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return ParseCrontab(path, f)
+}
+
+// ParseCrontab is ReadCrontab on r; name labels errors.
+func ParseCrontab(path string, r io.Reader) ([]CronJob, error) {
 	var jobs []CronJob
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {

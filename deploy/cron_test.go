@@ -127,3 +127,32 @@ func TestReadCrontab(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseCrontab: no input panics; every parsed job has a five-field schedule and a user.
+func FuzzParseCrontab(f *testing.F) {
+	if b, err := os.ReadFile(crontabPath); err == nil {
+		f.Add(string(b))
+	}
+	f.Add("0 3 * * * u recstream train && recstream --config c.yaml batch embeddings; echo\n")
+	f.Add("0 3 * * * u recstream\n0 3 * * * u x recstream ; recstream\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		jobs, err := deploy.ParseCrontab("fuzz", strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		for _, j := range jobs {
+			if len(strings.Fields(j.Schedule)) != 5 || j.User == "" {
+				t.Fatalf("job %+v: bad schedule or user", j)
+			}
+		}
+	})
+}
+
+// FuzzShellWords: no input panics, and words never contain unquoted separators' quotes.
+func FuzzShellWords(f *testing.F) {
+	f.Add(`go build -trimpath -ldflags="-s -w -buildid=" -o /out/recstream ./cmd/recstream`)
+	f.Add(`a 'b c' "d \" e" f\ g`)
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = deploy.ShellWords(s)
+	})
+}

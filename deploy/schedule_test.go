@@ -84,3 +84,27 @@ func FuzzParseExpression(f *testing.F) {
 		}
 	})
 }
+
+func TestShellWords(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    string // words joined by |
+		wantErr bool
+	}{
+		{in: `go build -ldflags="-s -w -buildid=" -o /out/x ./cmd/x`, want: `go|build|-ldflags=-s -w -buildid=|-o|/out/x|./cmd/x`},
+		{in: `a 'b c' "d \" e" f\ g`, want: `a|b c|d " e|f g`},
+		{in: `  ""  `, want: ``},
+		{in: `"open`, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := deploy.ShellWords(tc.in)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, wantErr %v", err, tc.wantErr)
+			}
+			if !tc.wantErr && strings.Join(got, "|") != tc.want {
+				t.Errorf("ShellWords(%q) = %q, want %q", tc.in, strings.Join(got, "|"), tc.want)
+			}
+		})
+	}
+}
