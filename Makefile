@@ -33,9 +33,15 @@ stack-status:
 vet:
 	$(GO) vet ./...
 
-## test: set up the local stack, then vet and run every test (unit + integration over the wire).
+## test: set up the local stack, vet, run every test (unit + integration over the wire), then the
+## demo (the whole system, self-checking) with AWS API recording, and check the IAM policies
+## against the operations the demo's subcommands really called.
 test: stack vet
 	CI=$${CI:-true} $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) --no-print-directory build
+	rm -f out/aws-ops.log && mkdir -p out
+	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
+	CI=$${CI:-true} RECSTREAM_IAM_OPLOG=$(CURDIR)/out/aws-ops.log $(GO) test -count=1 -run 'IAM' ./deploy/
 
 ## unit: tests that need no services (integration tests skip when CI is not true).
 unit:
