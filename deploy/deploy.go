@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/service/ecs"
 	"github.com/aws/aws-sdk-go-v2/service/scheduler"
@@ -191,9 +190,4 @@ func EnvMap(names, values []string, secrets []string) []string {
 		out = append(out, s+"=stand-in-secret")
 	}
 	return out
-}
-
-// HasPrefixFold reports whether s starts with prefix, ignoring ASCII case.
-func HasPrefixFold(s, prefix string) bool {
-	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
