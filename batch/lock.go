@@ -46,6 +46,14 @@ func lockNames(db, storeURL string, shard, shards int) (run, publish string) {
 	return base + "_" + strconv.Itoa(shard) + "of" + strconv.Itoa(shards), base + "_publish"
 }
 
+// LockName is the MySQL named lock (GET_LOCK) a `batch etl` run of shard i/n holds while it
+// runs against database db and the datalake store; operators can ask who holds it with
+// SELECT IS_USED_LOCK('<name>').
+func LockName(db string, store objstore.Store, shard, shards int) string {
+	run, _ := lockNames(db, store.URL(DatasetPrefix), shard, shards)
+	return run
+}
+
 func lockHolderKey(lock string) string { return DatasetPrefix + "/_locks/" + lock + ".json" }
 
 // getLock takes a MySQL named lock on conn, waiting up to timeout. The server frees it when
