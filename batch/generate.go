@@ -2,7 +2,6 @@ package batch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sort"
@@ -401,5 +400,3 @@ func (g *Generator) Employees() []Employee {
 	}
 	return out
 }
-
-var errStop = errors.New("stop")

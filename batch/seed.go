@@ -280,15 +280,6 @@ func (in *inserter) flush(ctx context.Context) error {
 	return nil
 }
 
-func specByName(name string) tableSpec {
-	for _, s := range tableSpecs {
-		if s.name == name {
-			return s
-		}
-	}
-	panic("unknown table " + name) // programming error: names are constants
-}
-
 func nullable[T any](p *T) any {
 	if p == nil {
 		return nil
