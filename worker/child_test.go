@@ -79,7 +79,7 @@ func childMain(spec string) int {
 }
 
 // startChild starts a worker process; its log goes to a file kept in the test's temp dir.
-func startChild(t *testing.T, e *testEnv, id string, killAt int) *exec.Cmd {
+func startChild(t testing.TB, e *testEnv, id string, killAt int) *exec.Cmd {
 	t.Helper()
 	spec, err := json.Marshal(childSpec{Env: *e, ID: id, KillAtCheckpoint: killAt})
 	if err != nil {
@@ -113,7 +113,7 @@ func startChild(t *testing.T, e *testEnv, id string, killAt int) *exec.Cmd {
 }
 
 // waitExit waits for cmd to end within d.
-func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) error {
+func waitExit(t testing.TB, cmd *exec.Cmd, d time.Duration) error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

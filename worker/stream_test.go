@@ -60,7 +60,7 @@ type testEnv struct {
 	store objstore.Store
 }
 
-func newTestEnv(t *testing.T, shards int) *testEnv {
+func newTestEnv(t testing.TB, shards int) *testEnv {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test needs the local stack (not with -short)")
@@ -231,7 +231,7 @@ func exactlyOnce(o output, run string, n int) error {
 }
 
 // waitExactlyOnce waits until the output holds every record once, failing on a duplicate.
-func (e *testEnv) waitExactlyOnce(t *testing.T, run string, n int, timeout time.Duration) output {
+func (e *testEnv) waitExactlyOnce(t testing.TB, run string, n int, timeout time.Duration) output {
 	t.Helper()
 	var o output
 	stacktest.Eventually(t, timeout, 500*time.Millisecond, func() bool {
@@ -316,7 +316,7 @@ func (r *running) stop(t testing.TB) error {
 	}
 }
 
-func testLogger(t *testing.T) *zap.Logger {
+func testLogger(t testing.TB) *zap.Logger {
 	if os.Getenv("RECSTREAM_TEST_LOG") != "" {
 		return zaptest.NewLogger(t)
 	}

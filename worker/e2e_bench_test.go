@@ -1,0 +1,360 @@
+package worker
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/objstore"
+	"github.com/recstream/recstream/internal/stacktest"
+)
+
+// The issue's benchmarks (b)-(d) take minutes on the local stack and are not part of the
+// normal test run:
+//
+//	RECSTREAM_WORKER_BENCH=1 go test -run '^$' -bench 'EndToEnd|Latency|PeakRSS' -benchtime 1x ./worker/
+//
+// Each runs its scenario once per b.N iteration (use -benchtime 1x) and reports its figures
+// as custom metrics.
+const benchEnv = "RECSTREAM_WORKER_BENCH"
+
+func requireBench(b *testing.B) {
+	if os.Getenv(benchEnv) == "" {
+		b.Skipf("issue benchmarks (b)-(d) need the local stack and minutes; set %s=1", benchEnv)
+	}
+}
+
+// preload puts n events of run with 4 concurrent PutRecords streams (500 records per call,
+// the Kinesis limit) and returns the put rate.
+func (e *testEnv) preload(b *testing.B, run string, n int) float64 {
+	b.Helper()
+	start := time.Now()
+	var g errgroup.Group
+	const per = 500
+	next := atomic.Int64{}
+	for range 4 {
+		g.Go(func() error {
+			for {
+				lo := int(next.Add(per)) - per
+				if lo >= n {
+					return nil
+				}
+				in := &kinesis.PutRecordsInput{StreamName: aws.String(e.Stream)}
+				for i := lo; i < min(lo+per, n); i++ {
+					in.Records = append(in.Records, ktypes.PutRecordsRequestEntry{Data: event(i, run), PartitionKey: aws.String(strconv.Itoa(i))})
+				}
+				out, err := e.kc.PutRecords(context.Background(), in)
+				if err != nil {
+					return fmt.Errorf("put records: %w", err)
+				}
+				if c := aws.ToInt32(out.FailedRecordCount); c > 0 {
+					return fmt.Errorf("put records: %d failed", c)
+				}
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// counterSum adds up every series of the counter family name in reg.
+func counterSum(reg *prometheus.Registry, name string) float64 {
+	mfs, _ := reg.Gather()
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// firstCall notes when the recommender was first asked: the worker's first records.
+type firstCall struct {
+	fakeRecommender
+	once sync.Once
+	at   time.Time
+}
+
+func (f *firstCall) Recommend(ctx context.Context, users []UserFeatures, anchors []string, k int) (Recommendations, error) {
+	f.once.Do(func() { f.at = time.Now() })
+	return f.fakeRecommender.Recommend(ctx, users, anchors, k)
+}
+
+// benchWorker builds an in-process worker with its own metrics registry.
+func (e *testEnv) benchWorker(b *testing.B, id string, rec Recommender) (*Worker, *prometheus.Registry) {
+	b.Helper()
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := e.Cfg
+	cfg.WorkerID = id
+	store, err := checkpoint.New(checkpoint.Config{Table: e.DynamoDB.LeaseTable, WorkerID: id, FailoverTime: cfg.FailoverTime}, e.db)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := New(cfg, Stream{Kinesis: e.Kinesis, DynamoDB: e.DynamoDB},
+		Deps{Store: e.openStore(b), Recommender: rec, K: 5, Log: testLogger(b), Metrics: m,
+			IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) }}, e.kc, store)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return w, reg
+}
+
+// BenchmarkEndToEnd is issue benchmark (b): a pre-loaded 4-shard stream drained through
+// kinesalite by one worker (fake recommender, real S3 gateway and lease table). The rate is
+// from the worker's first record to the last record written and checkpointed.
+func BenchmarkEndToEnd(b *testing.B) {
+	requireBench(b)
+	const n = 40000
+	for range b.N {
+		e := newTestEnv(b, 4)
+		e.Cfg.MaxRecords = 10000
+		e.Cfg.Flush = FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: time.Second}
+		putRate := e.preload(b, "e", n)
+		rec := &firstCall{}
+		w, reg := e.benchWorker(b, "e2e", rec)
+		r := start(w)
+		stacktest.Eventually(b, 5*time.Minute, 20*time.Millisecond, func() bool {
+			return counterSum(reg, "recstream_worker_records_out_total") >= n
+		}, "worker did not write %d records", n)
+		d := time.Since(rec.at)
+		if err := r.stop(b); err != nil {
+			b.Fatal(err)
+		}
+		if err := exactlyOnce(e.read(b), "e", n); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(n)/d.Seconds(), "events/s")
+		b.ReportMetric(putRate, "put-events/s")
+		b.ReportMetric(e.rawDrainRate(b, n), "raw-getrecords-events/s")
+	}
+}
+
+// rawDrainRate reads every shard from TRIM_HORIZON with bare GetRecords calls, concurrently
+// and discarding the records: kinesalite's ceiling at this moment on this machine, to compare
+// the worker's rate with.
+func (e *testEnv) rawDrainRate(b *testing.B, want int) float64 {
+	b.Helper()
+	ctx := context.Background()
+	shards, err := e.kc.ListShards(ctx, &kinesis.ListShardsInput{StreamName: aws.String(e.Stream)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	var got atomic.Int64
+	var g errgroup.Group
+	for _, sh := range shards.Shards {
+		g.Go(func() error {
+			it, err := e.kc.GetShardIterator(ctx, &kinesis.GetShardIteratorInput{StreamName: aws.String(e.Stream),
+				ShardId: sh.ShardId, ShardIteratorType: ktypes.ShardIteratorTypeTrimHorizon})
+			if err != nil {
+				return err
+			}
+			next := it.ShardIterator
+			for next != nil {
+				out, err := e.kc.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: next, Limit: aws.Int32(10000)})
+				if err != nil {
+					return err
+				}
+				got.Add(int64(len(out.Records)))
+				if len(out.Records) == 0 {
+					return nil // caught up (the stream is open: the iterator never ends)
+				}
+				next = out.NextShardIterator
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatalf("raw drain: %v", err)
+	}
+	if int(got.Load()) < want {
+		b.Fatalf("raw drain read %d records, want %d", got.Load(), want)
+	}
+	return float64(got.Load()) / time.Since(start).Seconds()
+}
+
+// BenchmarkLatency is issue benchmark (c): events put one PutRecord at a time (20/s on 4
+// shards) against a running worker with worker.flush.max_age 1s; each record's latency is
+// from its PutRecord call to the first S3 List (polled every 100 ms) that shows its object.
+func BenchmarkLatency(b *testing.B) {
+	requireBench(b)
+	const n, every = 400, 50 * time.Millisecond
+	for range b.N {
+		e := newTestEnv(b, 4)
+		// Production settings (10 s failover: the tests' 3 s loses leases on a loaded machine)
+		// but for the 1 s flush age.
+		e.Cfg = DefaultConfig()
+		e.Cfg.ShardSyncInterval = time.Second
+		e.Cfg.StatusInterval = 0
+		e.Cfg.Flush.MaxAge = time.Second
+		w, _ := e.benchWorker(b, "lat", fakeRecommender{})
+		r := start(w)
+		// Warm up: the worker holds all four leases and has written a record of each shard.
+		warm := make([][]byte, 40)
+		for i := range warm {
+			warm[i] = event(i, "warm")
+		}
+		e.put(b, warm)
+		stacktest.Eventually(b, 2*time.Minute, 250*time.Millisecond, func() bool {
+			o := e.read(b)
+			shards := map[string]bool{}
+			for _, s := range o.shard {
+				shards[s] = true
+			}
+			return len(o.count) == len(warm) && len(shards) == 4
+		}, "warm-up records not written from all 4 shards")
+
+		ctx := context.Background()
+		putAt := make([]time.Time, n)
+		seenAt := make([]time.Time, n)
+		var putErr error
+		putDone := make(chan struct{})
+		go func() {
+			defer close(putDone)
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for i := range n {
+				<-tick.C
+				putAt[i] = time.Now()
+				if _, err := e.kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String(e.Stream), Data: event(i, "lat"),
+					PartitionKey: aws.String(strconv.Itoa(i))}); err != nil {
+					putErr = err
+					return
+				}
+			}
+		}()
+		seenKeys := map[string]bool{}
+		seen := 0
+		deadline := time.Now().Add(n*every + time.Minute)
+		for seen < n && time.Now().Before(deadline) {
+			objs, err := e.store.List(ctx, "")
+			now := time.Now()
+			if err != nil {
+				b.Fatalf("list: %v", err)
+			}
+			for _, o := range objs {
+				if seenKeys[o.Key] || strings.HasPrefix(o.Key, ErrorsPrefix+"/") {
+					continue
+				}
+				seenKeys[o.Key] = true
+				body, err := objstore.ReadAll(ctx, e.store, o.Key)
+				if err != nil {
+					b.Fatalf("read %s: %v", o.Key, err)
+				}
+				recs, err := DecodeObject(e.Cfg.Format, body)
+				if err != nil {
+					b.Fatalf("%s: %v", o.Key, err)
+				}
+				for _, rec := range recs {
+					var i int
+					if _, err := fmt.Sscanf(rec.SessionID, "lat-%d", &i); err != nil || i < 0 || i >= n {
+						continue
+					}
+					if !seenAt[i].IsZero() {
+						b.Fatalf("record %s in two objects", rec.SessionID)
+					}
+					seenAt[i] = now
+					seen++
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		<-putDone
+		if putErr != nil {
+			b.Fatal(putErr)
+		}
+		if err := r.stop(b); err != nil {
+			b.Fatal(err)
+		}
+		if seen != n {
+			b.Fatalf("%d of %d records visible within the deadline", seen, n)
+		}
+		lat := make([]time.Duration, n)
+		for i := range lat {
+			lat[i] = seenAt[i].Sub(putAt[i])
+		}
+		slices.Sort(lat)
+		q := func(p float64) time.Duration { return lat[min(n-1, int(p*float64(n)+0.5)-1)] }
+		b.ReportMetric(q(0.50).Seconds(), "p50-s")
+		b.ReportMetric(q(0.99).Seconds(), "p99-s")
+		b.ReportMetric(lat[n-1].Seconds(), "max-s")
+	}
+}
+
+// procStatusKB reads a "VmXxx:   123 kB" line of /proc/<pid>/status.
+func procStatusKB(pid int, field string) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	if err := sc.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return 0, err
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// BenchmarkPeakRSS is issue benchmark (d): a worker process (this test binary re-executed,
+// fake recommender) with the default flush limits drains 8 pre-loaded shards, each holding
+// more than a full buffer (flush.max_records 10,000); the figure is
+// its VmHWM (peak resident set) read from /proc before SIGTERM.
+func BenchmarkPeakRSS(b *testing.B) {
+	requireBench(b)
+	const n = 96000 // 12,000 per shard: every shard fills a 10,000-record buffer (the default limit)
+	for range b.N {
+		e := newTestEnv(b, 8)
+		cfg := DefaultConfig()
+		cfg.ShardSyncInterval = time.Second
+		cfg.StatusInterval = 0
+		e.Cfg = cfg
+		e.preload(b, "rss", n)
+		cmd := startChild(b, e, "rss", 0)
+		stacktest.Eventually(b, 5*time.Minute, 3*time.Second, func() bool { return len(e.read(b).count) >= n },
+			"worker did not write the %d records", n)
+		hwm, err := procStatusKB(cmd.Process.Pid, "VmHWM")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := waitExit(b, cmd, time.Minute); err != nil {
+			b.Fatalf("worker exit: %v", err)
+		}
+		if err := exactlyOnce(e.read(b), "rss", n); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(hwm)/1024, "peak-RSS-MB")
+	}
+}
