@@ -342,7 +342,7 @@ func (e *ETL) publish(ctx context.Context, shards []*Manifest) (m, prev *Manifes
 		m.Rows += p.Rows
 	}
 	m.FinishedAt = e.now().UTC()
-	b, err := json.MarshalIndent(m, "", " ")
+	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode manifest: %w", err)
 	}

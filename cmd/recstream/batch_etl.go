@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -28,6 +30,12 @@ func runBatchETL(ctx context.Context, app *App, args []string) error {
 	location := fs.String("location", app.Config.S3.Buckets.Datalake, "datalake location: s3://bucket[/prefix] or file:///dir (default: config s3.buckets.datalake)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	// Memory is bounded by design (one partition open, row_group_rows per file); a soft limit
+	// also keeps the garbage collector from letting the heap float to twice the live set.
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		prev := debug.SetMemoryLimit(etlMemoryLimit)
+		defer debug.SetMemoryLimit(prev) // run may be called in-process (tests)
 	}
 	shard, shards, err := parseShard(*shardFlag)
 	if err != nil {
@@ -88,6 +96,10 @@ func runBatchETL(ctx context.Context, app *App, args []string) error {
 	app.Log.Info("etl finished", fields...)
 	return nil
 }
+
+// etlMemoryLimit is batch etl's soft heap limit unless GOMEMLIMIT is set (the target is a
+// peak RSS under 256 MB at any dataset size).
+const etlMemoryLimit = 160 << 20
 
 // parseShard parses "i/n".
 func parseShard(s string) (int, int, error) {
