@@ -21,6 +21,11 @@ type Config struct {
 	FailoverTime time.Duration `yaml:"failover_time"`
 	// ShardSyncInterval is how often the worker looks for new shards and free leases.
 	ShardSyncInterval time.Duration `yaml:"shard_sync_interval"`
+	// LeaseStealingInterval is how often a worker holding fewer than its share of the shards
+	// claims one from the busiest worker (the library's lease stealing, a polite hand-over
+	// through the lease table); 0 turns it off, so a joining worker only gets free or expired
+	// leases.
+	LeaseStealingInterval time.Duration `yaml:"lease_stealing_interval"`
 	// LeaseSafetyMargin: uploads start only while the lease has at least this long left.
 	LeaseSafetyMargin time.Duration `yaml:"lease_safety_margin"`
 	// ShutdownTimeout bounds SIGTERM drain (below ECS's 30 s stop timeout).
@@ -56,19 +61,20 @@ type RetryConfig struct {
 // DefaultConfig matches config.yaml.
 func DefaultConfig() Config {
 	return Config{
-		InitialPosition:      "TRIM_HORIZON",
-		MaxRecords:           1000,
-		IdleTimeBetweenReads: 250 * time.Millisecond,
-		FailoverTime:         10 * time.Second,
-		ShardSyncInterval:    5 * time.Second,
-		LeaseSafetyMargin:    3 * time.Second,
-		ShutdownTimeout:      25 * time.Second,
-		MaxEventBytes:        64 << 10,
-		MaxBrowseHistory:     100,
-		Format:               "parquet",
-		Flush:                FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: 10 * time.Second},
-		Retry:                RetryConfig{InitialBackoff: 200 * time.Millisecond, MaxBackoff: 10 * time.Second},
-		StatusInterval:       30 * time.Second,
+		InitialPosition:       "TRIM_HORIZON",
+		MaxRecords:            1000,
+		IdleTimeBetweenReads:  250 * time.Millisecond,
+		FailoverTime:          10 * time.Second,
+		ShardSyncInterval:     5 * time.Second,
+		LeaseStealingInterval: 10 * time.Second,
+		LeaseSafetyMargin:     3 * time.Second,
+		ShutdownTimeout:       25 * time.Second,
+		MaxEventBytes:         64 << 10,
+		MaxBrowseHistory:      100,
+		Format:                "parquet",
+		Flush:                 FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: 10 * time.Second},
+		Retry:                 RetryConfig{InitialBackoff: 200 * time.Millisecond, MaxBackoff: 10 * time.Second},
+		StatusInterval:        30 * time.Second,
 	}
 }
 
@@ -92,6 +98,9 @@ func (c Config) Validate() error {
 	}
 	if c.ShardSyncInterval <= 0 {
 		return fmt.Errorf("shard_sync_interval: must be > 0, got %s", c.ShardSyncInterval)
+	}
+	if c.LeaseStealingInterval != 0 && c.LeaseStealingInterval < time.Second {
+		return fmt.Errorf("lease_stealing_interval: must be 0 (off) or >= 1s, got %s", c.LeaseStealingInterval)
 	}
 	if c.LeaseSafetyMargin <= 0 || c.LeaseSafetyMargin > c.FailoverTime/2 {
 		// Leases are renewed every failover_time/4, so HeldUntil stays above 3/4 of it.

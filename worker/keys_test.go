@@ -105,6 +105,8 @@ func TestConfigValidate(t *testing.T) {
 		{"idle", func(c *Config) { c.IdleTimeBetweenReads = 10 * time.Millisecond }, "idle_time_between_reads:"},
 		{"margin", func(c *Config) { c.LeaseSafetyMargin = c.FailoverTime }, "lease_safety_margin:"},
 		{"format", func(c *Config) { c.Format = "csv" }, "format:"},
+		{"stealing off ok", func(c *Config) { c.LeaseStealingInterval = 0 }, ""},
+		{"stealing too often", func(c *Config) { c.LeaseStealingInterval = 100 * time.Millisecond }, "lease_stealing_interval:"},
 		{"event bytes", func(c *Config) { c.MaxEventBytes = 2 << 20 }, "max_event_bytes:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

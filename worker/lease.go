@@ -35,6 +35,9 @@ type leaseGuard struct {
 	workerID string
 	failover time.Duration
 	lease    Lease // the checkpointer's own, or nil
+	// onRelease, when set, is called with the shard id each time the library releases a
+	// lease (a shard consumer ended), before the release is written.
+	onRelease func(shardID string)
 
 	mu      sync.Mutex
 	dropped map[string]bool
@@ -71,6 +74,9 @@ func (g *leaseGuard) GetLease(shard *par.ShardStatus, owner string) error {
 // RemoveLeaseOwner implements chk.Checkpointer; the library calls it when a shard consumer
 // ends, which is when a dropped shard may be acquired again.
 func (g *leaseGuard) RemoveLeaseOwner(shardID string) error {
+	if g.onRelease != nil {
+		g.onRelease(shardID)
+	}
 	g.mu.Lock()
 	delete(g.dropped, shardID)
 	delete(g.renewed, shardID)

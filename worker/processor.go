@@ -199,6 +199,29 @@ func (p *processor) release() {
 	p.s.mu.Unlock()
 }
 
+// forget unregisters the shard's processor when its consumer ended without Shutdown: v1.0.0
+// ends a consumer silently when a lease renewal fails (lease lost, or handed over to a worker
+// that claimed it through lease stealing). The library calls no method of that processor
+// again; its unflushed records are replayed from the checkpoint by the next owner. Called
+// from the consumer's goroutine after its last ProcessRecords (leaseGuard.RemoveLeaseOwner).
+func (s *shared) forget(shardID string) {
+	s.mu.Lock()
+	p, ok := s.live[shardID]
+	if ok {
+		delete(s.live, shardID)
+		s.deps.Metrics.LeasesHeld.Dec()
+	}
+	s.mu.Unlock()
+	if ok {
+		r := shardReport{buffered: p.pubBuffered.Load()}
+		if c := p.pubCheckpoint.Load(); c != nil {
+			r.checkpoint = *c
+		}
+		p.log.Info("shard processor ended by the library, buffer left for replay", zap.String("checkpoint", r.checkpoint),
+			zap.Int64("records", r.buffered))
+	}
+}
+
 // die drops the buffer and makes the processor inert; the shard's lease is given back (see
 // leaseGuard) and its records after the checkpoint are replayed.
 func (p *processor) die(why string, err error) {

@@ -9,8 +9,9 @@ import (
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
-// TestWorkersShareShards: two workers split a 4-shard stream; a third joins, then the first
-// and the third leave while events keep arriving: every record is written exactly once.
+// TestWorkersShareShards: two workers split a 4-shard stream; a third joins and, through lease
+// stealing, takes over a shard from a busy worker while records flow; then the first and the
+// third leave while events keep arriving: every record is written exactly once.
 func TestWorkersShareShards(t *testing.T) {
 	e := newTestEnv(t, 4)
 	log := testLogger(t)
@@ -46,6 +47,12 @@ func TestWorkersShareShards(t *testing.T) {
 	}, "two workers did not split the 4 shards: %v", owners())
 	putN(100)
 	w3 := start(e.newWorker(t, "m3", log, nil))
+	putN(100)
+	// No lease is free or expired: only a claim (lease stealing) can give m3 a shard.
+	stacktest.Eventually(t, 60*time.Second, 250*time.Millisecond, func() bool {
+		o := owners()
+		return o["m3"] >= 1 && o["m1"]+o["m2"]+o["m3"] == 4
+	}, "joining m3 never held a lease: %v", owners())
 	putN(100)
 	if err := w1.stop(t); err != nil {
 		t.Fatalf("m1: %v", err)

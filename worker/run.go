@@ -115,6 +115,14 @@ func (w *Worker) kclConfig(log *zap.Logger) *kclcfg.KinesisClientLibConfiguratio
 		WithShardSyncIntervalMillis(ms(c.ShardSyncInterval)).
 		WithLogger(kclzap.NewZapLogger(kclLog.WithOptions(zap.AddCallerSkip(1)).Sugar()))
 	k.ParentShardPollIntervalMillis = ms(c.ShardSyncInterval)
+	if c.LeaseStealingInterval > 0 {
+		// The store's ClaimShard / ListActiveWorkers implement the hand-over: the holder stops
+		// renewing when it sees the claim, its consumer ends (its buffer is replayed by the
+		// claimant from the checkpoint) and releases the lease, which only the claimant may
+		// then take. A claim not taken within the failover time is open to everyone again.
+		k = k.WithLeaseStealing(true).WithLeaseStealingIntervalMillis(ms(c.LeaseStealingInterval))
+		k.LeaseStealingClaimTimeoutMillis = ms(c.FailoverTime)
+	}
 	return k
 }
 
@@ -136,6 +144,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	var stopping atomic.Bool
 	s := &shared{cfg: w.cfg, stream: w.stream.Kinesis.Stream, deps: w.deps, lease: guard, guard: guard,
 		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}, beforeCheckpoint: w.beforeCheckpoint}
+	guard.onRelease = s.forget
 
 	kw := kclworker.NewWorker(s, kc).WithKinesis(w.kc).WithCheckpointer(guard)
 	if err := kw.Start(); err != nil {

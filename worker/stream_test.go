@@ -114,13 +114,15 @@ func (e *testEnv) openStore(t testing.TB) objstore.Store {
 	return s
 }
 
-// testConfig is tuned for fast tests: 1 s flush age, 3 s failover, 1 s shard sync.
+// testConfig is tuned for fast tests: 1 s flush age, 3 s failover, 1 s shard sync, 2 s lease
+// stealing.
 func testConfig() Config {
 	c := DefaultConfig()
 	c.MaxRecords = 100
 	c.FailoverTime = 3 * time.Second
 	c.LeaseSafetyMargin = time.Second
 	c.ShardSyncInterval = time.Second
+	c.LeaseStealingInterval = 2 * time.Second
 	c.ShutdownTimeout = 10 * time.Second
 	c.Flush = FlushConfig{MaxRecords: 40, MaxBytes: 1 << 20, MaxAge: time.Second}
 	c.Retry = RetryConfig{InitialBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
