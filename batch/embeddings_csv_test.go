@@ -194,3 +194,30 @@ func FuzzParseEmbeddingRow(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkEmbeddingsReader measures parsing and validation alone (no database): rows/s for
+// 32-dimension item rows in the lab's format.
+func BenchmarkEmbeddingsReader(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("id,embedding\n")
+	const rows = 10000
+	for i := range rows {
+		sb.WriteString("S10_" + strconv.Itoa(100000+i) + ",\"[")
+		for j := range 32 {
+			if j > 0 {
+				sb.WriteString(",")
+			}
+			sb.WriteString(strconv.FormatFloat(float64(float32(math.Sin(float64(i*32+j)))), 'g', -1, 32))
+		}
+		sb.WriteString("]\"\n")
+	}
+	body := sb.String()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		n, _, err := drain(ItemEmbeddings, body)
+		if err != nil || n != rows {
+			b.Fatal(n, err)
+		}
+	}
+	b.ReportMetric(float64(b.N*rows)/b.Elapsed().Seconds(), "rows/s")
+}

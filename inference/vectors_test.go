@@ -118,14 +118,7 @@ func writeCSVs(t testing.TB, dir string, s vecData) {
 // testSchema creates and migrates a unique schema (dropped on cleanup) and returns its config.
 func testSchema(t testing.TB, efSearch int) pg.Config {
 	t.Helper()
-	dsn := stacktest.Value(t, "postgres.dsn")
-	pc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatalf("postgres.dsn: %v", err)
-	}
-	stacktest.Require(t, "PostgreSQL", net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))))
-	cfg := pg.Config{DSN: dsn, Password: stacktest.DBPassword("RECSTREAM_POSTGRES_PASSWORD"),
-		Schema: stacktest.UniqueName("t_vec_"), MaxConns: 8, EfSearch: efSearch, MaintenanceWorkMem: "256MB"}
+	cfg := testSchemaConfig(t, stacktest.UniqueName("t_vec_"), efSearch)
 	ctx := context.Background()
 	conn, err := pg.ConnectRaw(ctx, cfg)
 	if err != nil {
@@ -147,6 +140,19 @@ func testSchema(t testing.TB, efSearch int) pg.Config {
 		}
 	})
 	return cfg
+}
+
+// testSchemaConfig is the local stack's postgres config for schema name (not created here).
+func testSchemaConfig(t testing.TB, name string, efSearch int) pg.Config {
+	t.Helper()
+	dsn := stacktest.Value(t, "postgres.dsn")
+	pc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatalf("postgres.dsn: %v", err)
+	}
+	stacktest.Require(t, "PostgreSQL", net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))))
+	return pg.Config{DSN: dsn, Password: stacktest.DBPassword("RECSTREAM_POSTGRES_PASSWORD"),
+		Schema: name, MaxConns: 8, EfSearch: efSearch, MaintenanceWorkMem: "256MB"}
 }
 
 func connect(t testing.TB, cfg pg.Config) *pgxpool.Pool {
@@ -192,14 +198,33 @@ func cosDist(a, b []float32) float64 {
 
 // bruteForce returns the indices of the k items with the highest score, best first.
 func bruteForce(s vecData, k int, score func(i int) float64, skip int) []int {
-	idx := make([]int, 0, len(s.items))
+	// Keep the k best in a small sorted slice: one pass, each score computed once.
+	type cand struct {
+		i int
+		s float64
+	}
+	best := make([]cand, 0, k+1)
 	for i := range s.items {
-		if i != skip {
-			idx = append(idx, i)
+		if i == skip {
+			continue
+		}
+		c := cand{i, score(i)}
+		if len(best) == k && c.s <= best[k-1].s {
+			continue
+		}
+		pos := sort.Search(len(best), func(j int) bool { return best[j].s < c.s })
+		best = append(best, cand{})
+		copy(best[pos+1:], best[pos:])
+		best[pos] = c
+		if len(best) > k {
+			best = best[:k]
 		}
 	}
-	sort.Slice(idx, func(a, b int) bool { return score(idx[a]) > score(idx[b]) })
-	return idx[:min(k, len(idx))]
+	out := make([]int, len(best))
+	for j, c := range best {
+		out[j] = c.i
+	}
+	return out
 }
 
 func newIndex(t testing.TB, pool *pgxpool.Pool, cfg pg.Config) *inference.VectorIndex {
