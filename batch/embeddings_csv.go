@@ -126,7 +126,7 @@ func parseEmbeddingRow(line []byte, vec []float32) ([]byte, []float32, error) {
 		} else {
 			tok, body = body, nil
 		}
-		tok = bytes.Trim(tok, " \t")
+		tok = trimBlanks(tok)
 		if len(tok) == 0 {
 			return nil, vec, fmt.Errorf("embedding: value %d: empty", i+1)
 		}
@@ -140,6 +140,35 @@ func parseEmbeddingRow(line []byte, vec []float32) ([]byte, []float32, error) {
 		vec = append(vec, float32(f))
 	}
 	return id, vec, nil
+}
+
+// trimBlanks strips spaces and tabs around a value (bytes.Trim builds a set per call; this is
+// the parser's hot loop).
+func trimBlanks(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// isProductCode reports whether b matches ProductCodeRe, without the regexp engine (hot loop).
+func isProductCode(b []byte) bool {
+	if len(b) < 4 || len(b) > 15 || b[0] != 'S' {
+		return false
+	}
+	us := bytes.IndexByte(b, '_')
+	if us < 2 || us > 5 || us == len(b)-1 || len(b)-us-1 > 10 {
+		return false
+	}
+	for i, c := range b[1:] {
+		if i+1 != us && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }
 
 func embTruncate(b []byte, n int) string {
@@ -267,7 +296,7 @@ func (er *embeddingsReader) advance() bool {
 		return fail("embedding has %d values, want %d (the dimension of the item embeddings)", len(vec), er.dim)
 	}
 	if er.kind == ItemEmbeddings {
-		if len(id) > 15 || !ProductCodeRe.Match(id) {
+		if !isProductCode(id) {
 			return fail("id %q is not a product code like S10_1678", embTruncate(id, 32))
 		}
 		s := string(id)

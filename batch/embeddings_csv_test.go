@@ -64,6 +64,15 @@ func TestParseEmbeddingRow(t *testing.T) {
 	}
 }
 
+func TestIsProductCodeMatchesRegexp(t *testing.T) {
+	for _, s := range []string{"S10_1678", "S700_2824", "S1_1", "S1234_1234567890", "S12345_1", "S10_12345678901",
+		"S10_", "S_10", "s10_1678", "S10-1678", "S10_16a8", "S10__1678", "S10_1678 ", "", "S", "S1_", "X10_1678", "S10_1_2"} {
+		if got, want := isProductCode([]byte(s)), len(s) <= 15 && ProductCodeRe.MatchString(s); got != want {
+			t.Errorf("isProductCode(%q) = %v, ProductCodeRe says %v", s, got, want)
+		}
+	}
+}
+
 // drain reads a whole embeddings CSV the way the COPY does and returns the rows or the error.
 func drain(kind EmbeddingKind, body string) (int, int, error) {
 	er, err := newEmbeddingsReader(strings.NewReader(body), "test.csv", kind, 0)
