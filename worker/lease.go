@@ -62,12 +62,58 @@ func (g *leaseGuard) GetLease(shard *par.ShardStatus, owner string) error {
 		return errLeaseDropped
 	}
 	start := time.Now()
-	err := g.Checkpointer.GetLease(shard, owner)
+	var err error
+	if shard.GetLeaseOwner() == g.workerID {
+		// A renewal, on the consumer's renewal goroutine (the event loop skips shards it owns).
+		err = g.private(shard, false, func(c *par.ShardStatus) error { return g.Checkpointer.GetLease(c, owner) })
+	} else {
+		err = g.Checkpointer.GetLease(shard, owner)
+	}
 	if err == nil && owner == g.workerID {
 		g.mu.Lock()
 		g.renewed[shard.ID] = start
 		g.mu.Unlock()
 	}
+	return err
+}
+
+// CheckpointSequence implements chk.Checkpointer. The library calls it on the shard's
+// consumer goroutine; see private.
+func (g *leaseGuard) CheckpointSequence(shard *par.ShardStatus) error {
+	return g.private(shard, false, g.Checkpointer.CheckpointSequence)
+}
+
+// FetchCheckpoint implements chk.Checkpointer. For a shard this worker holds the caller is the
+// shard's consumer (reading its starting checkpoint; the event loop fetches only shards it
+// does not own), so it goes through private; otherwise it is the event loop, which needs
+// every field, ClaimRequest included, written to the shared status.
+func (g *leaseGuard) FetchCheckpoint(shard *par.ShardStatus) error {
+	if shard.GetLeaseOwner() != g.workerID {
+		return g.Checkpointer.FetchCheckpoint(shard)
+	}
+	return g.private(shard, true, g.Checkpointer.FetchCheckpoint)
+}
+
+// private runs a store call made off the library's event loop on a copy of the shard status
+// and copies back the lease owner, lease timeout and (withCheckpoint) checkpoint, under the
+// status's lock, but never ClaimRequest. v1.0.0's event loop reads ShardStatus.ClaimRequest
+// of every shard without the lock (worker.go rebalance and eventLoop), so a store writing it
+// (even an unchanged "") from a renewal or consumer goroutine is a data race the race
+// detector reports once lease stealing is on; for a held shard the claim matters only to the
+// store, which reads it from the table.
+func (g *leaseGuard) private(shard *par.ShardStatus, withCheckpoint bool, call func(*par.ShardStatus) error) error {
+	shard.Mux.RLock()
+	c := &par.ShardStatus{ID: shard.ID, ParentShardId: shard.ParentShardId, Checkpoint: shard.Checkpoint, AssignedTo: shard.AssignedTo,
+		Mux: &sync.RWMutex{}, LeaseTimeout: shard.LeaseTimeout, StartingSequenceNumber: shard.StartingSequenceNumber,
+		EndingSequenceNumber: shard.EndingSequenceNumber, ClaimRequest: shard.ClaimRequest}
+	shard.Mux.RUnlock()
+	err := call(c)
+	shard.Mux.Lock()
+	shard.AssignedTo, shard.LeaseTimeout = c.AssignedTo, c.LeaseTimeout
+	if withCheckpoint {
+		shard.Checkpoint = c.Checkpoint
+	}
+	shard.Mux.Unlock()
 	return err
 }
 
