@@ -136,6 +136,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 		e := newTestEnv(b, 4)
 		e.Cfg.MaxRecords = 10000
 		e.Cfg.Flush = FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: time.Second}
+		// The library takes at most one new lease per shard sync: sync often so that the four
+		// shards start within a second of each other.
+		e.Cfg.ShardSyncInterval = 250 * time.Millisecond
 		putRate := e.preload(b, "e", n)
 		rec := &firstCall{}
 		w, reg := e.benchWorker(b, "e2e", rec)
