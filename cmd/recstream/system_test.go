@@ -267,6 +267,7 @@ func TestSystemPostgresOutage(t *testing.T) {
 		`recstream_worker_last_checkpoint_timestamp_seconds{shard_id="shardId-000000000001"}`,
 		`recstream_worker_flush_objects_total{shard_id="shardId-000000000000"}`,
 		`recstream_worker_leases_held`,
+		`recstream_worker_vector_query_seconds_count`,
 	} {
 		if _, ok := metricValue(body, s); !ok {
 			t.Errorf("/metrics lacks %s", s)
@@ -288,6 +289,9 @@ func TestSystemPostgresOutage(t *testing.T) {
 		code, _ := se.get("/readyz")
 		return code == http.StatusServiceUnavailable
 	}, "/readyz stayed green with PostgreSQL down")
+	if _, body := se.get("/readyz"); !strings.Contains(body, `"dynamodb":"ok"`) || !strings.Contains(body, `"model":"ok"`) || strings.Contains(body, `"postgres":"ok"`) {
+		t.Errorf("/readyz during the outage: %s", body)
+	}
 	se.produce(t, n2, 2)
 	// The outage lasts 20 s by design (the scenario), not as a wait for a condition.
 	time.Sleep(time.Until(outageStart.Add(20 * time.Second)))

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -70,6 +74,11 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return err
 	}
+	// One observation per GetRecords batch: user tower + both pgvector round trips.
+	queryLatency := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "recstream_worker_vector_query_seconds",
+		Help:    "Time to answer one batch's recommendations (user tower and pgvector queries), failures included.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	reg.MustRegister(queryLatency)
 
 	pool, err := pg.Connect(ctx, cfg.Postgres)
 	if err != nil {
@@ -88,7 +97,7 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		return exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
 	}
 	w, err := worker.New(wcfg, worker.Stream{Kinesis: cfg.Kinesis, DynamoDB: cfg.DynamoDB}, worker.Deps{
-		Store: out, Recommender: recommender{svc}, K: cfg.Inference.K, Metrics: metrics, Log: log,
+		Store: out, Recommender: recommender{svc: svc, latency: queryLatency}, K: cfg.Inference.K, Metrics: metrics, Log: log,
 		IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) },
 	}, kc, store)
 	if err != nil {
@@ -104,6 +113,16 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 			return usageError{err.Error()}
 		}
 		srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+		srv.AddCheck("dynamodb", func(ctx context.Context) error {
+			_, err := db.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(cfg.DynamoDB.LeaseTable)})
+			return err
+		})
+		srv.AddCheck("model", func(ctx context.Context) error {
+			if svc.Version() == "" {
+				return errors.New("no model loaded")
+			}
+			return nil
+		})
 		aux.Go(func() error { return srv.Run(auxCtx) })
 	}
 	runErr := w.Run(ctx)
@@ -121,10 +140,16 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 	return nil
 }
 
-// recommender adapts *inference.Service to worker.Recommender.
-type recommender struct{ svc *inference.Service }
+// recommender adapts *inference.Service to worker.Recommender and times each batch.
+type recommender struct {
+	svc     *inference.Service
+	latency prometheus.Observer
+}
 
 func (r recommender) Recommend(ctx context.Context, users []worker.UserFeatures, anchors []string, k int) (worker.Recommendations, error) {
+	if r.latency != nil {
+		defer func(t0 time.Time) { r.latency.Observe(time.Since(t0).Seconds()) }(time.Now())
+	}
 	in := make([]inference.UserFeatures, len(users))
 	for i, u := range users {
 		in[i] = inference.UserFeatures{City: u.City, Country: u.Country, CreditLimit: u.CreditLimit}
