@@ -41,7 +41,7 @@ test: stack vet
 	$(MAKE) --no-print-directory build
 	rm -f out/aws-ops.log && mkdir -p out
 	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
-	CI=$${CI:-true} RECSTREAM_IAM_OPLOG=$(CURDIR)/out/aws-ops.log $(GO) test -count=1 -run 'IAM' ./deploy/
+	CI=$${CI:-true} RECSTREAM_IAM_OPLOG=$(CURDIR)/out/aws-ops.log $(GO) test -count=1 -run 'TestPoliciesMatchRecordedOperations' -v ./deploy/
 
 ## unit: tests that need no services (integration tests skip when CI is not true).
 unit:
