@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every fuzz target briefly (FUZZTIME each, default 20s). New crashers land in the
+# package's testdata/fuzz/ and fail the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZTIME=${FUZZTIME:-20s}
+targets=(
+  "./worker FuzzDecode"
+  "./batch FuzzCSVRecord"
+  "./batch FuzzParseEmbeddingRow"
+  "./inference FuzzDecodeSafetensors"
+  "./inference FuzzReadLabCSV"
+  "./deploy FuzzParseExpression"
+  "./deploy FuzzParseCrontab"
+  "./deploy FuzzShellWords"
+)
+for t in "${targets[@]}"; do
+  set -- $t
+  echo "== $2 ($1, $FUZZTIME)"
+  CI= go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" "$1"
+done
