@@ -55,7 +55,7 @@ func (p *partition) option(cfg *aws.Config) {
 // and a killed worker's shards are taken over within 30 s.
 func TestKCLWorkersShareShardsAndTakeOver(t *testing.T) {
 	if testing.Short() {
-		t.Skip("about 30 s: two KCL workers and a failover")
+		t.Skip("skipped with -short (about 30 s: two KCL workers and a failover); CI runs it")
 	}
 	kep := stacktest.Endpoint(t, "kinesis")
 	dep := stacktest.Endpoint(t, "dynamodb")

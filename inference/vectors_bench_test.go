@@ -69,7 +69,7 @@ func BenchmarkItemsFromUsers500(b *testing.B) {
 //	RECSTREAM_BENCH_1M=1 go test ./inference -run TestBench1M -v -timeout 60m
 func TestBench1M(t *testing.T) {
 	if os.Getenv("RECSTREAM_BENCH_1M") != "1" {
-		t.Skip("set RECSTREAM_BENCH_1M=1 to run the 1,000,000-item load and query benchmark (minutes)")
+		t.Skip("benchmark, not part of make test/CI: set RECSTREAM_BENCH_1M=1 to run the 1,000,000-item load and query benchmark (minutes)")
 	}
 	const n, d, k = 1_000_000, 32, 5
 	s := genVectors(2026, n, 500, d)
