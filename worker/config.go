@@ -65,7 +65,7 @@ func DefaultConfig() Config {
 		MaxRecords:            1000,
 		IdleTimeBetweenReads:  250 * time.Millisecond,
 		FailoverTime:          10 * time.Second,
-		ShardSyncInterval:     5 * time.Second,
+		ShardSyncInterval:     2 * time.Second,
 		LeaseStealingInterval: 10 * time.Second,
 		LeaseSafetyMargin:     3 * time.Second,
 		ShutdownTimeout:       25 * time.Second,
