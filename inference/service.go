@@ -25,7 +25,8 @@ type Result struct {
 	// ModelVersion is the artifacts version that produced every answer in the batch; it is
 	// also the embeddings version the queries read.
 	ModelVersion string
-	// Recommended[i] are the k best items for users[i], best first.
+	// Recommended[i] are the k best items for users[i], best first. Users with equal features
+	// share one slice: treat it as read-only.
 	Recommended [][]ScoredItem
 	// Similar[j] are the k items nearest to items[j], nearest first; nil when items[j] is ""
 	// or has no embedding (not an error: a product unknown to the model has no neighbours).
@@ -198,11 +199,20 @@ func (s *Service) Recommend(ctx context.Context, users []UserFeatures, items []s
 func (s *Service) answer(ctx context.Context, c *served, users []UserFeatures, items []string, k int) (Result, error) {
 	res := Result{ModelVersion: c.model.Version, Similar: make([][]SimilarItem, len(items))}
 	if len(users) > 0 {
-		rec, err := s.index.ItemsFromUsers(ctx, c.model.UserEmbeddings(users), k)
+		// The answer is a function of the features, and the events of one batch often come
+		// from the same customers: embed and query each distinct user once, then fan out.
+		distinct, at := distinctUsers(users)
+		rec, err := s.index.ItemsFromUsers(ctx, c.model.UserEmbeddings(distinct), k)
 		if err != nil {
 			return Result{}, fmt.Errorf("recommend: %w", err)
 		}
-		res.Recommended = rec
+		if len(rec) != len(distinct) {
+			return Result{}, fmt.Errorf("recommend: index answered %d users, asked %d", len(rec), len(distinct))
+		}
+		res.Recommended = make([][]ScoredItem, len(users))
+		for i, j := range at {
+			res.Recommended[i] = rec[j]
+		}
 	}
 	var missing []string
 	seen := map[string]bool{}
@@ -239,6 +249,23 @@ func (s *Service) answer(ctx context.Context, c *served, users []UserFeatures, i
 		}
 	}
 	return res, nil
+}
+
+// distinctUsers returns the distinct feature tuples of users in first-seen order, and for
+// each user the index of its tuple.
+func distinctUsers(users []UserFeatures) (distinct []UserFeatures, at []int) {
+	at = make([]int, len(users))
+	pos := make(map[UserFeatures]int, len(users))
+	for i, u := range users {
+		j, ok := pos[u]
+		if !ok {
+			j = len(distinct)
+			pos[u] = j
+			distinct = append(distinct, u)
+		}
+		at[i] = j
+	}
+	return distinct, at
 }
 
 // Run loads the serving model if needed, then every cfg.ReloadInterval preloads the model
