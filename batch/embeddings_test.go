@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,8 +25,8 @@ import (
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
+	"github.com/recstream/recstream/internal/pgtest"
 	"github.com/recstream/recstream/internal/stacktest"
-	schema "github.com/recstream/recstream/sql"
 )
 
 // embSet is one generated embeddings version.
@@ -111,35 +110,8 @@ func writeDir(t *testing.T, dir string, items, users []byte) batch.EmbeddingsSou
 // testPG creates a unique schema, migrates it, and returns its config and a pool.
 func testPG(t *testing.T) (pg.Config, *pgxpool.Pool) {
 	t.Helper()
-	dsn := stacktest.Value(t, "postgres.dsn")
-	pc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatalf("postgres.dsn: %v", err)
-	}
-	stacktest.Require(t, "PostgreSQL", net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))))
-	cfg := pg.Config{DSN: dsn, Password: stacktest.DBPassword("RECSTREAM_POSTGRES_PASSWORD"),
-		Schema: stacktest.UniqueName("t_emb_"), MaxConns: 8, MinConns: 0, EfSearch: 100, MaintenanceWorkMem: "64MB"}
-	ctx := context.Background()
-	conn, err := pg.ConnectRaw(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := schema.MigratePostgres(ctx, conn, cfg.Schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pg.ConnectRaw(context.Background(), cfg)
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer c.Close(context.Background())
-		if _, err := c.Exec(context.Background(), "DROP SCHEMA "+cfg.Schema+" CASCADE"); err != nil {
-			t.Errorf("cleanup: drop schema: %v", err)
-		}
-	})
-	pool, err := pg.Connect(ctx, cfg)
+	cfg := pgtest.Schema(t, "t_emb_", 100)
+	pool, err := pg.Connect(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -24,8 +23,7 @@ import (
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
-	"github.com/recstream/recstream/internal/stacktest"
-	schema "github.com/recstream/recstream/sql"
+	"github.com/recstream/recstream/internal/pgtest"
 )
 
 // vecData is a generated embeddings version: L2-normalised vectors, as the towers emit.
@@ -118,41 +116,13 @@ func writeCSVs(t testing.TB, dir string, s vecData) {
 // testSchema creates and migrates a unique schema (dropped on cleanup) and returns its config.
 func testSchema(t testing.TB, efSearch int) pg.Config {
 	t.Helper()
-	cfg := testSchemaConfig(t, stacktest.UniqueName("t_vec_"), efSearch)
-	ctx := context.Background()
-	conn, err := pg.ConnectRaw(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := schema.MigratePostgres(ctx, conn, cfg.Schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pg.ConnectRaw(context.Background(), cfg)
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer c.Close(context.Background())
-		if _, err := c.Exec(context.Background(), "DROP SCHEMA "+cfg.Schema+" CASCADE"); err != nil {
-			t.Errorf("cleanup: drop schema: %v", err)
-		}
-	})
-	return cfg
+	return pgtest.Schema(t, "t_vec_", efSearch)
 }
 
 // testSchemaConfig is the local stack's postgres config for schema name (not created here).
 func testSchemaConfig(t testing.TB, name string, efSearch int) pg.Config {
 	t.Helper()
-	dsn := stacktest.Value(t, "postgres.dsn")
-	pc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatalf("postgres.dsn: %v", err)
-	}
-	stacktest.Require(t, "PostgreSQL", net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))))
-	return pg.Config{DSN: dsn, Password: stacktest.DBPassword("RECSTREAM_POSTGRES_PASSWORD"),
-		Schema: name, MaxConns: 8, EfSearch: efSearch, MaintenanceWorkMem: "256MB"}
+	return pgtest.Config(t, name, efSearch)
 }
 
 func connect(t testing.TB, cfg pg.Config) *pgxpool.Pool {

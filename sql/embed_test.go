@@ -2,16 +2,13 @@ package schema_test
 
 import (
 	"context"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/recstream/recstream/internal/pg"
+	"github.com/recstream/recstream/internal/pgtest"
 	"github.com/recstream/recstream/internal/stacktest"
 	schema "github.com/recstream/recstream/sql"
 )
@@ -34,16 +31,10 @@ func TestPostgresMigrationsAreOrdered(t *testing.T) {
 	}
 }
 
+// pgConfig is a config for a fresh schema that the test itself creates by migrating.
 func pgConfig(t *testing.T) pg.Config {
 	t.Helper()
-	dsn := stacktest.Value(t, "postgres.dsn")
-	pc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatalf("postgres.dsn: %v", err)
-	}
-	stacktest.Require(t, "PostgreSQL", net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))))
-	return pg.Config{DSN: dsn, Password: stacktest.DBPassword("RECSTREAM_POSTGRES_PASSWORD"),
-		Schema: stacktest.UniqueName("t_mig_"), MaxConns: 2, EfSearch: 40, MaintenanceWorkMem: "64MB"}
+	return pgtest.Config(t, stacktest.UniqueName("t_mig_"), 40)
 }
 
 // Several processes starting at once (the worker and a cron job) apply each migration once,
@@ -51,17 +42,7 @@ func pgConfig(t *testing.T) pg.Config {
 func TestMigratePostgresConcurrentAndIdempotent(t *testing.T) {
 	cfg := pgConfig(t)
 	ctx := context.Background()
-	t.Cleanup(func() {
-		c, err := pg.ConnectRaw(context.Background(), cfg)
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer c.Close(context.Background())
-		if _, err := c.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+cfg.Schema+" CASCADE"); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	t.Cleanup(func() { pgtest.Drop(t, cfg) })
 	ms, err := schema.PostgresMigrations()
 	if err != nil {
 		t.Fatal(err)

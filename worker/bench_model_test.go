@@ -3,11 +3,9 @@ package worker
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,7 +13,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
-	"github.com/jackc/pgx/v5"
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 	"go.uber.org/zap"
 
@@ -24,9 +21,9 @@ import (
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
+	"github.com/recstream/recstream/internal/pgtest"
 	"github.com/recstream/recstream/internal/stacktest"
 	"github.com/recstream/recstream/produce"
-	schema "github.com/recstream/recstream/sql"
 )
 
 // serviceRecommender adapts *inference.Service to Recommender exactly as cmd/recstream's
@@ -96,12 +93,6 @@ func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalo
 	b.Helper()
 	data := stacktest.RequireSharedData(b)
 	ctx := context.Background()
-	dsn := stacktest.Value(b, "postgres.dsn")
-	pc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		b.Fatalf("postgres.dsn: %v", err)
-	}
-	stacktest.Require(b, "PostgreSQL", net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))))
 
 	f, err := os.Open(filepath.Join(data, "lab-outputs", "ratings_ml_training_dataset.csv"))
 	if err != nil {
@@ -126,29 +117,7 @@ func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalo
 		b.Fatal(err)
 	}
 
-	pcfg := pg.Config{DSN: dsn, Password: stacktest.DBPassword("RECSTREAM_POSTGRES_PASSWORD"),
-		Schema: strings.ReplaceAll(stacktest.UniqueName("bench_worker_"), "-", "_"), MaxConns: 8, MinConns: 1,
-		EfSearch: 100, MaintenanceWorkMem: "256MB"}
-	conn, err := pg.ConnectRaw(ctx, pcfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, err = schema.MigratePostgres(ctx, conn, pcfg.Schema)
-	conn.Close(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		c, err := pg.ConnectRaw(context.Background(), pcfg)
-		if err != nil {
-			b.Errorf("cleanup: %v", err)
-			return
-		}
-		defer c.Close(context.Background())
-		if _, err := c.Exec(context.Background(), "DROP SCHEMA "+pcfg.Schema+" CASCADE"); err != nil {
-			b.Errorf("cleanup: drop schema: %v", err)
-		}
-	})
+	pcfg := pgtest.Schema(b, "bench_worker_", 100)
 	pool, err := pg.Connect(ctx, pcfg)
 	if err != nil {
 		b.Fatal(err)
