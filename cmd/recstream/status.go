@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -222,16 +222,8 @@ func mergeShards(leases []checkpoint.Lease, shards []kinesisShard) []ShardStatus
 			out = append(out, *byID[id])
 		}
 	}
-	sortShards(out)
+	sort.Slice(out, func(i, j int) bool { return out[i].ShardID < out[j].ShardID })
 	return out
-}
-
-func sortShards(s []ShardStatus) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].ShardID < s[j-1].ShardID; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // shardLag asks Kinesis how far the record after the checkpoint is behind the tip.
@@ -271,5 +263,3 @@ func openStore(ctx context.Context, app *App, location string) (objstore.Store, 
 	}
 	return objstore.Open(location, nil)
 }
-
-var _ = os.Stdout
