@@ -80,6 +80,11 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
 	reg.MustRegister(queryLatency)
 
+	// The schema may be new (first deployment): migrate it, so that the error below says what
+	// is missing (no embeddings loaded yet) rather than which relation.
+	if _, err := migratePostgres(ctx, app); err != nil {
+		return exitCodeError{exitFailure, err}
+	}
 	pool, err := pg.Connect(ctx, cfg.Postgres)
 	if err != nil {
 		return exitCodeError{exitFailure, fmt.Errorf("connect postgres: %w", err)}
@@ -94,6 +99,9 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		return usageError{err.Error()}
 	}
 	if err := svc.Load(ctx); err != nil {
+		if errors.Is(err, inference.ErrNoLiveVersion) {
+			err = fmt.Errorf("%w: load a model's embeddings first (recstream train, then recstream batch embeddings)", err)
+		}
 		return exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
 	}
 	w, err := worker.New(wcfg, worker.Stream{Kinesis: cfg.Kinesis, DynamoDB: cfg.DynamoDB}, worker.Deps{
