@@ -237,7 +237,7 @@ var deployedRoles = deploy.Roles{
 func TestPoliciesMatchRecordedOperations(t *testing.T) {
 	path := os.Getenv(opLogPathEnv)
 	if path == "" {
-		t.Skipf("%s is unset: this check runs in `make test` after the demo has recorded every subcommand's AWS operations (RECSTREAM_AWS_OPLOG)", opLogPathEnv)
+		t.Skipf("%s is unset: under CI and locally this check runs as the last step of `make test`, after the demo has recorded every subcommand's AWS operations (RECSTREAM_AWS_OPLOG)", opLogPathEnv)
 	}
 	entries, err := deploy.ReadOpLog(path)
 	if err != nil {
