@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,15 +26,15 @@ func batchCLI(env []string, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-// TestBatchSeedAndETLCommands drives `batch seed` and `batch etl` through main's run: exit
-// codes 0 / 2 / 3, the dry-run plan, the final log line and the published manifest.
-func TestBatchSeedAndETLCommands(t *testing.T) {
-	data := stacktest.RequireSharedData(t)
+// testMySQL returns the local stack's MySQL config for a database of its own (created by the
+// first `batch seed`, dropped on cleanup) and a pool for it.
+func testMySQL(t *testing.T, prefix string) (batch.MySQLConfig, *sql.DB) {
+	t.Helper()
 	stacktest.MySQLAddr(t)
 	cfg := batch.DefaultMySQLConfig()
 	cfg.DSN = stacktest.Value(t, "mysql.dsn")
 	cfg.Password = stacktest.DBPassword("RECSTREAM_MYSQL_PASSWORD")
-	name := stacktest.UniqueName("rs_cli_")
+	name := stacktest.UniqueName(prefix)
 	cfg, err := cfg.WithDatabase(name)
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +49,23 @@ func TestBatchSeedAndETLCommands(t *testing.T) {
 		}
 		db.Close()
 	})
+	return cfg, db
+}
+
+func mustDatabase(t *testing.T, cfg batch.MySQLConfig) string {
+	t.Helper()
+	name, err := batch.MySQLDatabase(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// TestBatchSeedAndETLCommands drives `batch seed` and `batch etl` through main's run: exit
+// codes 0 / 2 / 3, the dry-run plan, the final log line and the published manifest.
+func TestBatchSeedAndETLCommands(t *testing.T) {
+	data := stacktest.RequireSharedData(t)
+	cfg, db := testMySQL(t, "rs_cli_")
 	env := []string{"RECSTREAM_MYSQL_DSN=" + cfg.DSN, "RECSTREAM_MYSQL_PASSWORD=" + cfg.Password}
 	lake := t.TempDir()
 	loc := "file://" + lake
@@ -95,7 +113,7 @@ func TestBatchSeedAndETLCommands(t *testing.T) {
 	}
 	defer conn.Close()
 	var got int
-	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", batch.LockName(name, store, 0, 1)).Scan(&got); err != nil || got != 1 {
+	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", batch.LockName(mustDatabase(t, cfg), store, 0, 1)).Scan(&got); err != nil || got != 1 {
 		t.Fatalf("take lock: %d %v", got, err)
 	}
 	code, _, stderr = batchCLI(env, "batch", "etl", "--location", loc)

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
@@ -36,26 +35,7 @@ func runCLI(t *testing.T, env []string, args ...string) string {
 // (same seed, same data, any row order).
 func TestTrainFromETLDatasetEqualsLabCSV(t *testing.T) {
 	data := stacktest.RequireSharedData(t)
-	stacktest.MySQLAddr(t)
-	cfg := batch.DefaultMySQLConfig()
-	cfg.DSN = stacktest.Value(t, "mysql.dsn")
-	cfg.Password = stacktest.DBPassword("RECSTREAM_MYSQL_PASSWORD")
-	name := stacktest.UniqueName("rs_train_")
-	cfg, err := cfg.WithDatabase(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		db, err := batch.OpenMySQL(cfg)
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer db.Close()
-		if _, err := db.Exec("DROP DATABASE IF EXISTS `" + name + "`"); err != nil {
-			t.Errorf("cleanup: drop database %s: %v", name, err)
-		}
-	})
+	cfg, _ := testMySQL(t, "rs_train_")
 	env := []string{"RECSTREAM_MYSQL_DSN=" + cfg.DSN, "RECSTREAM_MYSQL_PASSWORD=" + cfg.Password}
 	lake, arts1, arts2 := t.TempDir(), t.TempDir(), t.TempDir()
 
