@@ -172,9 +172,11 @@ node_tools() {
      || ! grep -q "\"version\": \"$KINESALITE_VERSION\"" "$dir/node_modules/kinesalite/package.json" 2>/dev/null; then
     command -v npm >/dev/null || apt_install nodejs npm
     mkdir -p "$dir"
+    # --ignore-scripts: only the in-memory stores are used, so leveldown's native build (which
+    # some npm versions run and which needs a download) is not needed.
     log "installing kinesalite@$KINESALITE_VERSION dynalite@$DYNALITE_VERSION"
     (cd "$dir" && [ -f package.json ] || echo '{"name":"recstream-stack","private":true}' >"$dir/package.json")
-    npm install --prefix "$dir" --no-audit --no-fund --silent "kinesalite@$KINESALITE_VERSION" "dynalite@$DYNALITE_VERSION" >"$STACK_DIR/logs/npm.log" 2>&1 \
+    npm install --prefix "$dir" --no-audit --no-fund --silent --ignore-scripts "kinesalite@$KINESALITE_VERSION" "dynalite@$DYNALITE_VERSION" >"$STACK_DIR/logs/npm.log" 2>&1 \
       || die "npm install failed (see $STACK_DIR/logs/npm.log)"
   fi
 }
