@@ -172,12 +172,5 @@ func genClustered(seed uint64, n, m, d, nClusters int, noise float64) vecData {
 		}
 		return v
 	}
-	var s vecData
-	for i := range n {
-		s.itemIDs, s.items = append(s.itemIDs, productCode(i)), append(s.items, draw())
-	}
-	for i := range m {
-		s.userIDs, s.users = append(s.userIDs, 103+i), append(s.users, draw())
-	}
-	return s
+	return buildVecData(n, m, draw)
 }

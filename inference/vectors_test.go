@@ -51,12 +51,17 @@ func genVectors(seed uint64, n, m, d int) vecData {
 		}
 		return v
 	}
+	return buildVecData(n, m, unit)
+}
+
+// buildVecData draws n items (product codes) and m users (customer numbers from 103).
+func buildVecData(n, m int, draw func() []float32) vecData {
 	var s vecData
 	for i := range n {
-		s.itemIDs, s.items = append(s.itemIDs, productCode(i)), append(s.items, unit())
+		s.itemIDs, s.items = append(s.itemIDs, productCode(i)), append(s.items, draw())
 	}
 	for i := range m {
-		s.userIDs, s.users = append(s.userIDs, 103+i), append(s.users, unit())
+		s.userIDs, s.users = append(s.userIDs, 103+i), append(s.users, draw())
 	}
 	return s
 }

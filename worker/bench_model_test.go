@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,7 +16,6 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
 	"github.com/recstream/recstream/internal/pgtest"
@@ -170,22 +167,7 @@ func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalo
 func BenchmarkProcessingPathModel(b *testing.B) {
 	stacktest.SetAWSEnv(b)
 	svc, index, cat := modelService(b)
-	s3cfg := awsenv.S3Config{Endpoint: stacktest.Endpoint(b, "s3"), Region: "us-east-1", PathStyle: true}
-	c, err := awsenv.S3(context.Background(), s3cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	bucket := strings.TrimPrefix(stacktest.Value(b, "s3.buckets.recommendations"), "s3://")
-	store, err := objstore.Open("s3://"+path.Join(bucket, stacktest.UniqueName("bench-model-")), c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		objs, _ := store.List(context.Background(), "")
-		for _, o := range objs {
-			_ = store.Delete(context.Background(), o.Key)
-		}
-	})
+	store := benchStore(b, "bench-model-")
 	for _, unseen := range []float64{0.1, 1} {
 		b.Run(fmt.Sprintf("unseen=%g", unseen), func(b *testing.B) {
 			benchModelPath(b, svc, index, cat, store, unseen)

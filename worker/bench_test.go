@@ -32,18 +32,17 @@ func (nopCheckpointer) PrepareCheckpoint(*string) (kcl.IPreparedCheckpointer, er
 	return nil, nil
 }
 
-// BenchmarkProcessingPath is issue benchmark (a) with the fake Recommender standing in for the
-// model and pgvector: decode + enrich + Parquet (Snappy) encode + upload to the S3 gateway, in
-// 1000-record GetRecords batches, one object per 10,000 records.
-func BenchmarkProcessingPath(b *testing.B) {
-	stacktest.SetAWSEnv(b)
+// benchStore is a fresh prefix of the recommendations bucket on the S3 gateway, emptied after
+// the benchmark.
+func benchStore(b *testing.B, prefix string) objstore.Store {
+	b.Helper()
 	s3cfg := awsenv.S3Config{Endpoint: stacktest.Endpoint(b, "s3"), Region: "us-east-1", PathStyle: true}
 	c, err := awsenv.S3(context.Background(), s3cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	bucket := strings.TrimPrefix(stacktest.Value(b, "s3.buckets.recommendations"), "s3://")
-	store, err := objstore.Open("s3://"+path.Join(bucket, stacktest.UniqueName("bench-")), c)
+	store, err := objstore.Open("s3://"+path.Join(bucket, stacktest.UniqueName(prefix)), c)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -53,6 +52,15 @@ func BenchmarkProcessingPath(b *testing.B) {
 			_ = store.Delete(context.Background(), o.Key)
 		}
 	})
+	return store
+}
+
+// BenchmarkProcessingPath is issue benchmark (a) with the fake Recommender standing in for the
+// model and pgvector: decode + enrich + Parquet (Snappy) encode + upload to the S3 gateway, in
+// 1000-record GetRecords batches, one object per 10,000 records.
+func BenchmarkProcessingPath(b *testing.B) {
+	stacktest.SetAWSEnv(b)
+	store := benchStore(b, "bench-")
 	cfg := testConfig()
 	cfg.Flush = FlushConfig{MaxRecords: 10000, MaxBytes: 64 << 20, MaxAge: time.Hour}
 	metrics, _ := NewMetrics(nil)
