@@ -22,7 +22,6 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
 	"github.com/recstream/recstream/internal/pgtest"
@@ -368,27 +367,10 @@ func TestLoadInProgress(t *testing.T) {
 // The artifacts layout on the real S3 gateway: versions/<v>/embeddings/... and latest.json,
 // written last. Loading through the pointer records the artifacts version's name.
 func TestLoadFromS3LatestPointer(t *testing.T) {
-	endpoint := stacktest.Endpoint(t, "s3")
-	stacktest.SetAWSEnv(t)
+	root := stacktest.S3Store(t, "artifacts", "test-embeddings-")
 	cfg, pool := testPG(t)
 	l := newLoader(t, pool, cfg)
 	ctx := context.Background()
-	client, err := awsenv.S3(ctx, awsenv.S3Config{Endpoint: endpoint, Region: "us-east-1", PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bucket := strings.TrimPrefix(stacktest.Value(t, "s3.buckets.artifacts"), "s3://")
-	prefix := stacktest.UniqueName("test-embeddings-")
-	root, err := objstore.Open("s3://"+bucket+"/"+prefix, client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		objs, _ := root.List(context.Background(), "")
-		for _, o := range objs {
-			_ = root.Delete(context.Background(), o.Key)
-		}
-	})
 	g := genEmbeddings(5, 110, 98, 32, 0)
 	gi, gu := g.csvs()
 	for key, body := range map[string][]byte{
@@ -416,7 +398,7 @@ func TestLoadFromS3LatestPointer(t *testing.T) {
 	if err := pool.QueryRow(ctx, "SELECT item_source FROM embedding_versions WHERE state = 'live'").Scan(&itemSource); err != nil {
 		t.Fatal(err)
 	}
-	if want := "s3://" + bucket + "/" + prefix + "/versions/v20261125-1/" + batch.ItemEmbeddingsKey; itemSource != want {
+	if want := root.URL("versions/v20261125-1/" + batch.ItemEmbeddingsKey); itemSource != want {
 		t.Fatalf("item_source = %q, want %q", itemSource, want)
 	}
 	// A named version resolves without the pointer; a missing one fails naming the object.

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -75,31 +74,5 @@ func fileStore(t testing.TB) objstore.Store {
 // gateway; Cleanup deletes everything under the prefix.
 func s3Store(t testing.TB) objstore.Store {
 	t.Helper()
-	stacktest.SetAWSEnv(t)
-	endpoint := stacktest.Endpoint(t, "s3")
-	ctx := context.Background()
-	client, err := awsenv.S3(ctx, awsenv.S3Config{Endpoint: endpoint, Region: "us-east-1", PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := objstore.Open("s3://recstream-datalake/"+stacktest.UniqueName("etltest-"), client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		objs, err := s.List(ctx, "")
-		if err != nil {
-			t.Errorf("cleanup list: %v", err)
-			return
-		}
-		for _, o := range objs {
-			if err := s.Delete(ctx, o.Key); err != nil {
-				t.Errorf("cleanup: %v", err)
-				return
-			}
-		}
-	})
-	return s
+	return stacktest.S3Store(t, "datalake", "etltest-")
 }

@@ -17,7 +17,6 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -90,24 +89,7 @@ func (p published) bruteItem(code string, k int) []string {
 
 func artifactsStore(t *testing.T) objstore.Store {
 	t.Helper()
-	endpoint := stacktest.Endpoint(t, "s3")
-	stacktest.SetAWSEnv(t)
-	client, err := awsenv.S3(context.Background(), awsenv.S3Config{Endpoint: endpoint, Region: "us-east-1", PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bucket := strings.TrimPrefix(stacktest.Value(t, "s3.buckets.artifacts"), "s3://")
-	store, err := objstore.Open("s3://"+bucket+"/"+stacktest.UniqueName("test-train-"), client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		objs, _ := store.List(context.Background(), "")
-		for _, o := range objs {
-			_ = store.Delete(context.Background(), o.Key)
-		}
-	})
-	return store
+	return stacktest.S3Store(t, "artifacts", "test-train-")
 }
 
 // TestEndToEndTrainPublishLoadQuery: train on the real data → publish to the S3 gateway →

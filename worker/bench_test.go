@@ -3,8 +3,6 @@ package worker
 import (
 	"context"
 	"fmt"
-	"path"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,7 +12,6 @@ import (
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 	"go.uber.org/zap"
 
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -36,23 +33,7 @@ func (nopCheckpointer) PrepareCheckpoint(*string) (kcl.IPreparedCheckpointer, er
 // the benchmark.
 func benchStore(b *testing.B, prefix string) objstore.Store {
 	b.Helper()
-	s3cfg := awsenv.S3Config{Endpoint: stacktest.Endpoint(b, "s3"), Region: "us-east-1", PathStyle: true}
-	c, err := awsenv.S3(context.Background(), s3cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	bucket := strings.TrimPrefix(stacktest.Value(b, "s3.buckets.recommendations"), "s3://")
-	store, err := objstore.Open("s3://"+path.Join(bucket, stacktest.UniqueName(prefix)), c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		objs, _ := store.List(context.Background(), "")
-		for _, o := range objs {
-			_ = store.Delete(context.Background(), o.Key)
-		}
-	})
-	return store
+	return stacktest.S3Store(b, "recommendations", prefix)
 }
 
 // BenchmarkProcessingPath is issue benchmark (a) with the fake Recommender standing in for the

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -29,26 +28,7 @@ func backends(t *testing.T) map[string]objstore.Store {
 
 func s3Store(t *testing.T) objstore.Store {
 	t.Helper()
-	stacktest.SetAWSEnv(t)
-	endpoint := stacktest.Endpoint(t, "s3")
-	client, err := awsenv.S3(context.Background(), awsenv.S3Config{Endpoint: endpoint, Region: "us-east-1", PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := stacktest.UniqueName("objstore-test-")
-	s, err := objstore.Open("s3://recstream-datalake/"+prefix, client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		objs, _ := s.List(ctx, "")
-		for _, o := range objs {
-			_ = s.Delete(ctx, o.Key)
-		}
-	})
-	return s
+	return stacktest.S3Store(t, "datalake", "objstore-test-")
 }
 
 func get(t *testing.T, s objstore.Store, key string) []byte {
