@@ -8,7 +8,7 @@ import (
 	"io"
 )
 
-// Field is one CSV field. The shared/data format writes SQL NULL as an empty unquoted field;
+// Field is one CSV field. The classicmodels CSV format (testdata/README.md) writes SQL NULL as an empty unquoted field;
 // a quoted empty field ("") is an empty string.
 type Field struct {
 	Value string
@@ -39,7 +39,7 @@ var (
 	errDuplicateColumns = errors.New("duplicate column in header")
 )
 
-// CSVReader reads records in the shared/data format: RFC 4180 quoting, LF (or CR LF) after
+// CSVReader reads records in the classicmodels CSV format (testdata/README.md): RFC 4180 quoting, LF (or CR LF) after
 // each record, CR LF allowed inside quoted values, NULL as an empty unquoted field. It streams:
 // memory is bounded by the longest record. Not safe for concurrent use.
 type CSVReader struct {
@@ -188,7 +188,7 @@ func unquoted(b []byte) Field {
 	return Field{Value: string(b)}
 }
 
-// appendCSVRecord encodes fields in the shared/data format (quoting only when needed) followed
+// appendCSVRecord encodes fields in the classicmodels CSV format (quoting only when needed) followed
 // by LF. It is the inverse of readCSVRecord and exists for tests and the fuzz target.
 func appendCSVRecord(dst []byte, fields []Field) []byte {
 	for i, f := range fields {

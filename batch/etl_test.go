@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -62,11 +61,11 @@ func rowKey(r TrainingRow) string {
 		fmt.Sprint(r.QuantityInStock), formatDecimal2(r.BuyPriceCents), formatDecimal2(r.MSRPCents), fmt.Sprint(r.ProductRating), fmt.Sprint(r.CustomerNumber)}, "|")
 }
 
-// labRows reads lab-outputs/ratings_ml_training_dataset.csv (every value quoted, NULL as an
+// labRows reads testdata/lab/ratings_ml_training_dataset.csv (every value quoted, NULL as an
 // empty unquoted field) into sorted row keys.
 func labRows(t *testing.T) []string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(stacktest.RequireSharedData(t), "lab-outputs", "ratings_ml_training_dataset.csv"))
+	f, err := os.Open(stacktest.LabFile(t, "ratings_ml_training_dataset.csv"))
 	if err != nil {
 		t.Fatal(err)
 	}

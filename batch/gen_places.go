@@ -7,7 +7,7 @@ type place struct {
 	weight                           int
 }
 
-// realPlaces holds the distinct (city, state, postalCode, country) tuples of shared/data's
+// realPlaces holds the distinct (city, state, postalCode, country) tuples of testdata/classicmodels'
 // customers.csv with their counts.
 var realPlaces = []place{
 	{"Chatswood", "NSW", "2067", "Australia", 1},

@@ -54,7 +54,7 @@ func TestSeedSharedDataKeepsValuesExact(t *testing.T) {
 }
 
 func TestSeedBadCSVNamesFileAndLine(t *testing.T) {
-	shared := stacktest.RequireSharedData(t)
+	shared := stacktest.ClassicModels(t)
 	tests := []struct {
 		name   string
 		file   string

@@ -42,10 +42,10 @@ func testMySQL(t testing.TB) (*sql.DB, MySQLConfig) {
 	return db, cfg
 }
 
-// seedShared loads ../shared/data into db.
+// seedShared loads the real classicmodels data (testdata/classicmodels) into db.
 func seedShared(t testing.TB, db *sql.DB) {
 	t.Helper()
-	dir := stacktest.RequireSharedData(t)
+	dir := stacktest.ClassicModels(t)
 	s, err := NewSeeder(db, DefaultConfig(), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -2,18 +2,16 @@ package inference
 
 import (
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
-// labExamples reads ../shared/data/lab-outputs/ratings_ml_training_dataset.csv, the lab's
+// labExamples reads testdata/lab/ratings_ml_training_dataset.csv, the lab's
 // real joined training data.
 func labExamples(t testing.TB) []Example {
 	t.Helper()
-	dir := stacktest.RequireSharedData(t)
-	f, err := os.Open(filepath.Join(dir, "lab-outputs", "ratings_ml_training_dataset.csv"))
+	f, err := os.Open(stacktest.LabFile(t, "ratings_ml_training_dataset.csv"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-DATA=${RECSTREAM_SHARED_DATA:-$ROOT/../shared/data}
+DATA=${RECSTREAM_DATA:-$ROOT/testdata/classicmodels}
 SHARDS=${SHARDS:-8}
 N=$((SHARDS * 12000))
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-recstream} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-recstream-local-secret}
@@ -39,7 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN" train --csv "$DATA/lab-outputs/ratings_ml_training_dataset.csv" --epochs 3 >/dev/null 2>&1
+"$BIN" train --csv "$ROOT/testdata/lab/ratings_ml_training_dataset.csv" --epochs 3 >/dev/null 2>&1
 "$BIN" batch embeddings >/dev/null 2>&1
 aws kinesis create-stream --stream-name "$STREAM" --shard-count "$SHARDS" "${KIN[@]}"
 for _ in $(seq 60); do

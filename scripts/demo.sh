@@ -5,13 +5,16 @@
 # non-zero otherwise. Needs the local stack (make demo starts it) and bin/recstream.
 #
 # Each run uses its own stream, lease table and output prefix, so runs never see each other's
-# events. Tunables: DEMO_SCALE (customers), DEMO_RATE (events/s), DEMO_DURATION.
+# events. Tunables: DEMO_DATA (generated, the default, or real: the public classicmodels tables and
+# the lab's ratings in testdata/classicmodels), DEMO_SCALE (generated customers), DEMO_RATE
+# (events/s), DEMO_DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${BIN:-bin/recstream}
 RUN=${DEMO_RUN:-$(date -u +%Y%m%d%H%M%S)-$$}
 OUT=out/demo/$RUN
+DATA=${DEMO_DATA:-generated}
 SCALE=${DEMO_SCALE:-150}
 RATE=${DEMO_RATE:-10}
 DURATION=${DEMO_DURATION:-30s}
@@ -35,8 +38,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "batch seed: generated classicmodels data ($SCALE customers)"
-$BIN batch seed --scale "$SCALE" --ratings-per-customer 20 --replace 2>"$OUT/seed.log" || { cat "$OUT/seed.log"; fail "batch seed"; }
+case $DATA in
+  generated)
+    step "batch seed: generated classicmodels data ($SCALE customers)"
+    seed_args=(--scale "$SCALE" --ratings-per-customer 20) ;;
+  real)
+    step "batch seed: the real classicmodels data and the lab's ratings (testdata/classicmodels)"
+    seed_args=(--from testdata/classicmodels) ;;
+  *) fail "DEMO_DATA=$DATA: want generated or real" ;;
+esac
+$BIN batch seed "${seed_args[@]}" --replace 2>"$OUT/seed.log" || { cat "$OUT/seed.log"; fail "batch seed"; }
 tail -1 "$OUT/seed.log"
 
 step "batch etl: ratings ⋈ products ⋈ customers → Snappy Parquet, partitioned by customerNumber"

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,10 +87,9 @@ func (t *timedIndex) LiveVersion(ctx context.Context) (string, error) {
 // the Service the worker would use, plus the catalog the model knows.
 func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalog) {
 	b.Helper()
-	data := stacktest.RequireSharedData(b)
 	ctx := context.Background()
 
-	f, err := os.Open(filepath.Join(data, "lab-outputs", "ratings_ml_training_dataset.csv"))
+	f, err := os.Open(stacktest.LabFile(b, "ratings_ml_training_dataset.csv"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package worker
 import (
 	"errors"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -94,8 +93,7 @@ func TestAnchor(t *testing.T) {
 }
 
 func TestDecodeLabExamples(t *testing.T) {
-	dir := stacktest.RequireSharedData(t)
-	b, err := os.ReadFile(filepath.Join(dir, "lab-outputs", "example_record.json"))
+	b, err := os.ReadFile(stacktest.LabFile(t, "example_record.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +102,7 @@ func TestDecodeLabExamples(t *testing.T) {
 		t.Fatalf("example_record.json: %+v, %v", ev, err)
 	}
 	// The lab's enriched record carries the output fields: the strict decoder names the first.
-	b, err = os.ReadFile(filepath.Join(dir, "lab-outputs", "delivery-stream-one-record.json"))
+	b, err = os.ReadFile(stacktest.LabFile(t, "delivery-stream-one-record.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,12 +114,12 @@ func TestDecodeLabExamples(t *testing.T) {
 }
 
 func FuzzDecode(f *testing.F) {
-	if dir := stacktest.SharedData(); dir != "" {
-		for _, n := range []string{"example_record.json", "delivery-stream-one-record.json"} {
-			if b, err := os.ReadFile(filepath.Join(dir, "lab-outputs", n)); err == nil {
-				f.Add(b)
-			}
+	for _, n := range []string{"example_record.json", "delivery-stream-one-record.json"} {
+		b, err := os.ReadFile(stacktest.LabFile(f, n))
+		if err != nil {
+			f.Fatal(err)
 		}
+		f.Add(b)
 	}
 	f.Add([]byte(`{"session_id":"45ba9939","customer_number":478,"city":"Pasadena","country":"USA","credit_limit":59811,"browse_history":[{"product_code":"S50_1514","quantity":"1","in_shopping_cart":true}]}`))
 	f.Add([]byte(`{"quantity":"1e3"}`))

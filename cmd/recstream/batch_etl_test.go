@@ -64,7 +64,7 @@ func mustDatabase(t *testing.T, cfg batch.MySQLConfig) string {
 // TestBatchSeedAndETLCommands drives `batch seed` and `batch etl` through main's run: exit
 // codes 0 / 2 / 3, the dry-run plan, the final log line and the published manifest.
 func TestBatchSeedAndETLCommands(t *testing.T) {
-	data := stacktest.RequireSharedData(t)
+	data := stacktest.ClassicModels(t)
 	cfg, db := testMySQL(t, "rs_cli_")
 	env := []string{"RECSTREAM_MYSQL_DSN=" + cfg.DSN, "RECSTREAM_MYSQL_PASSWORD=" + cfg.Password}
 	lake := t.TempDir()

@@ -22,7 +22,7 @@ func init() {
 
 func runBatchSeed(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "batch seed")
-	from := fs.String("from", "", "folder of classicmodels CSVs (customers.csv, …, ratings.csv) in the shared/data format")
+	from := fs.String("from", "", "folder of classicmodels CSVs (customers.csv, …, ratings.csv) in the classicmodels CSV format (testdata/README.md)")
 	scale := fs.Int("scale", 0, "generate N customers (deterministic; see --seed, --ratings-per-customer)")
 	perCustomer := fs.Int("ratings-per-customer", 100, "average bought-and-rated products per generated customer")
 	seed := fs.Int64("seed", app.Config.Batch.Seed, "generator seed (default: config batch.seed)")

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -72,7 +71,6 @@ type systemEnv struct {
 
 func newSystemEnv(t *testing.T, shards int32) *systemEnv {
 	t.Helper()
-	data := stacktest.RequireSharedData(t)
 	stacktest.SetAWSEnv(t)
 	ctx := context.Background()
 	kinesisEP := stacktest.Endpoint(t, "kinesis")
@@ -112,7 +110,7 @@ func newSystemEnv(t *testing.T, shards int32) *systemEnv {
 
 	// Model: trained on the lab's real training data, published to the file:// artifacts bucket,
 	// loaded into this test's schema.
-	runCLI(t, se.env, "train", "--csv", filepath.Join(data, "lab-outputs", "ratings_ml_training_dataset.csv"), "--epochs", "3")
+	runCLI(t, se.env, "train", "--csv", stacktest.LabFile(t, "ratings_ml_training_dataset.csv"), "--epochs", "3")
 	runCLI(t, se.env, "batch", "embeddings")
 	se.env = append(se.env, "RECSTREAM_POSTGRES_DSN="+proxied)
 

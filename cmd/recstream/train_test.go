@@ -29,12 +29,12 @@ func runCLI(t *testing.T, env []string, args ...string) string {
 	return out.String() + errb.String()
 }
 
-// TestTrainFromETLDatasetEqualsLabCSV: seed MariaDB from ../shared/data, `batch etl` to a
+// TestTrainFromETLDatasetEqualsLabCSV: seed MariaDB from testdata/classicmodels, `batch etl` to a
 // file:// datalake, `train` through the ETL's manifest. The dataset is the lab's join, so
 // training from it must publish exactly the version that training from the lab's CSV publishes
 // (same seed, same data, any row order).
 func TestTrainFromETLDatasetEqualsLabCSV(t *testing.T) {
-	data := stacktest.RequireSharedData(t)
+	data := stacktest.ClassicModels(t)
 	cfg, _ := testMySQL(t, "rs_train_")
 	env := []string{"RECSTREAM_MYSQL_DSN=" + cfg.DSN, "RECSTREAM_MYSQL_PASSWORD=" + cfg.Password}
 	lake, arts1, arts2 := t.TempDir(), t.TempDir(), t.TempDir()
@@ -46,7 +46,7 @@ func TestTrainFromETLDatasetEqualsLabCSV(t *testing.T) {
 	if m == nil || !strings.Contains(out, "validation RMSE (stars, 506 held-out of 2532 ratings)") {
 		t.Fatalf("train output:\n%s", out)
 	}
-	out2 := runCLI(t, nil, "train", "--csv", filepath.Join(data, "lab-outputs", "ratings_ml_training_dataset.csv"), "--to", "file://"+arts2)
+	out2 := runCLI(t, nil, "train", "--csv", stacktest.LabFile(t, "ratings_ml_training_dataset.csv"), "--to", "file://"+arts2)
 	m2 := publishedRe.FindStringSubmatch(out2)
 	if m2 == nil || m2[1] != m[1] {
 		t.Fatalf("version from the ETL dataset %v, from the lab CSV %v", m, m2)

@@ -43,21 +43,30 @@ func RepoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// SharedData is ../shared/data beside the checkout (the real lab data), or "" when absent.
-func SharedData() string {
-	d := filepath.Join(RepoRoot(), "..", "shared", "data")
-	if st, err := os.Stat(d); err == nil && st.IsDir() {
-		return d
-	}
-	return ""
+// ClassicModels is testdata/classicmodels in the repository: the real public classicmodels
+// tables and the lab's ratings as CSV (see testdata/README.md). A checkout always carries it;
+// a test fails when it is missing rather than skipping, since that is a broken checkout.
+func ClassicModels(t testing.TB) string {
+	t.Helper()
+	return testdataDir(t, "classicmodels")
 }
 
-// RequireSharedData returns SharedData or fails (CI) / skips (locally).
-func RequireSharedData(t testing.TB) string {
+// LabFile is the path of one of the lab's real outputs in testdata/lab (for example
+// "ratings_ml_training_dataset.csv" or "example_record.json").
+func LabFile(t testing.TB, name string) string {
 	t.Helper()
-	d := SharedData()
-	if d == "" {
-		unavailable(t, "../shared/data is not beside the checkout")
+	p := filepath.Join(testdataDir(t, "lab"), name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("testdata/lab/%s: %v", name, err)
+	}
+	return p
+}
+
+func testdataDir(t testing.TB, sub string) string {
+	t.Helper()
+	d := filepath.Join(RepoRoot(), "testdata", sub)
+	if st, err := os.Stat(d); err != nil || !st.IsDir() {
+		t.Fatalf("testdata/%s is missing from the checkout: %v", sub, err)
 	}
 	return d
 }

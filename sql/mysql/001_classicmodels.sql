@@ -1,5 +1,5 @@
 -- classicmodels (mysqltutorial.org sample database, version 3.1) plus the lab's ratings table.
--- Columns, types and nullability follow the dump described in shared/data/SOURCES.md.
+-- Columns, types and nullability follow the dump described in testdata/README.md.
 -- Applied by `recstream batch seed`; every statement ends with ";" at the end of a line.
 
 CREATE TABLE IF NOT EXISTS productlines (
