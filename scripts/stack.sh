@@ -4,6 +4,8 @@
 # up:     installs (when missing) and starts MariaDB, PostgreSQL 15 + pgvector 0.8.0, kinesalite,
 #         dynalite and the Versity S3 gateway on fixed loopback ports, then creates the databases,
 #         buckets and Kinesis stream. Services already answering on their port are used as they are.
+#         Also installs promtool (Debian's prometheus package; the server is not left running),
+#         which the alert-rule tests in deploy/ use.
 #         Idempotent: a second run finds everything up and returns within seconds.
 # down:   stops only what `up` started (it records that under $STACK_DIR/started/).
 # status: one line per service.
@@ -157,6 +159,31 @@ SQL
     -c "GRANT CREATE ON SCHEMA public TO $DB_USER" -c "GRANT CREATE ON DATABASE $PG_DB TO $DB_USER" >/dev/null
 }
 
+# ---------------------------------------------------------------------------- promtool
+# `go test ./deploy/` checks and unit-tests deploy/prometheus/alerts.yaml with promtool, which
+# Debian ships in the prometheus package. Only the tool is wanted: a Prometheus server that the
+# package's maintainer scripts start is stopped and disabled again (one that ran before is left).
+promtool_up() {
+  command -v promtool >/dev/null && return 0
+  local before pid
+  before=$(pgrep -x prometheus || true)
+  if [ $APT_UPDATED -eq 0 ]; then as_root apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  log "installing prometheus (for promtool; the server is not kept running)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+  for pid in $(pgrep -x prometheus || true); do
+    grep -qx "$pid" <<<"$before" && continue
+    log "stopping the prometheus server (pid $pid) the package started"
+    as_root kill "$pid" 2>/dev/null || true
+  done
+  command -v promtool >/dev/null || die "promtool is missing after installing the prometheus package"
+}
+
 # ---------------------------------------------------------------------------- AWS emulators
 start_bg() { # name pidfile cmd...
   local name=$1; shift
@@ -252,6 +279,7 @@ cmd_up() {
   dynamo_up
   s3_up
   resources_up
+  promtool_up
   cmd_status
 }
 
