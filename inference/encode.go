@@ -187,11 +187,29 @@ func (s *StandardScaler) validate() error {
 }
 
 // Encode writes the standardised values into dst (len(Features) elements).
+//
+// The result is clipped to ±MaxStandardized (and a NaN, which only a NaN input can give, is 0):
+// the towers' float32 arithmetic then stays finite for any finite input, however far outside
+// the training data (a credit limit of 1e12 against a scale of 4e4 is 2.5e7 standard
+// deviations; unclipped extremes overflowed float32 and made NaN embeddings that PostgreSQL
+// refuses). No real value comes near the bound.
 func (s *StandardScaler) Encode(dst []float32, values []float64) {
 	for c, v := range values {
-		dst[c] = float32((v - s.Mean[c]) / s.Scale[c])
+		z := (v - s.Mean[c]) / s.Scale[c]
+		switch {
+		case z != z: // NaN
+			z = 0
+		case z > MaxStandardized:
+			z = MaxStandardized
+		case z < -MaxStandardized:
+			z = -MaxStandardized
+		}
+		dst[c] = float32(z)
 	}
 }
+
+// MaxStandardized bounds a standardised input (in standard deviations of the training data).
+const MaxStandardized = 1e4
 
 // Encoder turns one side's raw features into the tower's input vector: the one-hot blocks
 // followed by the standardised numbers.

@@ -109,13 +109,16 @@ func (t *Tower) forwardRow(x []float32, s *rowState) {
 	for o := 0; o < d2.Out; o++ {
 		s.z[o] = d2.B[o] + dot(d2.W[o*d2.In:(o+1)*d2.In], s.h2)
 	}
-	var ss float32
+	// The norm is taken in float64: a float32 sum of squares overflows for activations above
+	// ~1e19, and Inf/Inf would make a NaN embedding.
+	var ss float64
 	for _, v := range s.z {
-		ss += v * v
+		ss += float64(v) * float64(v)
 	}
-	s.n = max(float32(math.Sqrt(float64(ss))), normEps)
+	n := max(math.Sqrt(ss), normEps)
+	s.n = float32(n)
 	for o, v := range s.z {
-		s.u[o] = v / s.n
+		s.u[o] = float32(float64(v) / n)
 	}
 }
 

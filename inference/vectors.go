@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/pgvector/pgvector-go"
 
@@ -82,6 +85,21 @@ func (v *VectorIndex) ItemsFromUser(ctx context.Context, emb []float32, k int) (
 	return res[0], nil
 }
 
+// ErrInvalidInput marks a query that fails because of its input (a non-finite embedding, a
+// value PostgreSQL refuses as data): the same input fails again, unlike an outage.
+var ErrInvalidInput = errors.New("invalid query input")
+
+// IsInputError reports whether err is caused by the query's input rather than by the database
+// or the network: ErrInvalidInput, or a PostgreSQL data exception (SQLSTATE class 22, e.g.
+// "NaN not allowed in vector", a NUL byte in text) or program limit (class 54).
+func IsInputError(err error) bool {
+	if errors.Is(err, ErrInvalidInput) {
+		return true
+	}
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "54"))
+}
+
 // ItemsFromUsers answers ItemsFromUser for every embedding in embs in ONE round trip (a
 // CROSS JOIN LATERAL over the unnested query vectors; each lateral subquery is an HNSW index
 // scan). out[i] belongs to embs[i]. All embeddings must have the live dimension.
@@ -96,6 +114,12 @@ func (v *VectorIndex) ItemsFromUsers(ctx context.Context, embs [][]float32, k in
 	for i, e := range embs {
 		if len(e) == 0 || len(e) != len(embs[0]) {
 			return nil, fmt.Errorf("items from users: embedding %d has %d values, want %d (>0, all equal)", i, len(e), len(embs[0]))
+		}
+		for _, x := range e {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				// pgvector refuses it for this input alone: say so before the round trip.
+				return nil, fmt.Errorf("items from users: %w: embedding %d is not finite", ErrInvalidInput, i)
+			}
 		}
 		qs[i] = pgvector.NewVector(e)
 	}

@@ -64,6 +64,30 @@ func (b *buffer) reset() {
 	b.firstAt = time.Time{}
 }
 
+// errorPart is the rejected records of one hour partition, in sequence order.
+type errorPart struct {
+	hour time.Time
+	errs []ErrorRecord
+}
+
+// errorPartitions splits the rejected records by UTC hour of arrival, like partitions: one
+// errors/ object per hour partition per flush, however many records a bad producer sends.
+func (b *buffer) errorPartitions() []errorPart {
+	var parts []errorPart
+	idx := map[time.Time]int{}
+	for _, e := range b.errs {
+		h := e.ArrivalTime.UTC().Truncate(time.Hour)
+		i, ok := idx[h]
+		if !ok {
+			i = len(parts)
+			idx[h] = i
+			parts = append(parts, errorPart{hour: h})
+		}
+		parts[i].errs = append(parts[i].errs, e)
+	}
+	return parts
+}
+
 // objectPart is the records of one hour partition, in sequence order.
 type objectPart struct {
 	hour time.Time

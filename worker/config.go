@@ -42,6 +42,16 @@ type Config struct {
 	Retry RetryConfig `yaml:"retry"`
 	// StatusInterval is the period of the per-shard status log line (0: off).
 	StatusInterval time.Duration `yaml:"status_interval"`
+	// UnknownFields decides what an event field the schema does not have does: "ignore" (the
+	// event is processed, the field dropped and counted in unknown_fields_total) or "reject"
+	// (the event goes to errors/ as unknown_field).
+	UnknownFields string `yaml:"unknown_fields"`
+	// RecommendTimeout bounds one Recommender call (user tower + pgvector queries); a call
+	// that takes longer is retried like an outage.
+	RecommendTimeout time.Duration `yaml:"recommend_timeout"`
+	// StallAfter: a shard holding records that has not checkpointed for this long is stalled
+	// (recstream_worker_shard_stalled, /readyz red, an error log line).
+	StallAfter time.Duration `yaml:"stall_after"`
 }
 
 // FlushConfig: a shard's buffer is flushed when any limit is reached.
@@ -75,6 +85,9 @@ func DefaultConfig() Config {
 		Flush:                 FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: 10 * time.Second},
 		Retry:                 RetryConfig{InitialBackoff: 200 * time.Millisecond, MaxBackoff: 10 * time.Second},
 		StatusInterval:        30 * time.Second,
+		UnknownFields:         "ignore",
+		RecommendTimeout:      10 * time.Second,
+		StallAfter:            5 * time.Minute,
 	}
 }
 
@@ -122,6 +135,18 @@ func (c Config) Validate() error {
 	}
 	if c.StatusInterval < 0 {
 		return fmt.Errorf("status_interval: must be >= 0, got %s", c.StatusInterval)
+	}
+	switch c.UnknownFields {
+	case "ignore", "reject":
+	default:
+		return fmt.Errorf("unknown_fields: must be ignore or reject, got %q", c.UnknownFields)
+	}
+	if c.RecommendTimeout < 100*time.Millisecond {
+		return fmt.Errorf("recommend_timeout: must be >= 100ms, got %s", c.RecommendTimeout)
+	}
+	if c.StallAfter <= c.Flush.MaxAge {
+		// A healthy shard holds records for up to flush.max_age before it checkpoints.
+		return fmt.Errorf("stall_after: must be > flush.max_age (%s), got %s", c.Flush.MaxAge, c.StallAfter)
 	}
 	return nil
 }

@@ -20,7 +20,21 @@ type Event struct {
 	Country        string       `json:"country"`
 	CreditLimit    float64      `json:"credit_limit"`
 	BrowseHistory  []BrowseItem `json:"browse_history"`
+
+	// Unknown names the fields Decode dropped because the schema does not have them (only
+	// when Limits.RejectUnknown is false): top-level keys as sent, item keys as
+	// "browse_history[].<key>", each once, in order of appearance. Not part of the output.
+	Unknown []string `json:"-"`
 }
+
+// Value ranges Decode enforces, so that every event it accepts can be encoded by the model
+// (whose inputs are float32) and stored in the schema (customerNumber is an INT column).
+// They cover real shops with room to spare: classicmodels' largest credit limit is 227,600.
+const (
+	MaxCustomerNumber = math.MaxInt32 // customers.customerNumber INT
+	MaxCreditLimit    = 1e12          // currency units
+	MaxQuantity       = 1_000_000     // items of one product in one browse entry
+)
 
 // BrowseItem is one entry of an event's browse history. Quantity arrives as a JSON number or a
 // numeric string and is normalised to an integer.
@@ -58,6 +72,9 @@ const (
 	ReasonInvalidField   Reason = "invalid_field"    // a field has the wrong type or value
 	ReasonUnknownField   Reason = "unknown_field"    // a field the schema does not have
 	ReasonHistoryTooLong Reason = "history_too_long" // browse_history longer than worker.max_browse_history
+	// ReasonRecommendFailed: the event decoded, but the recommender cannot process it (its
+	// error is deterministic for this record: see failure.go); the message holds the error.
+	ReasonRecommendFailed Reason = "recommend_failed"
 )
 
 // DecodeError is returned by Decode for an event that cannot be processed. Field names the
@@ -79,20 +96,26 @@ func (e *DecodeError) Error() string {
 type Limits struct {
 	MaxBytes         int // whole record
 	MaxBrowseHistory int // browse_history entries
+	// RejectUnknown rejects an event carrying a field the schema does not have
+	// (worker.unknown_fields: reject). false (the default, "ignore") drops the field, names it
+	// in Event.Unknown and processes the event: a producer adding a field is schema evolution.
+	RejectUnknown bool
 }
 
 // maxStringLen bounds every string field; generous for ids, cities and product codes.
 const maxStringLen = 256
 
 // Decode parses and validates one raw record. Any failure is a *DecodeError; Decode never panics
-// on input. Unknown fields are rejected so that a producer-side schema change is noticed in
-// errors/ rather than silently dropped from the output.
+// on input. Unknown fields are dropped and named in Event.Unknown, or rejected with
+// lim.RejectUnknown. Every numeric field is finite and within its range (MaxCustomerNumber,
+// MaxCreditLimit, MaxQuantity) and no string holds a NUL character (PostgreSQL text cannot),
+// so that whatever Decode accepts can be encoded by the model and queried.
 //
 // Checks run in this order, and the first failure is returned: size; well-formed JSON object
-// (bad_json); no unknown top-level field; session_id, city, country, customer_number,
-// credit_limit; browse_history present and an array of objects, not too long; then each item
-// in turn (unknown field, product_code, quantity, in_shopping_cart). A duplicated key counts
-// once, with its last value (as encoding/json does).
+// (bad_json); no unknown top-level field (when rejected); session_id, city, country,
+// customer_number, credit_limit; browse_history present and an array of objects, not too
+// long; then each item in turn (unknown field, product_code, quantity, in_shopping_cart). A
+// duplicated key counts once, with its last value (as encoding/json does).
 //
 // It is a single pass over the bytes after encoding/json's validity scan (the hot path of the
 // worker: a map-based decode cost five times as much); strings with escapes or non-ASCII bytes
@@ -116,14 +139,19 @@ func Decode(data []byte, lim Limits) (Event, error) {
 	_, err := eachMember(data, i, func(key, val []byte) {
 		if k := eventFieldIndex(key); k >= 0 {
 			f[k] = val
-		} else if unknown == nil {
+			return
+		}
+		if unknown == nil {
 			unknown = key
+		}
+		if !lim.RejectUnknown {
+			ev.Unknown = appendUnique(ev.Unknown, jsonString(key))
 		}
 	})
 	if err != nil {
 		return ev, err
 	}
-	if unknown != nil {
+	if unknown != nil && lim.RejectUnknown {
 		return ev, &DecodeError{Reason: ReasonUnknownField, Field: jsonString(unknown), Msg: "not part of the event schema"}
 	}
 	if ev.SessionID, err = stringValue(f[fSessionID], "session_id", false); err != nil {
@@ -138,11 +166,17 @@ func Decode(data []byte, lim Limits) (Event, error) {
 	if ev.CustomerNumber, err = intValue(f[fCustomerNumber], "customer_number", false); err != nil {
 		return ev, err
 	}
+	if ev.CustomerNumber < 0 || ev.CustomerNumber > MaxCustomerNumber {
+		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "customer_number", Msg: fmt.Sprintf("must be between 0 and %d", MaxCustomerNumber)}
+	}
 	if ev.CreditLimit, err = numberValue(f[fCreditLimit], "credit_limit"); err != nil {
 		return ev, err
 	}
-	if ev.CreditLimit < 0 {
-		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "credit_limit", Msg: "must be >= 0"}
+	if ev.CreditLimit < 0 || ev.CreditLimit > MaxCreditLimit {
+		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "credit_limit", Msg: fmt.Sprintf("must be between 0 and %g", float64(MaxCreditLimit))}
+	}
+	if ev.CreditLimit == 0 {
+		ev.CreditLimit = 0 // -0 is stored as 0: readers comparing values see one zero
 	}
 	hist := f[fBrowseHistory]
 	if hist == nil || isNullValue(hist) {
@@ -159,7 +193,7 @@ func Decode(data []byte, lim Limits) (Event, error) {
 	}
 	ev.BrowseHistory = make([]BrowseItem, 0, len(items))
 	for n, it := range items {
-		bi, err := decodeItem(it, n)
+		bi, err := decodeItem(it, n, lim.RejectUnknown, &ev.Unknown)
 		if err != nil {
 			return ev, err
 		}
@@ -198,8 +232,19 @@ func eventFieldIndex(key []byte) int {
 	return -1
 }
 
-// decodeItem validates browse_history[n]; it is a raw object or null.
-func decodeItem(raw []byte, n int) (BrowseItem, error) {
+// appendUnique appends name to names unless it is there already (names are few).
+func appendUnique(names []string, name string) []string {
+	for _, n := range names {
+		if n == name {
+			return names
+		}
+	}
+	return append(names, name)
+}
+
+// decodeItem validates browse_history[n]; it is a raw object or null. Unknown item fields are
+// rejected, or (reject false) appended to *dropped as "browse_history[].<key>".
+func decodeItem(raw []byte, n int, reject bool, dropped *[]string) (BrowseItem, error) {
 	var bi BrowseItem
 	path := func(field string) string { return fmt.Sprintf("browse_history[%d]%s", n, field) }
 	if isNullValue(raw) {
@@ -218,11 +263,14 @@ func decodeItem(raw []byte, n int) (BrowseItem, error) {
 			if unknown == nil {
 				unknown = key
 			}
+			if !reject {
+				*dropped = appendUnique(*dropped, "browse_history[]."+jsonString(key))
+			}
 		}
 	}); err != nil {
 		return bi, err
 	}
-	if unknown != nil {
+	if unknown != nil && reject {
 		return bi, &DecodeError{Reason: ReasonUnknownField, Field: path("." + jsonString(unknown)), Msg: "not part of the event schema"}
 	}
 	var err error
@@ -232,8 +280,8 @@ func decodeItem(raw []byte, n int) (BrowseItem, error) {
 	if bi.Quantity, err = intValue(qty, "", true); err != nil {
 		return bi, withField(err, path(".quantity"))
 	}
-	if bi.Quantity < 0 {
-		return bi, &DecodeError{Reason: ReasonInvalidField, Field: path(".quantity"), Msg: "must be >= 0"}
+	if bi.Quantity < 0 || bi.Quantity > MaxQuantity {
+		return bi, &DecodeError{Reason: ReasonInvalidField, Field: path(".quantity"), Msg: fmt.Sprintf("must be between 0 and %d", MaxQuantity)}
 	}
 	switch {
 	case cart == nil || isNullValue(cart):
@@ -472,6 +520,9 @@ func stringValue(v []byte, path string, allowEmpty bool) (string, error) {
 	}
 	if len(s) > maxStringLen {
 		return "", &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: fmt.Sprintf("longer than %d bytes", maxStringLen)}
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return "", &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "must not contain NUL characters"}
 	}
 	return s, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -31,7 +32,10 @@ func decodeReference(data []byte, lim Limits) (Event, error) {
 	known := map[string]bool{"session_id": true, "customer_number": true, "city": true, "country": true, "credit_limit": true, "browse_history": true}
 	for k := range raw {
 		if !known[k] {
-			return ev, &DecodeError{Reason: ReasonUnknownField, Field: k, Msg: "not part of the event schema"}
+			if lim.RejectUnknown {
+				return ev, &DecodeError{Reason: ReasonUnknownField, Field: k, Msg: "not part of the event schema"}
+			}
+			ev.Unknown = append(ev.Unknown, k)
 		}
 	}
 	var err error
@@ -50,8 +54,14 @@ func decodeReference(data []byte, lim Limits) (Event, error) {
 	if ev.CreditLimit, err = refNumberField(raw["credit_limit"], "credit_limit"); err != nil {
 		return ev, err
 	}
-	if ev.CreditLimit < 0 {
-		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "credit_limit", Msg: "must be >= 0"}
+	if ev.CustomerNumber < 0 || ev.CustomerNumber > math.MaxInt32 {
+		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "customer_number", Msg: "out of range"}
+	}
+	if ev.CreditLimit < 0 || ev.CreditLimit > 1e12 {
+		return ev, &DecodeError{Reason: ReasonInvalidField, Field: "credit_limit", Msg: "out of range"}
+	}
+	if ev.CreditLimit == 0 {
+		ev.CreditLimit = 0 // not -0
 	}
 	hist, ok := raw["browse_history"]
 	if !ok || refIsNull(hist) {
@@ -74,7 +84,12 @@ func decodeReference(data []byte, lim Limits) (Event, error) {
 			switch k {
 			case "product_code", "quantity", "in_shopping_cart":
 			default:
-				return ev, &DecodeError{Reason: ReasonUnknownField, Field: p + "." + k, Msg: "not part of the event schema"}
+				if lim.RejectUnknown {
+					return ev, &DecodeError{Reason: ReasonUnknownField, Field: p + "." + k, Msg: "not part of the event schema"}
+				}
+				if !slices.Contains(ev.Unknown, "browse_history[]."+k) {
+					ev.Unknown = append(ev.Unknown, "browse_history[]."+k)
+				}
 			}
 		}
 		var bi BrowseItem
@@ -84,7 +99,7 @@ func decodeReference(data []byte, lim Limits) (Event, error) {
 		if bi.Quantity, err = refIntField(it["quantity"], p+".quantity", true); err != nil {
 			return ev, err
 		}
-		if bi.Quantity < 0 {
+		if bi.Quantity < 0 || bi.Quantity > 1_000_000 {
 			return ev, &DecodeError{Reason: ReasonInvalidField, Field: p + ".quantity", Msg: "must be >= 0"}
 		}
 		cart, ok := it["in_shopping_cart"]
@@ -129,6 +144,9 @@ func refStringField(obj map[string]json.RawMessage, key, path string, allowEmpty
 	}
 	if len(s) > maxStringLen {
 		return "", &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: fmt.Sprintf("longer than %d bytes", maxStringLen)}
+	}
+	if strings.ContainsRune(s, 0) {
+		return "", &DecodeError{Reason: ReasonInvalidField, Field: path, Msg: "contains NUL"}
 	}
 	return s, nil
 }

@@ -2,8 +2,10 @@ package worker
 
 import (
 	"errors"
+	"math"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,9 +59,21 @@ func TestDecodeErrors(t *testing.T) {
 		{"cart missing", strings.Replace(base(`"city":"c"`), `,"in_shopping_cart":true`, ``, 1), ReasonMissingField, "browse_history[0].in_shopping_cart"},
 		{"empty product", strings.Replace(base(`"city":"c"`), `"product_code":"A"`, `"product_code":""`, 1), ReasonInvalidField, "browse_history[0].product_code"},
 		{"extra item field", strings.Replace(base(`"city":"c"`), `"product_code":"A"`, `"product_code":"A","price":3`, 1), ReasonUnknownField, "browse_history[0].price"},
+		// Bounds: whatever Decode accepts, the model can encode and the schema can store.
+		{"credit 1e300", strings.Replace(base(`"city":"c"`), `"credit_limit":1`, `"credit_limit":1e300`, 1), ReasonInvalidField, "credit_limit"},
+		{"credit above 1e12", strings.Replace(base(`"city":"c"`), `"credit_limit":1`, `"credit_limit":1000000000000.01`, 1), ReasonInvalidField, "credit_limit"},
+		{"credit overflow", strings.Replace(base(`"city":"c"`), `"credit_limit":1`, `"credit_limit":1e999`, 1), ReasonInvalidField, "credit_limit"},
+		{"quantity 1e300", strings.Replace(base(`"city":"c"`), `"quantity":1`, `"quantity":1e300`, 1), ReasonInvalidField, "browse_history[0].quantity"},
+		{"quantity above range", strings.Replace(base(`"city":"c"`), `"quantity":1`, `"quantity":"1000001"`, 1), ReasonInvalidField, "browse_history[0].quantity"},
+		{"customer above int32", strings.Replace(base(`"city":"c"`), `"customer_number":1`, `"customer_number":2147483648`, 1), ReasonInvalidField, "customer_number"},
+		{"customer negative", strings.Replace(base(`"city":"c"`), `"customer_number":1`, `"customer_number":-1`, 1), ReasonInvalidField, "customer_number"},
+		{"NUL in city", base(`"city":"a\u0000b"`), ReasonInvalidField, "city"},
+		{"NUL in product", strings.Replace(base(`"city":"c"`), `"product_code":"A"`, `"product_code":"\u0000"`, 1), ReasonInvalidField, "browse_history[0].product_code"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Decode([]byte(tc.in), lim)
+			strict := lim
+			strict.RejectUnknown = true
+			_, err := Decode([]byte(tc.in), strict)
 			var de *DecodeError
 			if !errors.As(err, &de) {
 				t.Fatalf("err = %v, want *DecodeError", err)
@@ -68,6 +82,43 @@ func TestDecodeErrors(t *testing.T) {
 				t.Fatalf("got reason %q field %q (%v), want %q %q", de.Reason, de.Field, err, tc.reason, tc.field)
 			}
 		})
+	}
+}
+
+// TestDecodeEdgeValuesAccepted: values at the edges of the ranges are accepted unchanged (or
+// normalised: -0 is 0), and a lone surrogate escape becomes U+FFFD as in encoding/json.
+func TestDecodeEdgeValuesAccepted(t *testing.T) {
+	base := `{"session_id":"s","customer_number":2147483647,"city":"\ud800x","country":"x","credit_limit":CL,"browse_history":[{"product_code":"'; DROP TABLE item_emb; --","quantity":"1000000","in_shopping_cart":true}]}`
+	for _, tc := range []struct {
+		credit string
+		want   float64
+	}{{"5e-324", 5e-324}, {"-0.0", 0}, {"1e12", 1e12}, {"0", 0}} {
+		ev, err := Decode([]byte(strings.Replace(base, "CL", tc.credit, 1)), lim)
+		if err != nil {
+			t.Fatalf("credit_limit %s: %v", tc.credit, err)
+		}
+		if ev.CreditLimit != tc.want || math.Signbit(ev.CreditLimit) || ev.City != "\ufffdx" || ev.CustomerNumber != MaxCustomerNumber || ev.BrowseHistory[0].Quantity != MaxQuantity {
+			t.Fatalf("credit_limit %s: decoded %+v", tc.credit, ev)
+		}
+	}
+	// An empty browse history is valid: the event has no anchor.
+	ev, err := Decode([]byte(`{"session_id":"s","customer_number":1,"city":"","country":"x","credit_limit":1,"browse_history":[]}`), lim)
+	if err != nil || ev.Anchor() != "" {
+		t.Fatalf("empty history: %+v, %v", ev, err)
+	}
+}
+
+// TestDecodeUnknownFieldsIgnored: by default an event with fields outside the schema (top
+// level and in items) is processed; the fields are dropped and named once each.
+func TestDecodeUnknownFieldsIgnored(t *testing.T) {
+	in := `{"session_id":"s","coupon":"X","customer_number":1,"city":"c","country":"x","credit_limit":1,"coupon":"Y",
+		"browse_history":[{"product_code":"A","quantity":1,"in_shopping_cart":true,"price":3},{"product_code":"B","quantity":1,"in_shopping_cart":false,"price":4}]}`
+	ev, err := Decode([]byte(in), lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(ev.Unknown, []string{"coupon", "browse_history[].price"}) || len(ev.BrowseHistory) != 2 || ev.Anchor() != "A" {
+		t.Fatalf("decoded %+v", ev)
 	}
 }
 
@@ -101,15 +152,20 @@ func TestDecodeLabExamples(t *testing.T) {
 	if err != nil || ev.Anchor() != "Product1" {
 		t.Fatalf("example_record.json: %+v, %v", ev, err)
 	}
-	// The lab's enriched record carries the output fields: the strict decoder names the first.
+	// The lab's enriched record carries the output fields: with unknown_fields: reject the
+	// decoder names the first; with ignore (the default) it drops and names both.
 	b, err = os.ReadFile(stacktest.LabFile(t, "delivery-stream-one-record.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = Decode(b, Limits{MaxBytes: 65536, MaxBrowseHistory: 100})
+	_, err = Decode(b, Limits{MaxBytes: 65536, MaxBrowseHistory: 100, RejectUnknown: true})
 	var de *DecodeError
 	if !errors.As(err, &de) || de.Reason != ReasonUnknownField {
 		t.Fatalf("enriched record: err %v, want unknown_field", err)
+	}
+	ev, err = Decode(b, Limits{MaxBytes: 65536, MaxBrowseHistory: 100})
+	if err != nil || !reflect.DeepEqual(ev.Unknown, []string{"recommended_items", "similar_items"}) || ev.CustomerNumber == 0 {
+		t.Fatalf("enriched record with unknown fields ignored: %+v, %v", ev, err)
 	}
 }
 
@@ -135,6 +191,9 @@ func FuzzDecode(f *testing.F) {
 		if (err == nil) != (refErr == nil) {
 			t.Fatalf("Decode error %v, reference error %v", err, refErr)
 		}
+		// The reference lists unknown fields in map order.
+		slices.Sort(ev.Unknown)
+		slices.Sort(ref.Unknown)
 		if err == nil && !reflect.DeepEqual(ev, ref) {
 			t.Fatalf("Decode %+v, reference %+v", ev, ref)
 		}

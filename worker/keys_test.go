@@ -21,7 +21,7 @@ func TestObjectKey(t *testing.T) {
 			}
 		})
 	}
-	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77"); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77.json" {
+	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77"); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77.jsonl" {
 		t.Fatalf("ErrorKey = %s", got)
 	}
 }

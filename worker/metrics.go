@@ -20,6 +20,12 @@ type Metrics struct {
 	LeasesHeld       prometheus.Gauge         // shards this process is processing
 	LeasesLost       *prometheus.CounterVec   // leases lost while processing (buffer dropped)
 	LastCheckpointTS *prometheus.GaugeVec     // unix time of the last checkpoint; age = time() - value
+	CheckpointAge    *prometheus.GaugeVec     // seconds since the shard's last checkpoint (grows while stuck)
+	ShardStalled     *prometheus.GaugeVec     // 1 while the shard holds records and has not checkpointed for stall_after
+	UnknownFields    *prometheus.CounterVec   // fields dropped by unknown_fields: ignore, by name (capped)
+	// StoragePermanentErrors counts writes refused for a reason no retry fixes (AccessDenied,
+	// NoSuchBucket, …), by bucket and S3 error code.
+	StoragePermanentErrors *prometheus.CounterVec
 }
 
 // NewMetrics creates the series and registers them on reg (nil: not registered, for tests).
@@ -48,12 +54,21 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Leases lost while processing; the shard's buffer was dropped for replay."}, shard),
 		LastCheckpointTS: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "recstream_worker_last_checkpoint_timestamp_seconds",
 			Help: "Unix time of the shard's last checkpoint; checkpoint age = time() - value."}, shard),
+		CheckpointAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "recstream_worker_checkpoint_age_seconds",
+			Help: "Seconds since the shard's last checkpoint (or since this worker took it); updated every second, so it grows while the shard is stuck."}, shard),
+		ShardStalled: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "recstream_worker_shard_stalled",
+			Help: "1 while the shard holds records and has not checkpointed for longer than worker.stall_after."}, shard),
+		UnknownFields: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "recstream_worker_unknown_fields_total",
+			Help: "Event fields not in the schema, dropped (worker.unknown_fields: ignore), by field name; names past the first 32 count as other."}, []string{"field"}),
+		StoragePermanentErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "recstream_worker_storage_permanent_errors_total",
+			Help: "Object writes refused for a reason no retry fixes (AccessDenied, NoSuchBucket, ...), by bucket and S3 error code."}, []string{"bucket", "code"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.RecordsIn, m.RecordsOut, m.RecordsFailed, m.MillisBehind, m.FlushObjects,
-		m.FlushBytes, m.FlushDuration, m.Retries, m.LeasesHeld, m.LeasesLost, m.LastCheckpointTS} {
+		m.FlushBytes, m.FlushDuration, m.Retries, m.LeasesHeld, m.LeasesLost, m.LastCheckpointTS, m.CheckpointAge,
+		m.ShardStalled, m.UnknownFields, m.StoragePermanentErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register worker metrics: %w", err)
 		}

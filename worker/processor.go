@@ -3,7 +3,6 @@ package worker
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 	"go.uber.org/zap"
 
@@ -50,6 +50,9 @@ type shared struct {
 
 	beforeCheckpoint func() // tests: see Worker.beforeCheckpoint
 
+	unknown    fieldNames                     // unknown field names with a series of their own
+	storageErr atomic.Pointer[storageProblem] // last permanent storage error, nil once a put succeeds
+
 	mu   sync.Mutex
 	live map[string]*processor
 }
@@ -83,6 +86,8 @@ type processor struct {
 	checkpoint string // last sequence number checkpointed by this processor or found at start
 	lastStatus time.Time
 	taken      int64
+	batch      []ktypes.Record // the batch being taken (for logs)
+	health     shardHealth
 
 	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
 	// Run's goroutine while this shard's consumer goroutine may still be inside a flush.
@@ -134,6 +139,7 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	}
 	p.setCheckpoint(cp)
 	p.lastStatus = p.s.now()
+	p.health.started(p.lastStatus)
 	p.s.mu.Lock()
 	p.s.live[p.shard] = p
 	p.s.mu.Unlock()
@@ -155,8 +161,13 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 	}
 	m := p.s.deps.Metrics
 	m.MillisBehind.WithLabelValues(p.shard).Set(float64(in.MillisBehindLatest))
-	if len(in.Records) > 0 && !p.take(in) {
-		return
+	p.health.enter(p.s.now(), in.MillisBehindLatest)
+	defer p.health.leave()
+	if len(in.Records) > 0 {
+		p.health.holding(p.s.now())
+		if !p.take(in) {
+			return
+		}
 	}
 	if p.buf.due(p.s.now()) {
 		p.flush(in.Checkpointer)
@@ -179,7 +190,7 @@ func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 		return
 	}
 	if in.ShutdownReason == kcl.TERMINATE {
-		if !p.retry("checkpoint", func(context.Context) error { return in.Checkpointer.Checkpoint(nil) }, true) {
+		if p.retry(opCheckpoint, "", func(context.Context) error { return in.Checkpointer.Checkpoint(nil) }) != nil {
 			return
 		}
 		p.log.Info("shard finished", zap.String("checkpoint", "SHARD_END"))
@@ -195,6 +206,7 @@ func (p *processor) release() {
 	if p.s.live[p.shard] == p {
 		delete(p.s.live, p.shard)
 		p.s.deps.Metrics.LeasesHeld.Dec()
+		p.s.deps.Metrics.deleteShardSeries(p.shard)
 	}
 	p.s.mu.Unlock()
 }
@@ -210,6 +222,7 @@ func (s *shared) forget(shardID string) {
 	if ok {
 		delete(s.live, shardID)
 		s.deps.Metrics.LeasesHeld.Dec()
+		s.deps.Metrics.deleteShardSeries(shardID)
 	}
 	s.mu.Unlock()
 	if ok {
@@ -252,60 +265,54 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	cfg := p.s.cfg
 	m := p.s.deps.Metrics
 	m.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
+	p.batch = in.Records
+	defer func() { p.batch = nil }()
 	events := make([]Event, len(in.Records))
 	bad := make([]error, len(in.Records))
-	var users []UserFeatures
-	var anchors []string
-	seen := map[string]bool{}
+	var valid []int
+	lim := Limits{MaxBytes: cfg.MaxEventBytes, MaxBrowseHistory: cfg.MaxBrowseHistory, RejectUnknown: cfg.UnknownFields == "reject"}
 	for i, r := range in.Records {
-		events[i], bad[i] = Decode(r.Data, Limits{MaxBytes: cfg.MaxEventBytes, MaxBrowseHistory: cfg.MaxBrowseHistory})
+		events[i], bad[i] = Decode(r.Data, lim)
 		if bad[i] != nil {
 			continue
 		}
-		users = append(users, UserFeatures{City: events[i].City, Country: events[i].Country, CreditLimit: events[i].CreditLimit})
-		if a := events[i].Anchor(); a != "" && !seen[a] {
-			seen[a] = true
-			anchors = append(anchors, a)
+		for _, f := range events[i].Unknown {
+			p.s.countUnknownField(f)
 		}
+		valid = append(valid, i)
 	}
-	var recs Recommendations
-	if len(users) > 0 {
-		ok := p.retry("recommend", func(ctx context.Context) error {
-			var err error
-			recs, err = p.s.deps.Recommender.Recommend(ctx, users, anchors, p.s.deps.K)
-			if err == nil && len(recs.ForUser) != len(users) {
-				err = fmt.Errorf("recommender answered %d users, asked %d", len(recs.ForUser), len(users))
-			}
-			return err
-		}, false)
-		if !ok {
-			return false
-		}
+	enriched := make([]enrichment, len(in.Records))
+	if len(valid) > 0 && !p.enrich(events, valid, enriched) {
+		return false
 	}
-	u := 0
 	for i, r := range in.Records {
 		seq := aws.ToString(r.SequenceNumber)
 		arrival := aws.ToTime(r.ApproximateArrivalTimestamp).UTC()
 		now := p.s.now()
-		if bad[i] != nil {
+		rejected := func(reason Reason, field, msg string) {
+			p.buf.addError(ErrorRecord{Reason: reason, Field: field, Message: msg, Stream: p.s.stream, ShardID: p.shard,
+				SequenceNumber: seq, PartitionKey: aws.ToString(r.PartitionKey), ArrivalTime: arrival, PayloadBase64: r.Data}, len(r.Data), now)
+		}
+		switch e := &enriched[i]; {
+		case bad[i] != nil:
 			var de *DecodeError
 			errors.As(bad[i], &de)
-			p.buf.addError(ErrorRecord{Reason: de.Reason, Field: de.Field, Message: de.Msg, Stream: p.s.stream, ShardID: p.shard,
-				SequenceNumber: seq, PartitionKey: aws.ToString(r.PartitionKey), ArrivalTime: arrival, PayloadBase64: r.Data}, len(r.Data), now)
-		} else {
+			rejected(de.Reason, de.Field, de.Msg)
+		case e.err != nil:
+			rejected(ReasonRecommendFailed, "", e.err.Error())
+		default:
 			ev := &events[i]
 			anchor := ev.Anchor()
-			sim := recs.Similar[anchor]
+			sim := e.similar
 			if sim == nil {
 				sim = []SimilarItem{}
 			}
 			p.buf.addRecord(OutputRecord{
 				SessionID: ev.SessionID, CustomerNumber: ev.CustomerNumber, City: ev.City, Country: ev.Country,
-				CreditLimit: ev.CreditLimit, BrowseHistory: ev.BrowseHistory, RecommendedItems: recs.ForUser[u],
+				CreditLimit: ev.CreditLimit, BrowseHistory: ev.BrowseHistory, RecommendedItems: e.items,
 				SimilarItems: Similar{ProductCode: anchor, SimilarItems: sim},
-				ShardID:      p.shard, SequenceNumber: seq, ArrivalTime: arrival, ModelVersion: recs.Version,
+				ShardID:      p.shard, SequenceNumber: seq, ArrivalTime: arrival, ModelVersion: e.version,
 			}, len(r.Data), now)
-			u++
 		}
 		p.publishBuffered()
 		p.taken++
@@ -316,14 +323,106 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	return true
 }
 
+// enrichment is the Recommender's answer for one event, or why it has none.
+type enrichment struct {
+	items   []ScoredItem
+	similar []SimilarItem
+	version string
+	err     error // deterministic failure of this record: it goes to errors/
+}
+
+// enrich asks the Recommender for the events at idx and fills out[idx]. A deterministic
+// failure of the whole call is narrowed down by bisection to the records that fail alone;
+// each of those is confirmed with a neutral probe before it is sent to errors/ (see
+// failure.go). It returns false when the processor stopped or died on the way.
+func (p *processor) enrich(events []Event, idx []int, out []enrichment) bool {
+	backoff := p.s.cfg.Retry.InitialBackoff
+	for {
+		err := p.recommend(events, idx, out)
+		if err == nil {
+			return true
+		}
+		if errors.Is(err, errGaveUp) {
+			return false
+		}
+		if len(idx) > 1 {
+			mid := len(idx) / 2
+			return p.enrich(events, idx[:mid], out) && p.enrich(events, idx[mid:], out)
+		}
+		// One record fails deterministically. Is it the record, or does the recommender now
+		// reject any input (a bad artifact, a schema change)? Ask with a neutral user.
+		perr := p.retry(opRecommend, "", func(ctx context.Context) error {
+			_, err := p.s.deps.Recommender.Recommend(ctx, []UserFeatures{{}}, nil, p.s.deps.K)
+			return err
+		})
+		switch {
+		case perr == nil:
+			out[idx[0]].err = err
+			p.log.Warn("record cannot be enriched, sent to errors/", zap.String("sequence_number", p.seqOf(idx[0])),
+				zap.String("reason", string(ReasonRecommendFailed)), zap.Error(err))
+			return true
+		case errors.Is(perr, errGaveUp):
+			return false
+		}
+		// The recommender rejects a neutral probe as well: no record is at fault. Wait as for
+		// an outage; the shard shows as stalled if this lasts.
+		p.s.deps.Metrics.Retries.WithLabelValues(p.shard, opRecommend.String()).Inc()
+		p.log.Error("recommender rejects every input, retrying", zap.String("sequence_number", p.seqOf(idx[0])),
+			zap.Duration("backoff", backoff), zap.NamedError("probe_error", perr), zap.Error(err))
+		if !p.pause(&backoff) {
+			return false
+		}
+	}
+}
+
+// seqOf is the sequence number of record i of the batch being taken (for logs).
+func (p *processor) seqOf(i int) string {
+	if i < len(p.batch) {
+		return aws.ToString(p.batch[i].SequenceNumber)
+	}
+	return ""
+}
+
+// recommend makes one Recommender call (retried while it fails transiently) for the events at
+// idx and fills out[idx]. It returns nil, an ErrDeterministic error, or errGaveUp.
+func (p *processor) recommend(events []Event, idx []int, out []enrichment) error {
+	users := make([]UserFeatures, len(idx))
+	var anchors []string
+	seen := map[string]bool{}
+	for j, i := range idx {
+		ev := &events[i]
+		users[j] = UserFeatures{City: ev.City, Country: ev.Country, CreditLimit: ev.CreditLimit}
+		if a := ev.Anchor(); a != "" && !seen[a] {
+			seen[a] = true
+			anchors = append(anchors, a)
+		}
+	}
+	var recs Recommendations
+	err := p.retry(opRecommend, "", func(ctx context.Context) error {
+		var err error
+		recs, err = p.s.deps.Recommender.Recommend(ctx, users, anchors, p.s.deps.K)
+		if err == nil && len(recs.ForUser) != len(users) {
+			err = fmt.Errorf("recommender answered %d users, asked %d", len(recs.ForUser), len(users))
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for j, i := range idx {
+		out[i] = enrichment{items: recs.ForUser[j], similar: recs.Similar[events[i].Anchor()], version: recs.Version}
+	}
+	return nil
+}
+
 type object struct {
 	key  string
 	body []byte
-	recs int
 }
 
-// flush writes every object of the buffer, then checkpoints at the last sequence number it
-// holds. It returns false when the processor died (the buffer is then dropped).
+// flush writes every object of the buffer (output objects, then one errors/ object per hour
+// partition of rejected records), then checkpoints at the last sequence number it holds. It
+// returns false when the processor died (the buffer is then dropped).
 func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	start := time.Now()
 	m := p.s.deps.Metrics
@@ -337,19 +436,20 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 			return false
 		}
 		key := ObjectKey(p.s.stream, p.shard, part.hour, part.recs[0].SequenceNumber, FormatExt(p.s.cfg.Format))
-		objs = append(objs, object{key: key, body: body, recs: len(part.recs)})
+		objs = append(objs, object{key: key, body: body})
 	}
-	for _, e := range p.buf.errs {
-		body, err := json.Marshal(e)
+	for _, part := range p.buf.errorPartitions() {
+		body, err := encodeErrors(part.errs)
 		if err != nil {
+			p.log.Error("encode errors object", zap.Error(err))
 			p.die("encode failed", err)
 			return false
 		}
-		objs = append(objs, object{key: ErrorKey(p.s.stream, p.shard, e.ArrivalTime, e.SequenceNumber), body: body})
+		objs = append(objs, object{key: ErrorKey(p.s.stream, p.shard, part.hour, part.errs[0].SequenceNumber), body: body})
 	}
 	var bytesOut int
 	for _, o := range objs {
-		if !p.retry("put", func(ctx context.Context) error { return p.s.deps.Store.Put(ctx, o.key, bytes.NewReader(o.body)) }, true) {
+		if p.retry(opPut, o.key, func(ctx context.Context) error { return p.s.deps.Store.Put(ctx, o.key, bytes.NewReader(o.body)) }) != nil {
 			return false
 		}
 		bytesOut += len(o.body)
@@ -360,10 +460,11 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	if p.s.beforeCheckpoint != nil {
 		p.s.beforeCheckpoint()
 	}
-	if !p.retry("checkpoint", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }, true) {
+	if p.retry(opCheckpoint, "", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }) != nil {
 		return false
 	}
 	p.setCheckpoint(last)
+	p.health.checkpointed(p.s.now())
 	m.RecordsOut.WithLabelValues(p.shard).Add(float64(len(p.buf.recs)))
 	for _, e := range p.buf.errs {
 		m.RecordsFailed.WithLabelValues(p.shard, string(e.Reason)).Inc()
@@ -387,52 +488,89 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 // errLeaseExpiring means the lease has too little time left to start a write.
 var errLeaseExpiring = errors.New("lease has less than lease_safety_margin left")
 
-// retry runs op with capped exponential backoff and jitter until it succeeds. It gives up, and
-// the processor dies, when the lease is lost, the worker's drain context ends, or (for a
-// recommend, which writes nothing) shutdown is requested. fenced ops (writes) start only while
-// the lease has more than lease_safety_margin left and run with a context that ends at
-// HeldUntil - margin, so a write is abandoned before another worker can take the lease.
-func (p *processor) retry(op string, fn func(context.Context) error, fenced bool) bool {
+// errGaveUp is what retry returns when the processor stopped or died on the way: the caller
+// returns at once and takes nothing more.
+var errGaveUp = errors.New("record processor gave up")
+
+// retry runs fn with capped exponential backoff and jitter until it succeeds, and returns nil.
+// It returns an ErrDeterministic error of a recommend as it is (retrying the same input cannot
+// help; the caller isolates the records). It returns errGaveUp, and the processor dies, when
+// the lease is lost or the worker's drain context ends; a recommend, which writes nothing,
+// also gives up when shutdown is requested. Fenced ops (writes) start only while the lease
+// has more than lease_safety_margin left and run with a context that ends when the lease,
+// as renewed meanwhile, has less than that left, so a write is abandoned before another
+// worker can take the lease. key names the object of a put (for logs).
+func (p *processor) retry(o op, key string, fn func(context.Context) error) error {
 	cfg := p.s.cfg
 	backoff := cfg.Retry.InitialBackoff
 	for attempt := 1; ; attempt++ {
-		err := p.attempt(fn, fenced)
+		err := p.attempt(o, fn)
 		if err == nil {
-			return true
+			if o == opPut {
+				p.s.storageOK()
+			}
+			return nil
 		}
-		if errors.Is(err, errLeaseLost) || (op == "checkpoint" && p.s.deps.IsLeaseLost != nil && p.s.deps.IsLeaseLost(err)) {
+		if o == opRecommend && errors.Is(err, ErrDeterministic) {
+			return err
+		}
+		if errors.Is(err, errLeaseLost) || (o == opCheckpoint && p.s.deps.IsLeaseLost != nil && p.s.deps.IsLeaseLost(err)) {
 			p.die("lease lost", err)
-			return false
+			return errGaveUp
 		}
 		if p.s.ctx.Err() != nil {
 			p.die("shutdown deadline", err)
-			return false
+			return errGaveUp
 		}
-		if op == "recommend" && p.s.stopping.Load() {
+		if o == opRecommend && p.s.stopping.Load() {
 			// Nothing of this batch is buffered yet: leave it for the next owner.
 			p.state = stateStopped
-			p.log.Info("shutdown during retry, batch left for replay", zap.String("op", op))
-			return false
+			p.log.Info("shutdown during retry, batch left for replay", zap.Stringer("op", o))
+			return errGaveUp
 		}
 		if !errors.Is(err, errLeaseExpiring) {
-			p.s.deps.Metrics.Retries.WithLabelValues(p.shard, op).Inc()
-			p.log.Warn("retrying", zap.String("op", op), zap.Int("attempt", attempt), zap.Duration("backoff", backoff), zap.Error(err))
+			p.s.deps.Metrics.Retries.WithLabelValues(p.shard, o.String()).Inc()
+			fields := []zap.Field{zap.Stringer("op", o), zap.Int("attempt", attempt), zap.Duration("backoff", backoff), zap.Error(err)}
+			if key != "" {
+				fields = append(fields, zap.String("s3_key", key))
+			}
+			if code, ok := permanentStorageCode(err); ok && o == opPut {
+				// No retry fixes this until an operator does: say so loudly, keep the batch.
+				p.s.storageFailed(code, key)
+				p.log.Error("object storage refuses writes; fix the bucket or the task role, retrying",
+					append(fields, zap.String("bucket", p.s.bucket()), zap.String("action", "s3:PutObject"), zap.String("code", code))...)
+			} else {
+				p.log.Warn("retrying", fields...)
+			}
 		}
-		// Full jitter in [backoff/2, backoff).
-		sleep := backoff/2 + time.Duration(rand.Int64N(int64(backoff/2)+1))
-		t := time.NewTimer(sleep)
-		select {
-		case <-p.s.ctx.Done():
-			t.Stop()
-		case <-t.C:
+		if !p.pause(&backoff) {
+			if p.s.ctx.Err() != nil {
+				p.die("shutdown deadline", err)
+			}
+			return errGaveUp
 		}
-		backoff = min(backoff*2, cfg.Retry.MaxBackoff)
 	}
+}
+
+// pause sleeps for a jittered *backoff (full jitter in [backoff/2, backoff)), then doubles it up
+// to retry.max_backoff. It returns false, early, when the drain context ends.
+func (p *processor) pause(backoff *time.Duration) bool {
+	b := *backoff
+	sleep := b/2 + time.Duration(rand.Int64N(int64(b/2)+1))
+	t := time.NewTimer(sleep)
+	defer t.Stop()
+	select {
+	case <-p.s.ctx.Done():
+		return false
+	case <-t.C:
+	}
+	*backoff = min(b*2, p.s.cfg.Retry.MaxBackoff)
+	return true
 }
 
 var errLeaseLost = errors.New("lease lost")
 
-func (p *processor) attempt(fn func(context.Context) error, fenced bool) error {
+func (p *processor) attempt(o op, fn func(context.Context) error) error {
 	// Even an op that writes nothing stops when the lease is gone: the library ends the shard
 	// consumer only after ProcessRecords returns.
 	until, ok := p.s.lease.HeldUntil(p.shard)
@@ -440,13 +578,53 @@ func (p *processor) attempt(fn func(context.Context) error, fenced bool) error {
 	if !ok || left <= 0 {
 		return errLeaseLost
 	}
-	if !fenced {
-		return fn(p.s.ctx)
+	if !o.fenced() {
+		ctx, cancel := context.WithTimeout(p.s.ctx, p.s.cfg.RecommendTimeout)
+		defer cancel()
+		return fn(ctx)
 	}
 	if left <= p.s.cfg.LeaseSafetyMargin {
 		return errLeaseExpiring
 	}
-	ctx, cancel := context.WithDeadline(p.s.ctx, until.Add(-p.s.cfg.LeaseSafetyMargin))
+	ctx, cancel := p.leaseContext()
 	defer cancel()
-	return fn(ctx)
+	err := fn(ctx)
+	if err != nil && errors.Is(context.Cause(ctx), errLeaseExpiring) {
+		return errLeaseExpiring
+	}
+	return err
+}
+
+// leaseContext is the context of one fenced write: it ends when the lease, as renewed while
+// the write runs, has less than lease_safety_margin left (or when the drain context ends).
+// A deadline fixed when the attempt starts would cut a slow upload short although renewals
+// keep the lease safe.
+func (p *processor) leaseContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(p.s.ctx)
+	margin := p.s.cfg.LeaseSafetyMargin
+	left := func() time.Duration {
+		until, ok := p.s.lease.HeldUntil(p.shard)
+		if !ok {
+			return 0
+		}
+		return time.Until(until) - margin
+	}
+	t := time.NewTimer(max(left(), 0))
+	go func() {
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			d := left()
+			if d <= 0 {
+				cancel(errLeaseExpiring)
+				return
+			}
+			t.Reset(d)
+		}
+	}()
+	return ctx, func() { cancel(context.Canceled) }
 }

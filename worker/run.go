@@ -43,6 +43,40 @@ type Worker struct {
 	// beforeCheckpoint, when set (tests only), runs after a flush's uploads and before its
 	// checkpoint: the crash window the exactly-once argument is about.
 	beforeCheckpoint func()
+
+	running atomic.Pointer[shared] // the processors' shared state while Run runs
+}
+
+// monitorInterval is how often the shard gauges (checkpoint age, lag, stalled) are updated.
+const monitorInterval = time.Second
+
+// Health reports why the worker should not be considered ready: shards that hold records but
+// have not checkpointed for longer than worker.stall_after (named in the error), and a
+// permanent object-storage error (AccessDenied, NoSuchBucket) on the last write. nil when
+// neither, and before Run. Safe for concurrent use; /readyz calls it.
+func (w *Worker) Health() error {
+	s := w.running.Load()
+	if s == nil {
+		return nil
+	}
+	return s.health(time.Now())
+}
+
+// monitor updates the per-shard gauges every monitorInterval and logs stalled shards, until
+// ctx ends.
+func (s *shared) monitor(ctx context.Context, log *zap.Logger) {
+	t := time.NewTicker(monitorInterval)
+	defer t.Stop()
+	logged := map[string]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		s.logStalls(log, s.observe(now), logged, now)
+	}
 }
 
 // New validates its arguments and returns a Worker; it does no I/O. kc is the Kinesis client
@@ -145,6 +179,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	s := &shared{cfg: w.cfg, stream: w.stream.Kinesis.Stream, deps: w.deps, lease: guard, guard: guard,
 		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}, beforeCheckpoint: w.beforeCheckpoint}
 	guard.onRelease = s.forget
+	w.running.Store(s)
+	monCtx, stopMonitor := context.WithCancel(context.Background())
+	defer stopMonitor()
+	go s.monitor(monCtx, log)
 
 	kw := kclworker.NewWorker(s, kc).WithKinesis(w.kc).WithCheckpointer(guard)
 	if err := kw.Start(); err != nil {

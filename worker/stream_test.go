@@ -183,11 +183,14 @@ func (e *testEnv) read(t testing.TB) output {
 			t.Fatalf("read %s: %v", o.Key, err)
 		}
 		if strings.HasPrefix(o.Key, ErrorsPrefix+"/") {
-			var er ErrorRecord
-			if err := json.Unmarshal(b, &er); err != nil {
+			ers, err := DecodeErrorObject(b)
+			if err != nil {
 				t.Fatalf("%s: %v", o.Key, err)
 			}
-			out.errors = append(out.errors, er)
+			if len(ers) == 0 || !strings.HasSuffix(o.Key, "-"+ers[0].ShardID+"-"+ers[0].SequenceNumber+".jsonl") {
+				t.Fatalf("errors object %s is empty or not named after its first record", o.Key)
+			}
+			out.errors = append(out.errors, ers...)
 			continue
 		}
 		recs, err := DecodeObject(e.Cfg.Format, b)

@@ -24,6 +24,7 @@ type InspectReport struct {
 	Unique       int            `json:"unique_sessions"`
 	Duplicates   int            `json:"duplicates"` // records whose (shard, sequence) appeared before
 	ErrorObjects int            `json:"error_objects"`
+	ErrorRecords int            `json:"error_records"` // rejected records (lines of the errors/ objects)
 	ErrorReasons map[string]int `json:"error_reasons"`
 	Versions     map[string]int `json:"model_versions"`
 	Samples      []Sample       `json:"samples"`
@@ -74,8 +75,8 @@ func runInspect(ctx context.Context, app *App, args []string) error {
 		return enc.Encode(rep)
 	}
 	w := app.Stdout
-	fmt.Fprintf(w, "%s: %d records in %d objects (%d duplicates), %d rejected events in errors/\n",
-		rep.Location, rep.Records, len(rep.Objects), rep.Duplicates, rep.ErrorObjects)
+	fmt.Fprintf(w, "%s: %d records in %d objects (%d duplicates), %d rejected events in %d errors/ objects\n",
+		rep.Location, rep.Records, len(rep.Objects), rep.Duplicates, rep.ErrorRecords, rep.ErrorObjects)
 	for _, k := range rep.Objects {
 		fmt.Fprintf(w, "  %s\n", k)
 	}
@@ -106,11 +107,14 @@ func inspect(ctx context.Context, store objstore.Store, format string, samples i
 			if err != nil {
 				return rep, err
 			}
-			var er worker.ErrorRecord
-			if err := json.Unmarshal(b, &er); err != nil {
+			ers, err := worker.DecodeErrorObject(b)
+			if err != nil {
 				return rep, fmt.Errorf("decode %s: %w", store.URL(o.Key), err)
 			}
-			rep.ErrorReasons[string(er.Reason)]++
+			for _, er := range ers {
+				rep.ErrorRecords++
+				rep.ErrorReasons[string(er.Reason)]++
+			}
 			continue
 		}
 		if !strings.HasSuffix(o.Key, "."+worker.FormatExt(format)) {

@@ -125,6 +125,8 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 			_, err := db.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(cfg.DynamoDB.LeaseTable)})
 			return err
 		})
+		// Stalled shards (named) and a permanent storage error (bucket and code).
+		srv.AddCheck("shards", func(context.Context) error { return w.Health() })
 		srv.AddCheck("model", func(ctx context.Context) error {
 			if svc.Version() == "" {
 				return errors.New("no model loaded")
@@ -164,6 +166,10 @@ func (r recommender) Recommend(ctx context.Context, users []worker.UserFeatures,
 	}
 	res, err := r.svc.Recommend(ctx, in, anchors, k)
 	if err != nil {
+		if inference.IsInputError(err) {
+			// This input fails again whenever it is retried: let the worker isolate it.
+			err = fmt.Errorf("%w: %w", worker.ErrDeterministic, err)
+		}
 		return worker.Recommendations{}, err
 	}
 	out := worker.Recommendations{Version: res.ModelVersion, ForUser: make([][]worker.ScoredItem, len(res.Recommended)),

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 )
@@ -15,12 +18,7 @@ import (
 // "recommendations"). Everything under the prefix is deleted in Cleanup.
 func S3Store(t testing.TB, bucket, prefix string) objstore.Store {
 	t.Helper()
-	SetAWSEnv(t)
-	endpoint := Endpoint(t, "s3")
-	client, err := awsenv.S3(context.Background(), awsenv.S3Config{Endpoint: endpoint, Region: "us-east-1", PathStyle: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := S3Client(t)
 	name := strings.TrimPrefix(Value(t, "s3.buckets."+bucket), "s3://")
 	s, err := objstore.Open("s3://"+name+"/"+UniqueName(prefix), client)
 	if err != nil {
@@ -42,4 +40,37 @@ func S3Store(t testing.TB, bucket, prefix string) objstore.Store {
 		}
 	})
 	return s
+}
+
+// S3Client is a client of the local S3 gateway.
+func S3Client(t testing.TB) *s3.Client {
+	t.Helper()
+	SetAWSEnv(t)
+	client, err := awsenv.S3(context.Background(), awsenv.S3Config{Endpoint: Endpoint(t, "s3"), Region: "us-east-1", PathStyle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+// CreateBucket creates bucket on the local S3 gateway and deletes it (with its objects) in
+// Cleanup.
+func CreateBucket(t testing.TB, client *s3.Client, bucket string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+		t.Fatalf("create bucket %s: %v", bucket, err)
+	}
+	t.Cleanup(func() {
+		s, err := objstore.Open("s3://"+bucket, client)
+		if err != nil {
+			return
+		}
+		if objs, err := s.List(ctx, ""); err == nil {
+			for _, o := range objs {
+				_ = s.Delete(ctx, o.Key)
+			}
+		}
+		_, _ = client.DeleteBucket(ctx, &s3.DeleteBucketInput{Bucket: aws.String(bucket)})
+	})
 }
