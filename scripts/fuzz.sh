@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-20s}
 targets=(
   "./worker FuzzDecode"
+  "./worker FuzzDecodeEmbeds"
   "./batch FuzzCSVRecord"
   "./batch FuzzParseEmbeddingRow"
   "./inference FuzzDecodeSafetensors"
