@@ -7,6 +7,7 @@ FUZZTIME=${FUZZTIME:-20s}
 targets=(
   "./worker FuzzDecode"
   "./worker FuzzDecodeEmbeds"
+  "./worker FuzzErrorRecordRoundTrip"
   "./batch FuzzCSVRecord"
   "./batch FuzzParseEmbeddingRow"
   "./inference FuzzDecodeSafetensors"

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,8 +39,32 @@ func benchStore(b *testing.B, prefix string) objstore.Store {
 
 // BenchmarkProcessingPath is issue benchmark (a) with the fake Recommender standing in for the
 // model and pgvector: decode + enrich + Parquet (Snappy) encode + upload to the S3 gateway, in
-// 1000-record GetRecords batches, one object per 10,000 records.
+// 1000-record GetRecords batches, one object per 10,000 records. The sub-benchmarks mix in 0,
+// 5 and 100 % malformed events (truncated JSON, a missing field, a wrong type, a NUL byte):
+// rejected records of a flush share one errors/ object per hour, so a bad producer must not
+// slow a shard down.
 func BenchmarkProcessingPath(b *testing.B) {
+	for _, pct := range []int{0, 5, 100} {
+		b.Run(fmt.Sprintf("malformed=%d%%", pct), func(b *testing.B) { benchProcessingPath(b, pct) })
+	}
+}
+
+// malformedEvent is the i-th of four kinds of events Decode rejects.
+func malformedEvent(i int, run string) []byte {
+	good := string(event(i, run))
+	switch i % 4 {
+	case 0:
+		return []byte(good[:len(good)/2])
+	case 1:
+		return []byte(strings.Replace(good, `"customer_number":`, `"customer_numbr":`, 1))
+	case 2:
+		return []byte(strings.Replace(good, `"city":"Pasadena"`, `"city":7`, 1))
+	default:
+		return []byte(strings.Replace(good, `"city":"Pasadena"`, `"city":"Pasa\u0000dena"`, 1))
+	}
+}
+
+func benchProcessingPath(b *testing.B, malformedPct int) {
 	stacktest.SetAWSEnv(b)
 	store := benchStore(b, "bench-")
 	cfg := testConfig()
@@ -52,16 +77,23 @@ func BenchmarkProcessingPath(b *testing.B) {
 	p.Initialize(&kcl.InitializationInput{ShardId: "shardId-000000000000"})
 	now := time.Now()
 	const batch = 1000
+	// Payloads are made before the clock starts (10 batches' worth, reused); each batch gets
+	// fresh sequence numbers.
+	payloads := make([][]byte, 10*batch)
+	for j := range payloads {
+		payloads[j] = event(j, "b")
+		if j%100 < malformedPct {
+			payloads[j] = malformedEvent(j, "b")
+		}
+	}
 	seq := 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		b.StopTimer()
 		recs := make([]ktypes.Record, batch)
 		for j := range recs {
 			seq++
-			recs[j] = ktypes.Record{Data: event(seq, "b"), SequenceNumber: aws.String(fmt.Sprintf("%020d", seq)), PartitionKey: aws.String("k"), ApproximateArrivalTimestamp: &now}
+			recs[j] = ktypes.Record{Data: payloads[seq%len(payloads)], SequenceNumber: aws.String(fmt.Sprintf("%020d", seq)), PartitionKey: aws.String("k"), ApproximateArrivalTimestamp: &now}
 		}
-		b.StartTimer()
 		p.ProcessRecords(&kcl.ProcessRecordsInput{Records: recs, Checkpointer: nopCheckpointer{}})
 	}
 	b.StopTimer()

@@ -56,10 +56,12 @@ func (b *buffer) due(now time.Time) bool {
 }
 
 func (b *buffer) reset() {
-	// Keep the record slice's capacity (bounded by max_records) so that the next buffer does
-	// not regrow it; clear it so flushed records can be collected.
+	// Keep the slices' capacity (bounded by max_records) so that the next buffer does not
+	// regrow them (a bad producer fills errs as fast as a good one fills recs); clear them so
+	// flushed records and payloads can be collected.
 	clear(b.recs)
-	b.recs, b.errs = b.recs[:0], b.errs[:0:0]
+	clear(b.errs)
+	b.recs, b.errs = b.recs[:0], b.errs[:0]
 	b.n, b.bytes, b.first, b.last = 0, 0, "", ""
 	b.firstAt = time.Time{}
 }
@@ -73,6 +75,21 @@ type errorPart struct {
 // errorPartitions splits the rejected records by UTC hour of arrival, like partitions: one
 // errors/ object per hour partition per flush, however many records a bad producer sends.
 func (b *buffer) errorPartitions() []errorPart {
+	if len(b.errs) == 0 {
+		return nil
+	}
+	// Common case: one hour, one part sharing the buffer's slice (no copy).
+	first := b.errs[0].ArrivalTime.UTC().Truncate(time.Hour)
+	one := true
+	for i := range b.errs {
+		if !b.errs[i].ArrivalTime.UTC().Truncate(time.Hour).Equal(first) {
+			one = false
+			break
+		}
+	}
+	if one {
+		return []errorPart{{hour: first, errs: b.errs}}
+	}
 	var parts []errorPart
 	idx := map[time.Time]int{}
 	for _, e := range b.errs {

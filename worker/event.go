@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 	"strings"
@@ -306,25 +305,15 @@ func withField(err error, field string) error {
 }
 
 // badJSON explains why data is not one JSON object, in encoding/json's words.
+//
+// Unmarshalling into a json.RawMessage runs only encoding/json's syntax scan (no value is
+// built), so a producer sending garbage costs one extra scan per record, not a decode.
 func badJSON(data []byte) error {
-	var raw map[string]json.RawMessage
-	if err := strictUnmarshal(data, &raw); err != nil {
+	var raw json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
 		return &DecodeError{Reason: ReasonBadJSON, Msg: err.Error()}
 	}
 	return &DecodeError{Reason: ReasonBadJSON, Msg: "not a JSON object"}
-}
-
-// strictUnmarshal decodes exactly one JSON value, rejecting trailing data.
-func strictUnmarshal(data []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data after the JSON object")
-	}
-	return nil
 }
 
 // The scanner below runs only on input json.Valid accepted, so it need not diagnose syntax;

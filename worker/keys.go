@@ -2,9 +2,13 @@ package worker
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode/utf8"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 // ErrorsPrefix is the key prefix of rejected events (like Firehose's processing-failed/).
@@ -30,13 +34,18 @@ func ObjectKey(stream, shardID string, arrival time.Time, firstSeq, ext string) 
 // ErrorKey is the key of the errors/ object holding the rejected records of one flush of one
 // shard in one hour partition (by arrival), named after the first of them:
 //
-//	errors/year=YYYY/month=MM/day=DD/hour=HH/<stream>-<shardId>-<firstSeq>.jsonl
+//	errors/year=YYYY/month=MM/day=DD/hour=HH/<stream>-<shardId>-<firstSeq>.jsonl.gz
 //
 // Like ObjectKey it is a pure function of the records' position in the stream, so a replay
-// of the same flush rewrites it.
+// of the same flush rewrites it. The body is gzip-compressed JSON lines (what Firehose writes
+// with GZIP compression; Athena and zcat read it as is): a bad producer's payloads compress
+// several times, which keeps its shard as fast as a valid one.
 func ErrorKey(stream, shardID string, arrival time.Time, firstSeq string) string {
-	return fmt.Sprintf("%s/%s/%s-%s-%s.jsonl", ErrorsPrefix, partitionPath(arrival), stream, shardID, firstSeq)
+	return fmt.Sprintf("%s/%s/%s-%s-%s%s", ErrorsPrefix, partitionPath(arrival), stream, shardID, firstSeq, ErrorsExt)
 }
+
+// ErrorsExt is the name extension of errors/ objects.
+const ErrorsExt = ".jsonl.gz"
 
 // ErrorRecord is one line of an errors/ object (JSON lines, one rejected record each, in
 // sequence order).
@@ -52,22 +61,107 @@ type ErrorRecord struct {
 	PayloadBase64  []byte    `json:"payload_base64"` // encoding/json writes []byte as base64
 }
 
-// encodeErrors serialises rejected records as JSON lines.
+// encodeErrors serialises rejected records as JSON lines, the same JSON encoding/json writes
+// for ErrorRecord (pinned by a round-trip test) without reflection: a producer that sends
+// nothing but garbage makes this the hot path of its shard.
+//
+// The gzip stream has no name and no modification time, so the same records always give the
+// same bytes.
 func encodeErrors(errs []ErrorRecord) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
+	var out bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&out, gzip.BestSpeed)
+	if err != nil {
+		return nil, fmt.Errorf("encode errors object: %w", err)
+	}
+	line := make([]byte, 0, 1024)
 	for i := range errs {
-		if err := enc.Encode(&errs[i]); err != nil {
+		line = appendErrorRecord(line[:0], &errs[i])
+		if _, err := zw.Write(line); err != nil {
 			return nil, fmt.Errorf("encode errors object: %w", err)
 		}
 	}
-	return buf.Bytes(), nil
+	if err := zw.Close(); err != nil {
+		return nil, fmt.Errorf("encode errors object: %w", err)
+	}
+	return out.Bytes(), nil
 }
 
-// DecodeErrorObject reads an errors/ object back into its records (tests, tools).
+func appendErrorRecord(b []byte, e *ErrorRecord) []byte {
+	b = append(b, `{"reason":`...)
+	b = appendJSONString(b, string(e.Reason))
+	if e.Field != "" {
+		b = append(b, `,"field":`...)
+		b = appendJSONString(b, e.Field)
+	}
+	b = append(b, `,"message":`...)
+	b = appendJSONString(b, e.Message)
+	b = append(b, `,"stream":`...)
+	b = appendJSONString(b, e.Stream)
+	b = append(b, `,"shard_id":`...)
+	b = appendJSONString(b, e.ShardID)
+	b = append(b, `,"sequence_number":`...)
+	b = appendJSONString(b, e.SequenceNumber)
+	b = append(b, `,"partition_key":`...)
+	b = appendJSONString(b, e.PartitionKey)
+	b = append(b, `,"arrival_time":"`...)
+	b = e.ArrivalTime.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","payload_base64":`...)
+	if e.PayloadBase64 == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '"')
+		b = base64.StdEncoding.AppendEncode(b, e.PayloadBase64)
+		b = append(b, '"')
+	}
+	return append(b, "}\n"...)
+}
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and control characters
+// escaped, invalid UTF-8 replaced by U+FFFD (as encoding/json does).
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+n]...)
+		}
+		i += n
+	}
+	return append(b, '"')
+}
+
+// DecodeErrorObject reads an errors/ object (gzip-compressed JSON lines) back into its
+// records (tests, tools).
 func DecodeErrorObject(b []byte) ([]ErrorRecord, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("decode errors object: %w", err)
+	}
+	defer zr.Close()
 	var out []ErrorRecord
-	dec := json.NewDecoder(bytes.NewReader(b))
+	dec := json.NewDecoder(zr)
 	for dec.More() {
 		var e ErrorRecord
 		if err := dec.Decode(&e); err != nil {

@@ -1,6 +1,9 @@
 package worker
 
 import (
+	"bytes"
+	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -21,7 +24,7 @@ func TestObjectKey(t *testing.T) {
 			}
 		})
 	}
-	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77"); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77.jsonl" {
+	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77"); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77.jsonl.gz" {
 		t.Fatalf("ErrorKey = %s", got)
 	}
 }
@@ -127,4 +130,48 @@ func TestConfigValidate(t *testing.T) {
 	if err := (FlushConfig{MaxRecords: 1, MaxBytes: 2048, MaxAge: 500 * time.Millisecond}).Validate(); err == nil || err.Error()[:8] != "max_age:" {
 		t.Fatalf("flush max_age: %v", err)
 	}
+}
+
+// FuzzErrorRecordRoundTrip: the hand-written errors/ encoder writes valid JSON lines that
+// encoding/json reads back to the same records, for any strings and payload (invalid UTF-8
+// becomes U+FFFD, as encoding/json itself would write it).
+func FuzzErrorRecordRoundTrip(f *testing.F) {
+	f.Add("bad_json", "browse_history[0].quantity", "unexpected end of JSON input", "k\"ey\\", []byte(`{"session_id": 1`))
+	f.Add("invalid_field", "", "\x00\x1f\u2028<>&\xff", "\xe2\x82", []byte{0, 1, 2, 255})
+	f.Add("recommend_failed", "city", "ERROR: NaN not allowed in vector (SQLSTATE 22000)", "", []byte(nil))
+	f.Fuzz(func(t *testing.T, reason, field, msg, pk string, payload []byte) {
+		in := []ErrorRecord{
+			{Reason: Reason(reason), Field: field, Message: msg, Stream: "s", ShardID: "shardId-000000000001", SequenceNumber: "49",
+				PartitionKey: pk, ArrivalTime: time.Date(2026, 11, 29, 23, 4, 5, 123456789, time.UTC), PayloadBase64: payload},
+			{Reason: ReasonBadJSON, Message: "m", ArrivalTime: time.Unix(0, 0).UTC(), PayloadBase64: []byte{}},
+		}
+		b, err := encodeErrors(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeErrorObject(b)
+		if err != nil {
+			t.Fatalf("decode %q: %v", b, err)
+		}
+		// What encoding/json makes of the same records is the reference.
+		var want []ErrorRecord
+		for _, e := range in {
+			jb, err := json.Marshal(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var w ErrorRecord
+			if err := json.Unmarshal(jb, &w); err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, w)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("round trip:\n got %+v\nwant %+v\nline %q", got, want, b)
+		}
+		b2, _ := encodeErrors(in)
+		if !bytes.Equal(b, b2) {
+			t.Fatal("encoding the same records twice gave different bytes")
+		}
+	})
 }

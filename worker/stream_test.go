@@ -187,7 +187,7 @@ func (e *testEnv) read(t testing.TB) output {
 			if err != nil {
 				t.Fatalf("%s: %v", o.Key, err)
 			}
-			if len(ers) == 0 || !strings.HasSuffix(o.Key, "-"+ers[0].ShardID+"-"+ers[0].SequenceNumber+".jsonl") {
+			if len(ers) == 0 || !strings.HasSuffix(o.Key, "-"+ers[0].ShardID+"-"+ers[0].SequenceNumber+ErrorsExt) {
 				t.Fatalf("errors object %s is empty or not named after its first record", o.Key)
 			}
 			out.errors = append(out.errors, ers...)
