@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"regexp"
 	"strings"
 	"time"
 
@@ -19,17 +17,16 @@ import (
 	"github.com/pgvector/pgvector-go"
 	"go.uber.org/zap"
 
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
 )
 
-// Object keys of the embeddings inside one artifacts version (the lab's layout).
+// Object keys of the embeddings inside one artifacts version (the lab's layout, defined in
+// internal/artifacts).
 const (
-	ItemEmbeddingsKey = "embeddings/item_embeddings.csv"
-	UserEmbeddingsKey = "embeddings/user_embeddings.csv"
-	// LatestPointerKey is the object at the artifacts root naming the current version; it is
-	// written last by the publisher, so it only ever names a complete version.
-	LatestPointerKey = "latest.json"
+	ItemEmbeddingsKey = artifacts.ItemEmbeddingsKey
+	UserEmbeddingsKey = artifacts.UserEmbeddingsKey
 )
 
 // ErrLoadInProgress means another `batch embeddings` (load or rollback) holds the loader's
@@ -39,18 +36,18 @@ var ErrLoadInProgress = errors.New("another embeddings load or rollback is runni
 // ErrNoPreviousVersion means --rollback found no previous version to swap back in.
 var ErrNoPreviousVersion = errors.New("no previous embeddings version to roll back to")
 
+// ErrNoModel means Load refused a version that has no model in the artifacts location (see
+// EmbeddingsSource.Models): a worker serving it could not answer. It wraps
+// artifacts.ErrNoModel when the model is missing or unusable.
+var ErrNoModel = errors.New("version has no model")
+
+// ErrEmbeddingsNotOfModel means the embeddings files are not the ones the version's model card
+// records: loading them would pair that model with another model's embeddings.
+var ErrEmbeddingsNotOfModel = errors.New("the embeddings are not the ones the version's model was published with")
+
 // loaderLockKey is the first key of the loader's two-key advisory lock ("embd"); the second is
 // hashtext(schema).
 const loaderLockKey = 0x656d6264
-
-var artifactsVersionRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
-
-// LatestPointer is the content of <artifacts>/latest.json, shared with the model publisher:
-// {"version": "<version>", "prefix": "versions/<version>"}.
-type LatestPointer struct {
-	Version string `json:"version"`
-	Prefix  string `json:"prefix"`
-}
 
 // EmbeddingsSource is where one embeddings version is read from: Store holds
 // <Prefix>/embeddings/item_embeddings.csv and <Prefix>/embeddings/user_embeddings.csv.
@@ -58,38 +55,39 @@ type EmbeddingsSource struct {
 	Store  objstore.Store
 	Prefix string // "" or a key prefix without trailing slash, e.g. versions/v20260101
 	// Version is the artifacts version recorded in embedding_versions; "" derives a name from
-	// the two files' checksums (sha-<12 hex>).
+	// the two files' checksums (artifacts.ChecksumVersion: sha-<12 hex>), which never has a
+	// model.
 	Version string
+	// Models is the artifacts location that must hold the version's model
+	// (versions/<Version>/model/… and scalers/, see artifacts.CheckModel): a worker serving
+	// embeddings without their model cannot answer. Load checks it before it reads anything
+	// when Version is given (after deriving the name otherwise), and checks that the files
+	// loaded are the embeddings the model card records, before anything live changes.
+	Models objstore.Store
+	// WithoutModel loads the embeddings with no model check (Models may be nil): only for
+	// embeddings no worker serves, such as pgvector tests and benchmarks.
+	WithoutModel bool
 }
 
 // ResolveArtifactsVersion returns the source for one version of the artifacts store root:
 // version "latest" follows <root>/latest.json, any other name means <root>/versions/<name>.
-// It reads only the pointer object.
+// The model is checked in the same root. It reads only the pointer object.
 func ResolveArtifactsVersion(ctx context.Context, root objstore.Store, version string) (EmbeddingsSource, error) {
-	if version != "latest" {
-		if !artifactsVersionRe.MatchString(version) {
-			return EmbeddingsSource{}, fmt.Errorf("artifacts version %q: must match %s", version, artifactsVersionRe)
-		}
-		return EmbeddingsSource{Store: root, Prefix: "versions/" + version, Version: version}, nil
-	}
-	b, err := objstore.ReadAll(ctx, root, LatestPointerKey)
+	v, err := artifacts.Resolve(ctx, root, version)
 	if err != nil {
-		return EmbeddingsSource{}, fmt.Errorf("resolve artifacts version latest: %w", err)
+		return EmbeddingsSource{}, fmt.Errorf("resolve artifacts version %s: %w", version, err)
 	}
-	var p LatestPointer
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		return EmbeddingsSource{}, fmt.Errorf("decode artifacts pointer %s: %w", root.URL(LatestPointerKey), err)
+	return EmbeddingsSource{Store: root, Prefix: artifacts.VersionPrefix(v), Version: v, Models: root}, nil
+}
+
+// checkModel checks that version has a model in src.Models and returns the checksums its card
+// records.
+func checkModel(ctx context.Context, src EmbeddingsSource, version string) (map[string]string, error) {
+	sums, err := artifacts.CheckModel(ctx, src.Models, version)
+	if errors.Is(err, artifacts.ErrNoModel) {
+		return nil, fmt.Errorf("%w, a worker serving it could not answer: %w", ErrNoModel, err)
 	}
-	if !artifactsVersionRe.MatchString(p.Version) {
-		return EmbeddingsSource{}, fmt.Errorf("artifacts pointer %s: version %q must match %s", root.URL(LatestPointerKey), p.Version, artifactsVersionRe)
-	}
-	prefix := strings.Trim(p.Prefix, "/")
-	if prefix == "" || strings.Contains(prefix, "..") || strings.HasPrefix(p.Prefix, "/") {
-		return EmbeddingsSource{}, fmt.Errorf("artifacts pointer %s: prefix %q must be a relative key prefix like versions/<version>", root.URL(LatestPointerKey), p.Prefix)
-	}
-	return EmbeddingsSource{Store: root, Prefix: prefix, Version: p.Version}, nil
+	return sums, err
 }
 
 // LoadResult describes what Load or Rollback did.
@@ -185,8 +183,21 @@ func (l *EmbeddingsLoader) Load(ctx context.Context, src EmbeddingsSource, force
 	if src.Store == nil {
 		return LoadResult{}, errors.New("load embeddings: source has no store")
 	}
-	if src.Version != "" && !artifactsVersionRe.MatchString(src.Version) {
-		return LoadResult{}, fmt.Errorf("load embeddings: version %q must match %s", src.Version, artifactsVersionRe)
+	if src.Version != "" {
+		if err := artifacts.ValidateVersion(src.Version); err != nil {
+			return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
+		}
+	}
+	if !src.WithoutModel && src.Models == nil {
+		return LoadResult{}, errors.New("load embeddings: no artifacts location to check the version's model in (set Models, or WithoutModel for embeddings no worker serves)")
+	}
+	// A version named up front is checked before any work; a derived name once it is known.
+	var recorded map[string]string
+	if !src.WithoutModel && src.Version != "" {
+		var err error
+		if recorded, err = checkModel(ctx, src, src.Version); err != nil {
+			return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
+		}
 	}
 	conn, release, err := l.lockedConn(ctx)
 	if err != nil {
@@ -229,8 +240,24 @@ func (l *EmbeddingsLoader) Load(ctx context.Context, src EmbeddingsSource, force
 	res.ItemSHA, res.UserSHA = itemRes.sha, userRes.sha
 	res.Version = src.Version
 	if res.Version == "" {
-		sum := sha256.Sum256([]byte(res.ItemSHA + res.UserSHA))
-		res.Version = "sha-" + hex.EncodeToString(sum[:6])
+		res.Version = artifacts.ChecksumVersion(res.ItemSHA, res.UserSHA)
+		if !src.WithoutModel {
+			if recorded, err = checkModel(ctx, src, res.Version); err != nil {
+				dropStaging()
+				return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
+			}
+		}
+	}
+	if !src.WithoutModel {
+		// A card that records checksums (every card the trainer writes) names the very
+		// embeddings its model produced: anything else would be served with the wrong model.
+		for key, got := range map[string]string{ItemEmbeddingsKey: res.ItemSHA, UserEmbeddingsKey: res.UserSHA} {
+			if want, ok := recorded[key]; ok && want != got {
+				dropStaging()
+				return LoadResult{}, fmt.Errorf("load embeddings %s: %s has sha256 %s, the model card records %s: %w",
+					res.Version, src.Store.URL(objstore.Join(src.Prefix, key)), got, want, ErrEmbeddingsNotOfModel)
+			}
+		}
 	}
 
 	live, err := l.live(ctx, c)

@@ -3,6 +3,9 @@ package batch_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -22,6 +25,7 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
 	"github.com/recstream/recstream/internal/pgtest"
@@ -87,7 +91,8 @@ func (s embSet) csvs() (items, users []byte) {
 	return items, b.Bytes()
 }
 
-// writeDir writes the two CSVs under dir/embeddings/ and returns a file:// source.
+// writeDir writes the two CSVs under dir/embeddings/ and returns a file:// source. Generated
+// vectors have no model: the source says so (WithoutModel), like `--from DIR --without-model`.
 func writeDir(t *testing.T, dir string, items, users []byte) batch.EmbeddingsSource {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Join(dir, "embeddings"), 0o755); err != nil {
@@ -103,7 +108,7 @@ func writeDir(t *testing.T, dir string, items, users []byte) batch.EmbeddingsSou
 	if err != nil {
 		t.Fatal(err)
 	}
-	return batch.EmbeddingsSource{Store: st}
+	return batch.EmbeddingsSource{Store: st, WithoutModel: true}
 }
 
 // testPG creates a unique schema, migrates it, and returns its config and a pool.
@@ -364,9 +369,34 @@ func TestLoadInProgress(t *testing.T) {
 	}
 }
 
+// putModel writes the model files of version (placeholder weights and scalers: the loader
+// checks that they exist, inference.LoadModel what they hold) and a card recording sums.
+func putModel(t *testing.T, root objstore.Store, version string, sums map[string]string) {
+	t.Helper()
+	card, err := json.Marshal(map[string]any{"version": version, "files": sums})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range artifacts.ModelKeys() {
+		body := []byte("{}")
+		if k == artifacts.ModelCardKey {
+			body = card
+		}
+		if err := root.Put(context.Background(), artifacts.Key(version, k), bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
 // The artifacts layout on the real S3 gateway: versions/<v>/embeddings/... and latest.json,
-// written last. Loading through the pointer records the artifacts version's name.
-func TestLoadFromS3LatestPointer(t *testing.T) {
+// written last. A version whose model is missing is refused before anything is read; once the
+// model is there, loading through the pointer records the artifacts version's name.
+func TestEmbeddingsLoadFromS3LatestPointer(t *testing.T) {
 	root := stacktest.S3Store(t, "artifacts", "test-embeddings-")
 	cfg, pool := testPG(t)
 	l := newLoader(t, pool, cfg)
@@ -374,9 +404,9 @@ func TestLoadFromS3LatestPointer(t *testing.T) {
 	g := genEmbeddings(5, 110, 98, 32, 0)
 	gi, gu := g.csvs()
 	for key, body := range map[string][]byte{
-		"versions/v20261125-1/" + batch.ItemEmbeddingsKey: gi,
-		"versions/v20261125-1/" + batch.UserEmbeddingsKey: gu,
-		batch.LatestPointerKey:                            []byte(`{"version": "v20261125-1", "prefix": "versions/v20261125-1"}`),
+		artifacts.Key("v20261125-1", artifacts.ItemEmbeddingsKey): gi,
+		artifacts.Key("v20261125-1", artifacts.UserEmbeddingsKey): gu,
+		artifacts.LatestKey: []byte(`{"version": "v20261125-1", "prefix": "versions/v20261125-1"}`),
 	} {
 		if err := root.Put(ctx, key, bytes.NewReader(body)); err != nil {
 			t.Fatal(err)
@@ -386,6 +416,14 @@ func TestLoadFromS3LatestPointer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := l.Load(ctx, src, false); !errors.Is(err, batch.ErrNoModel) || !errors.Is(err, artifacts.ErrNoModel) ||
+		!strings.Contains(err.Error(), root.URL(artifacts.Key("v20261125-1", artifacts.ModelKey))) {
+		t.Fatalf("load of a version without its model: %v, want ErrNoModel naming the weights", err)
+	}
+	if vs := versions(t, pool); len(vs) != 0 {
+		t.Fatalf("refused load recorded versions %+v", vs)
+	}
+	putModel(t, root, "v20261125-1", map[string]string{artifacts.ItemEmbeddingsKey: sha256Hex(gi), artifacts.UserEmbeddingsKey: sha256Hex(gu)})
 	res, err := l.Load(ctx, src, false)
 	if err != nil {
 		t.Fatal(err)
@@ -398,17 +436,84 @@ func TestLoadFromS3LatestPointer(t *testing.T) {
 	if err := pool.QueryRow(ctx, "SELECT item_source FROM embedding_versions WHERE state = 'live'").Scan(&itemSource); err != nil {
 		t.Fatal(err)
 	}
-	if want := root.URL("versions/v20261125-1/" + batch.ItemEmbeddingsKey); itemSource != want {
+	if want := root.URL(artifacts.Key("v20261125-1", artifacts.ItemEmbeddingsKey)); itemSource != want {
 		t.Fatalf("item_source = %q, want %q", itemSource, want)
 	}
-	// A named version resolves without the pointer; a missing one fails naming the object.
+	// A named version resolves without the pointer; a missing one fails naming the version.
 	if _, err := batch.ResolveArtifactsVersion(ctx, root, "../x"); err == nil {
 		t.Fatal("version ../x accepted")
 	}
 	missing, _ := batch.ResolveArtifactsVersion(ctx, root, "v-missing")
-	if _, err := l.Load(ctx, missing, false); !errors.Is(err, objstore.ErrNotExist) || !strings.Contains(err.Error(), "v-missing") {
+	if _, err := l.Load(ctx, missing, false); !errors.Is(err, batch.ErrNoModel) || !strings.Contains(err.Error(), "v-missing") {
 		t.Fatalf("load of a missing version: %v", err)
 	}
+	missing.WithoutModel = true
+	if _, err := l.Load(ctx, missing, false); !errors.Is(err, objstore.ErrNotExist) || !strings.Contains(err.Error(), "v-missing") {
+		t.Fatalf("load of a missing version without the model check: %v", err)
+	}
+}
+
+// The model check guards every way in: bare CSVs (a checksum-named version, never published)
+// are refused unless WithoutModel; embeddings other than the ones the version's model card
+// records are refused; a refused load changes nothing live.
+func TestEmbeddingsLoadRefusesVersionWithoutModel(t *testing.T) {
+	root, err := objstore.Open("file://"+t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, pool := testPG(t)
+	l := newLoader(t, pool, cfg)
+	ctx := context.Background()
+	g1 := genEmbeddings(11, 20, 10, 8, 0)
+	gi, gu := g1.csvs()
+	live, err := l.Load(ctx, writeDir(t, t.TempDir(), gi, gu), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := artifacts.ChecksumVersion(sha256Hex(gi), sha256Hex(gu)); live.Version != want {
+		t.Fatalf("bare CSVs loaded as %q, want %q", live.Version, want)
+	}
+
+	g2 := genEmbeddings(12, 20, 10, 8, 0)
+	gi2, gu2 := g2.csvs()
+	bare := writeDir(t, t.TempDir(), gi2, gu2)
+	bare.WithoutModel = false
+	if _, err := l.Load(ctx, bare, false); err == nil || !strings.Contains(err.Error(), "WithoutModel") {
+		t.Fatalf("no artifacts location and no WithoutModel: %v", err)
+	}
+	bare.Models = root
+	_, err = l.Load(ctx, bare, false)
+	want := artifacts.ChecksumVersion(sha256Hex(gi2), sha256Hex(gu2))
+	if !errors.Is(err, batch.ErrNoModel) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("bare CSVs with the model check: %v, want ErrNoModel naming %s", err, want)
+	}
+
+	// Version v2's card records other embeddings than the ones offered as v2.
+	for key, body := range map[string][]byte{artifacts.ItemEmbeddingsKey: gi2, artifacts.UserEmbeddingsKey: gu2} {
+		if err := root.Put(ctx, artifacts.Key("v2", key), bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putModel(t, root, "v2", map[string]string{artifacts.ItemEmbeddingsKey: sha256Hex(gi), artifacts.UserEmbeddingsKey: sha256Hex(gu2)})
+	src, err := batch.ResolveArtifactsVersion(ctx, root, "v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Load(ctx, src, false); !errors.Is(err, batch.ErrEmbeddingsNotOfModel) || !strings.Contains(err.Error(), "item_embeddings.csv") {
+		t.Fatalf("embeddings not of the model: %v, want ErrEmbeddingsNotOfModel naming the item file", err)
+	}
+	if vs := versions(t, pool); len(vs) != 1 || vs[0].Version != live.Version || vs[0].State != "live" {
+		t.Fatalf("refused loads changed the versions: %+v", vs)
+	}
+	equalSets(t, readBack(t, pool), g1)
+
+	// The right card: v2 loads.
+	putModel(t, root, "v2", map[string]string{artifacts.ItemEmbeddingsKey: sha256Hex(gi2), artifacts.UserEmbeddingsKey: sha256Hex(gu2)})
+	res, err := l.Load(ctx, src, false)
+	if err != nil || res.Version != "v2" {
+		t.Fatalf("v2 with its model: %+v, %v", res, err)
+	}
+	equalSets(t, readBack(t, pool), g2)
 }
 
 // Readers running KNN queries through the worker's query layer while three reloads and one

@@ -10,41 +10,24 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"regexp"
 	"slices"
 	"strconv"
 	"time"
 
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 )
 
-// Artifact layout under the artifacts location (S3 bucket/prefix or file:// directory). Every
-// version lives under its own prefix; LatestKey is written last and names the live one.
+// The artifacts layout (latest.json, versions/<v>/…, the files of a version and the rules for
+// version names) is package internal/artifacts; the short names below keep this file readable.
 const (
-	LatestKey        = "latest.json"
-	versionsPrefix   = "versions"
-	modelKey         = "model/best_model.safetensors"
-	cardKey          = "model/model_card.json"
-	userOHEKey       = "scalers/user_ohe.json"
-	userStdKey       = "scalers/user_std_scaler.json"
-	itemOHEKey       = "scalers/item_ohe.json"
-	itemStdKey       = "scalers/item_std_scaler.json"
-	ItemEmbeddingKey = "embeddings/item_embeddings.csv"
-	UserEmbeddingKey = "embeddings/user_embeddings.csv"
+	modelKey   = artifacts.ModelKey
+	cardKey    = artifacts.ModelCardKey
+	userOHEKey = artifacts.UserOneHotKey
+	userStdKey = artifacts.UserStdScalerKey
+	itemOHEKey = artifacts.ItemOneHotKey
+	itemStdKey = artifacts.ItemStdScalerKey
 )
-
-// versionRe is the form of a version name: "m-" and 12 hex digits of the content hash (a
-// data scientist publishing by hand may use any name of letters, digits, '.', '_' and '-').
-var versionRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
-// Latest is latest.json: the version to serve and where its files are.
-type Latest struct {
-	Version string `json:"version"`
-	Prefix  string `json:"prefix"`
-}
-
-// VersionPrefix is the key prefix holding one version's files: "versions/<version>".
-func VersionPrefix(version string) string { return objstore.Join(versionsPrefix, version) }
 
 // ModelCard is model/model_card.json: what the model is, what it was trained on, how well it
 // did, and the checksum of every other file of the version. Everything in it except Created,
@@ -215,23 +198,9 @@ func DecodeSafetensors(b []byte, userIn, itemIn int) (user, item *Tower, err err
 	return user, item, nil
 }
 
-// hashedKeys are the files whose SHA-256 the model card records and the version name covers
-// (everything of a version except the card itself).
-var hashedKeys = []string{ItemEmbeddingKey, UserEmbeddingKey, modelKey, itemOHEKey, itemStdKey, userOHEKey, userStdKey}
-
 func sha256Hex(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
-}
-
-// contentVersion names a version by its content: "m-" and the first 12 hex digits of the
-// SHA-256 over the lines "<key> <sha256 of the file>\n" of hashedKeys in order.
-func contentVersion(sums map[string]string) string {
-	h := sha256.New()
-	for _, k := range hashedKeys {
-		fmt.Fprintf(h, "%s %s\n", k, sums[k])
-	}
-	return "m-" + hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // encodeModel returns the weights and scaler files of m.
@@ -271,7 +240,7 @@ func EncodeEmbeddingsCSV(ids []string, embs [][]float32) []byte {
 // both embeddings files (every user of res.Users, every item of res.Items) under
 // versions/<version>/, then latest.json. Objects are written one by one (each atomically) and
 // the pointer last, so a reader following latest.json never sees a partial version. The
-// version is content-addressed (a hash of the files' checksums, see contentVersion), so
+// version is content-addressed (a hash of the files' checksums, artifacts.ContentVersion), so
 // publishing the same model again rewrites identical files. card supplies Created, TrainSeconds and Source; Publish fills
 // the rest. It returns the version.
 func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg TrainConfig, card ModelCard) (string, error) {
@@ -288,13 +257,13 @@ func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg Tr
 	for i, it := range res.Items {
 		iids[i], itf[i] = it.ProductCode, it.Features
 	}
-	files[UserEmbeddingKey] = EncodeEmbeddingsCSV(uids, m.UserEmbeddings(uf))
-	files[ItemEmbeddingKey] = EncodeEmbeddingsCSV(iids, m.ItemEmbeddings(itf))
+	files[artifacts.UserEmbeddingsKey] = EncodeEmbeddingsCSV(uids, m.UserEmbeddings(uf))
+	files[artifacts.ItemEmbeddingsKey] = EncodeEmbeddingsCSV(iids, m.ItemEmbeddings(itf))
 	card.Files = map[string]string{}
-	for _, k := range hashedKeys {
+	for _, k := range artifacts.HashedKeys() {
 		card.Files[k] = sha256Hex(files[k])
 	}
-	v := contentVersion(card.Files)
+	v := artifacts.ContentVersion(card.Files)
 	card.Version = v
 	card.TrainingRows = res.Metrics.TrainRows + res.Metrics.ValidationRows
 	card.Users, card.Items = len(res.Users), len(res.Items)
@@ -314,7 +283,7 @@ func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg Tr
 	}
 	files[cardKey] = append(cb, '\n')
 
-	prefix := VersionPrefix(v)
+	prefix := artifacts.VersionPrefix(v)
 	keys := make([]string, 0, len(files))
 	for k := range files {
 		keys = append(keys, k)
@@ -325,40 +294,11 @@ func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg Tr
 			return "", fmt.Errorf("publish version %s: %w", v, err)
 		}
 	}
-	lb, _ := json.Marshal(Latest{Version: v, Prefix: prefix})
 	// The pointer goes last: until it is written, readers keep serving the previous version.
-	if err := store.Put(ctx, LatestKey, bytes.NewReader(append(lb, '\n'))); err != nil {
+	if err := artifacts.WriteLatest(ctx, store, v); err != nil {
 		return "", fmt.Errorf("publish version %s: %w", v, err)
 	}
 	return v, nil
-}
-
-// ResolveVersion returns the version named by version: itself, or for "latest" the version in
-// latest.json.
-func ResolveVersion(ctx context.Context, store objstore.Store, version string) (string, error) {
-	if version != "latest" {
-		if !versionRe.MatchString(version) {
-			return "", fmt.Errorf("artifacts version %q: not a valid version name", version)
-		}
-		return version, nil
-	}
-	b, err := objstore.ReadAll(ctx, store, LatestKey)
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", store.URL(LatestKey), err)
-	}
-	var l Latest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&l); err != nil {
-		return "", fmt.Errorf("%s: %w", store.URL(LatestKey), err)
-	}
-	if !versionRe.MatchString(l.Version) {
-		return "", fmt.Errorf("%s: version %q is not a valid version name", store.URL(LatestKey), l.Version)
-	}
-	if l.Prefix != VersionPrefix(l.Version) {
-		return "", fmt.Errorf("%s: prefix %q, want %q", store.URL(LatestKey), l.Prefix, VersionPrefix(l.Version))
-	}
-	return l.Version, nil
 }
 
 // ErrVersionMismatch is returned (wrapped) when a version's files do not hash to its
@@ -370,13 +310,13 @@ var ErrVersionMismatch = errors.New("artifacts do not match their version")
 // the architecture and the encoders; a content-addressed version ("m-" + 12 hex digits) must
 // also match the hash of its files. Errors name the file and the mismatch.
 func LoadModel(ctx context.Context, store objstore.Store, version string) (*Model, error) {
-	v, err := ResolveVersion(ctx, store, version)
+	v, err := artifacts.Resolve(ctx, store, version)
 	if err != nil {
 		return nil, err
 	}
-	prefix := VersionPrefix(v)
+	prefix := artifacts.VersionPrefix(v)
 	files := map[string][]byte{}
-	for _, k := range []string{modelKey, cardKey, userOHEKey, userStdKey, itemOHEKey, itemStdKey} {
+	for _, k := range artifacts.ModelKeys() {
 		b, err := objstore.ReadAll(ctx, store, objstore.Join(prefix, k))
 		if err != nil {
 			return nil, fmt.Errorf("load artifacts version %s: %w", v, err)
@@ -415,15 +355,15 @@ func LoadModel(ctx context.Context, store objstore.Store, version string) (*Mode
 	// The card records every file's checksum; check the files read here against it, and a
 	// content-addressed name against the recorded checksums (the embeddings CSVs are not read
 	// here: the embeddings loader checksums those).
-	if card.Files != nil || contentAddressed(v) {
+	if card.Files != nil || artifacts.ContentAddressed(v) {
 		for _, k := range []string{modelKey, userOHEKey, userStdKey, itemOHEKey, itemStdKey} {
 			if got, want := sha256Hex(files[k]), card.Files[k]; got != want {
 				return nil, fmt.Errorf("%s: sha256 %s, model card records %q: %w", at(k), got, want, ErrVersionMismatch)
 			}
 		}
 	}
-	if contentAddressed(v) {
-		if got := contentVersion(card.Files); got != v {
+	if artifacts.ContentAddressed(v) {
+		if got := artifacts.ContentVersion(card.Files); got != v {
 			return nil, fmt.Errorf("%s: recorded checksums name version %s: %w", at(cardKey), got, ErrVersionMismatch)
 		}
 	}
@@ -434,7 +374,3 @@ func LoadModel(ctx context.Context, store objstore.Store, version string) (*Mode
 	m.Version, m.Metadata = v, card
 	return m, nil
 }
-
-var contentRe = regexp.MustCompile(`^m-[0-9a-f]{12}$`)
-
-func contentAddressed(v string) bool { return contentRe.MatchString(v) }

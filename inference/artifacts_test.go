@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 )
 
@@ -58,7 +59,7 @@ func TestSaveLoadRoundTripIsBitExact(t *testing.T) {
 	res := realModel(t)
 	s, dir := dirStore(t)
 	v := publish(t, s, res)
-	if !contentAddressed(v) {
+	if !artifacts.ContentAddressed(v) {
 		t.Fatalf("version %q is not content-addressed", v)
 	}
 	for _, version := range []string{"latest", v} {
@@ -182,7 +183,7 @@ func TestLoadRejectsBadArtifacts(t *testing.T) {
 			if body == nil { // a card of the right version that records no checksums
 				body = []byte(`{"version":"` + v + `"}`)
 			}
-			if err := s.Put(context.Background(), objstore.Join(VersionPrefix(v), tc.key), bytes.NewReader(body)); err != nil {
+			if err := s.Put(context.Background(), artifacts.Key(v, tc.key), bytes.NewReader(body)); err != nil {
 				t.Fatal(err)
 			}
 			_, err := LoadModel(context.Background(), s, "latest")
@@ -198,7 +199,7 @@ func TestLoadRejectsBadArtifacts(t *testing.T) {
 			`{"version":"m-1","prefix":"elsewhere/m-1"}`:      `prefix "elsewhere/m-1", want "versions/m-1"`,
 			`{"version":"m-1","prefix":"versions/m-1","x":1}`: `unknown field "x"`,
 		} {
-			if err := s.Put(context.Background(), LatestKey, strings.NewReader(body)); err != nil {
+			if err := s.Put(context.Background(), artifacts.LatestKey, strings.NewReader(body)); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := LoadModel(context.Background(), s, "latest"); err == nil || !strings.Contains(err.Error(), want) {

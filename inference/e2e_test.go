@@ -17,6 +17,7 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -46,7 +47,7 @@ func trainAndPublish(t *testing.T, store objstore.Store, ex []inference.Example,
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := objstore.ReadAll(ctx, store, objstore.Join(inference.VersionPrefix(v), inference.ItemEmbeddingKey))
+	b, err := objstore.ReadAll(ctx, store, artifacts.Key(v, artifacts.ItemEmbeddingsKey))
 	if err != nil {
 		t.Fatal(err)
 	}

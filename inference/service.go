@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 )
 
@@ -61,7 +62,16 @@ type similarKey struct {
 // a model with the item embeddings of the same version, and a swap never fails a request.
 // Run preloads the version latest.json names, so the switch usually costs no artifact reads.
 //
-// Recommend and Version are safe for concurrent use; Run runs on its own goroutine.
+// A live version without a loadable model (embeddings loaded with `batch embeddings
+// --without-model`, or artifacts missing or corrupt) cannot be served: the service keeps its
+// current model loaded, Recommend fails with ErrModelUnavailable rather than answer from a
+// mismatched pair, Health names both versions and the reason, the observer set with
+// SetMismatchObserver is told, and one line is logged at error level. Run keeps checking, so
+// the state shows without traffic and clears by itself once the model can be loaded (or
+// another version with a model goes live).
+//
+// Recommend, Version, Health and SetMismatchObserver are safe for concurrent use; Run runs on
+// its own goroutine.
 type Service struct {
 	cfg   Config
 	store objstore.Store
@@ -70,9 +80,39 @@ type Service struct {
 
 	cur atomic.Pointer[served]
 
-	loadMu sync.Mutex        // serialises artifact loads
-	loaded map[string]*Model // preloaded models by version (current and next)
+	loadMu sync.Mutex            // serialises artifact loads
+	loaded map[string]*Model     // preloaded models by version (current and next)
+	failed map[string]failedLoad // the last failed load of a version, until retryLoadAfter
+	now    func() time.Time      // tests may replace it
+
+	stateMu     sync.Mutex
+	unavailable *unavailable // non-nil while the live version cannot be served
+
+	obsMu    sync.Mutex // held while the observer runs: calls never overlap or reorder
+	observer func(mismatch bool)
 }
+
+// unavailable is a live embeddings version the service cannot serve, and why.
+type unavailable struct {
+	live string
+	err  error
+}
+
+type failedLoad struct {
+	err error
+	at  time.Time
+}
+
+// retryLoadAfter is how long Recommend reuses a version's failed load instead of reading the
+// artifacts again (Run's checks always retry): a live version without a model costs one
+// artifacts read per interval, not one per batch.
+const retryLoadAfter = 10 * time.Second
+
+// ErrModelUnavailable is returned (wrapped) by Recommend, Load and Health when the live
+// embeddings version has no loadable model (missing or corrupt artifacts, or not the pinned
+// version). Nothing is answered: answering with another version's model would pair user and
+// item embeddings of two models. The state clears without a restart once the model loads.
+var ErrModelUnavailable = errors.New("model unavailable")
 
 // NewService validates its arguments; it does no I/O. Call Load (or Run) before Recommend.
 // cfg.ArtifactsVersion "latest" follows new versions; any other name pins that version.
@@ -83,7 +123,8 @@ func NewService(cfg Config, store objstore.Store, index Index, log *zap.Logger) 
 	if store == nil || index == nil || log == nil {
 		return nil, errors.New("inference service: nil artifacts store, index or logger")
 	}
-	return &Service{cfg: cfg, store: store, index: index, log: log.With(zap.String("component", "inference")), loaded: map[string]*Model{}}, nil
+	return &Service{cfg: cfg, store: store, index: index, log: log.With(zap.String("component", "inference")),
+		loaded: map[string]*Model{}, failed: map[string]failedLoad{}, now: time.Now}, nil
 }
 
 // ErrNotLoaded is returned by Recommend before the first successful Load.
@@ -97,6 +138,44 @@ func (s *Service) Version() string {
 	return ""
 }
 
+// SetMismatchObserver sets fn to be called with true when the live embeddings version becomes
+// one the service cannot serve (and again if another such version goes live), and with false
+// when it can serve the live version again; it is called once at once with the current state.
+// Calls do not overlap and arrive in order. fn must not call SetMismatchObserver. It lets a
+// caller keep a gauge (1 while mismatched) without this package knowing the metrics library.
+func (s *Service) SetMismatchObserver(fn func(mismatch bool)) {
+	s.stateMu.Lock()
+	s.obsMu.Lock()
+	s.observer = fn
+	mismatch := s.unavailable != nil
+	s.stateMu.Unlock()
+	defer s.obsMu.Unlock()
+	if fn != nil {
+		fn(mismatch)
+	}
+}
+
+// Health returns nil when the service serves the model of the live embeddings version it last
+// saw (in Load, Recommend or Run's check). Otherwise the error says why: no model loaded yet, or
+// (wrapping ErrModelUnavailable) the model served, the live version, and why the live
+// version's model cannot be loaded. Meant for a readiness check; it does no I/O.
+func (s *Service) Health() error {
+	s.stateMu.Lock()
+	u := s.unavailable
+	s.stateMu.Unlock()
+	served := s.Version()
+	if u != nil {
+		if served == "" {
+			served = "none"
+		}
+		return fmt.Errorf("%w: serving model %s, live embeddings version %s: %v", ErrModelUnavailable, served, u.live, u.err)
+	}
+	if served == "" {
+		return ErrNotLoaded
+	}
+	return nil
+}
+
 // Model returns the model being served (nil before the first Load).
 func (s *Service) Model() *Model {
 	if c := s.cur.Load(); c != nil {
@@ -106,25 +185,78 @@ func (s *Service) Model() *Model {
 }
 
 // Load makes the service serve the live embeddings version's model, loading its artifacts if
-// needed. With a pinned artifacts_version the live version must be that version.
+// needed. With a pinned artifacts_version the live version must be that version. When the live
+// version's model cannot be loaded the error wraps ErrModelUnavailable and Health reports it.
 func (s *Service) Load(ctx context.Context) error {
 	live, err := s.index.LiveVersion(ctx)
 	if err != nil {
 		return fmt.Errorf("inference service: %w", err)
 	}
-	_, err = s.switchTo(ctx, live)
+	_, err = s.follow(ctx, live, true)
 	return err
 }
 
+// follow makes the live version's model current and records the outcome for Health, the
+// observer and the log. retry reads the artifacts even after a recent failed load.
+func (s *Service) follow(ctx context.Context, live string, retry bool) (*served, error) {
+	c, err := s.switchTo(ctx, live, retry)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err // cancelled: says nothing about the model
+		}
+		if c := s.cur.Load(); c != nil && c.model.Version == live {
+			// A concurrent check loaded it after this call read an older failure.
+			s.setState(nil)
+			return c, nil
+		}
+		s.setState(&unavailable{live: live, err: err})
+		return nil, fmt.Errorf("inference service: live embeddings version %s: %w: %w", live, ErrModelUnavailable, err)
+	}
+	s.setState(nil)
+	return c, nil
+}
+
+// setState records whether the live version can be served (u == nil) and, when that changed
+// (or another unservable version went live), logs it once and tells the observer.
+func (s *Service) setState(u *unavailable) {
+	s.stateMu.Lock()
+	prev := s.unavailable
+	s.unavailable = u // the newest reason, even when the state did not change
+	if (prev == nil) == (u == nil) && (prev == nil || prev.live == u.live) {
+		s.stateMu.Unlock()
+		return
+	}
+	s.obsMu.Lock()
+	s.stateMu.Unlock()
+	defer s.obsMu.Unlock()
+	served := s.Version()
+	if u != nil {
+		s.log.Error("live embeddings version has no loadable model: not answering until it has one or another version goes live",
+			zap.String("version", served), zap.String("live_version", u.live), zap.Error(u.err))
+	} else {
+		s.log.Info("model of the live embeddings version available again: answering",
+			zap.String("version", served), zap.String("live_version", served), zap.String("unavailable_version", prev.live))
+	}
+	if s.observer != nil {
+		s.observer(u != nil)
+	}
+}
+
+func (s *Service) isUnavailable() bool {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	return s.unavailable != nil
+}
+
 // switchTo makes version current (a no-op when it already is) and returns the served state.
-func (s *Service) switchTo(ctx context.Context, version string) (*served, error) {
+func (s *Service) switchTo(ctx context.Context, version string, retry bool) (*served, error) {
 	if c := s.cur.Load(); c != nil && c.model.Version == version {
 		return c, nil
 	}
-	if s.cfg.ArtifactsVersion != "latest" && version != s.cfg.ArtifactsVersion {
-		return nil, fmt.Errorf("inference service: live embeddings version %s is not the pinned artifacts version %s", version, s.cfg.ArtifactsVersion)
+	if s.cfg.ArtifactsVersion != artifacts.LatestName && version != s.cfg.ArtifactsVersion {
+		return nil, fmt.Errorf("live embeddings version %s is not the pinned artifacts version %s", version, s.cfg.ArtifactsVersion)
 	}
-	m, err := s.model(ctx, version)
+	m, err := s.model(ctx, version, retry)
 	if err != nil {
 		return nil, err
 	}
@@ -149,30 +281,52 @@ func (s *Service) switchTo(ctx context.Context, version string) (*served, error)
 }
 
 // model returns the loaded model of version, loading it from the artifacts store if needed.
-func (s *Service) model(ctx context.Context, version string) (*Model, error) {
+// Unless retry, a load that failed less than retryLoadAfter ago fails again without I/O.
+func (s *Service) model(ctx context.Context, version string, retry bool) (*Model, error) {
 	s.loadMu.Lock()
 	defer s.loadMu.Unlock()
 	if m, ok := s.loaded[version]; ok {
 		return m, nil
 	}
-	start := time.Now()
+	if f, ok := s.failed[version]; ok && !retry && s.now().Sub(f.at) < retryLoadAfter {
+		return nil, f.err
+	}
+	start := s.now()
 	m, err := LoadModel(ctx, s.store, version)
 	if err != nil {
-		return nil, fmt.Errorf("inference service: %w", err)
+		if ctx.Err() == nil {
+			if len(s.failed) >= 16 {
+				clear(s.failed) // versions come and go; a bound beats bookkeeping
+			}
+			s.failed[version] = failedLoad{err: err, at: s.now()}
+		}
+		return nil, err
 	}
+	delete(s.failed, version)
 	s.loaded[version] = m
-	s.log.Info("model loaded", zap.String("version", version), zap.Duration("duration", time.Since(start)))
+	s.log.Info("model loaded", zap.String("version", version), zap.Duration("duration", s.now().Sub(start)))
 	return m, nil
 }
 
 // Recommend answers a batch: for each user the k best items (one index round trip for all
 // users), for each browsed item code its k nearest items (one round trip for the codes not in
 // the per-version cache), then one small query for the live version (see Service). An index
-// error is returned as is, wrapped; nothing is partially answered.
+// error is returned as is, wrapped; nothing is partially answered. When the live version has
+// no loadable model the error wraps ErrModelUnavailable (see Service); while that lasts, a
+// batch first reads the live version and is refused without querying the index.
 func (s *Service) Recommend(ctx context.Context, users []UserFeatures, items []string, k int) (Result, error) {
 	c := s.cur.Load()
 	if c == nil {
 		return Result{}, ErrNotLoaded
+	}
+	if s.isUnavailable() {
+		live, err := s.index.LiveVersion(ctx)
+		if err != nil {
+			return Result{}, fmt.Errorf("recommend: %w", err)
+		}
+		if c, err = s.follow(ctx, live, false); err != nil {
+			return Result{}, fmt.Errorf("recommend: %w", err)
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		res, err := s.answer(ctx, c, users, items, k)
@@ -190,7 +344,7 @@ func (s *Service) Recommend(ctx context.Context, users []UserFeatures, items []s
 			// Versions are swapped seconds apart at the fastest; never answer with a mismatch.
 			return Result{}, fmt.Errorf("recommend: embeddings version changed %d times during one batch (now %s)", attempt+1, live)
 		}
-		if c, err = s.switchTo(ctx, live); err != nil {
+		if c, err = s.follow(ctx, live, false); err != nil {
 			return Result{}, fmt.Errorf("recommend: %w", err)
 		}
 	}
@@ -268,17 +422,20 @@ func distinctUsers(users []UserFeatures) (distinct []UserFeatures, at []int) {
 	return distinct, at
 }
 
-// Run loads the serving model if needed, then every cfg.ReloadInterval preloads the model
-// latest.json names and switches to the live embeddings version's model when it changed. A
-// failed check is logged and retried at the next tick; the current model keeps serving. It
-// returns nil when ctx ends, or the first Load error if no model could ever be loaded.
+// Run loads the serving model if needed, then every cfg.ReloadInterval checks the live
+// embeddings version and switches to its model when it changed; when following "latest" it
+// also preloads the model latest.json names. A live version whose model cannot be loaded is
+// the state Health reports (logged once, retried at every check, cleared when the model
+// loads); other failed checks are logged and retried at the next tick. The current model
+// keeps serving meanwhile. Run returns nil when ctx ends, or the first Load error if no model
+// could ever be loaded. With ReloadInterval 0 it only waits: versions change at Recommend.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cur.Load() == nil {
 		if err := s.Load(ctx); err != nil {
 			return err
 		}
 	}
-	if s.cfg.ReloadInterval == 0 || s.cfg.ArtifactsVersion != "latest" {
+	if s.cfg.ReloadInterval == 0 {
 		<-ctx.Done()
 		return nil
 	}
@@ -298,18 +455,21 @@ func (s *Service) Run(ctx context.Context) error {
 
 // poll is one reload check.
 func (s *Service) poll(ctx context.Context) error {
-	latest, err := ResolveVersion(ctx, s.store, "latest")
-	if err != nil {
-		return err
-	}
-	// Preload: the embeddings loader usually follows the publisher, so latest becomes live soon.
-	if _, err := s.model(ctx, latest); err != nil {
-		return err
-	}
 	live, err := s.index.LiveVersion(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = s.switchTo(ctx, live)
+	// An unservable live version is reported by follow (Health, observer, one error line),
+	// not again at every check.
+	_, _ = s.follow(ctx, live, true)
+	if s.cfg.ArtifactsVersion != artifacts.LatestName {
+		return nil
+	}
+	latest, err := artifacts.Resolve(ctx, s.store, artifacts.LatestName)
+	if err != nil || latest == live {
+		return err
+	}
+	// Preload: the embeddings loader usually follows the publisher, so latest becomes live soon.
+	_, err = s.model(ctx, latest, true)
 	return err
 }

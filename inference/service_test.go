@@ -2,10 +2,12 @@ package inference
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/zap/zaptest"
 )
@@ -142,5 +144,157 @@ func TestServicePinnedVersionRefusesOtherLiveVersion(t *testing.T) {
 	}
 	if err := svc.Load(context.Background()); err == nil || !contains(err.Error(), "is not the pinned artifacts version m-0123456789ab") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// observed records what a mismatch observer was told, in order.
+type observed struct {
+	mu    sync.Mutex
+	calls []bool
+}
+
+func (o *observed) observe(m bool) { o.mu.Lock(); o.calls = append(o.calls, m); o.mu.Unlock() }
+
+func (o *observed) get() []bool { o.mu.Lock(); defer o.mu.Unlock(); return slices.Clone(o.calls) }
+
+// A live version without a model (here: no artifacts at all) is never answered from the
+// current model: Recommend fails with ErrModelUnavailable without querying the index, Health
+// names both versions, the observer hears each change once, a failed load is not retried per
+// batch, and going back to a servable version clears the state.
+func TestServiceLiveVersionWithoutModel(t *testing.T) {
+	store, _ := dirStore(t)
+	cfg := DefaultConfig().Train
+	cfg.Epochs = 1
+	res, err := Train(context.Background(), syntheticExamples(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Publish(context.Background(), store, res, cfg, ModelCard{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := &fakeIndex{live: a}
+	svc, err := NewService(DefaultConfig(), store, idx, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Unix(1e9, 0)
+	svc.now = func() time.Time { return clock }
+	var obs observed
+	svc.SetMismatchObserver(obs.observe)
+	ctx := context.Background()
+	if err := svc.Health(); !errors.Is(err, ErrNotLoaded) {
+		t.Fatalf("Health before Load = %v, want ErrNotLoaded", err)
+	}
+	if err := svc.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Health(); err != nil {
+		t.Fatalf("Health = %v", err)
+	}
+	users := []UserFeatures{{City: "city1", Country: "c0", CreditLimit: 3000}}
+
+	const b = "sha-0123456789ab" // `batch embeddings --from DIR --without-model`
+	idx.mu.Lock()
+	idx.live = b
+	idx.mu.Unlock()
+	queries := func() int { idx.mu.Lock(); defer idx.mu.Unlock(); return len(idx.userEmbs) }
+	before := queries()
+	for i := 0; i < 3; i++ {
+		r, err := svc.Recommend(ctx, users, []string{"S1"}, 5)
+		if !errors.Is(err, ErrModelUnavailable) || !contains(err.Error(), b) {
+			t.Fatalf("Recommend with live %s: %+v, %v; want ErrModelUnavailable naming it", b, r, err)
+		}
+	}
+	// The first batch queried before it saw the new version (and threw the answer away);
+	// later ones are refused up front.
+	if q := queries() - before; q != 1 {
+		t.Fatalf("%d index queries while unavailable, want 1", q)
+	}
+	if svc.Version() != a {
+		t.Fatalf("served version %s, want %s kept loaded", svc.Version(), a)
+	}
+	h := svc.Health()
+	if !errors.Is(h, ErrModelUnavailable) || !contains(h.Error(), a) || !contains(h.Error(), b) || !contains(h.Error(), "does not exist") {
+		t.Fatalf("Health = %v, want ErrModelUnavailable naming %s, %s and the reason", h, a, b)
+	}
+	if got := obs.get(); !slices.Equal(got, []bool{false, true}) {
+		t.Fatalf("observer calls %v, want [false true]", got)
+	}
+	// The failed load is remembered for retryLoadAfter (Recommend does not read the artifacts
+	// again); the reload check always retries.
+	svc.loadMu.Lock()
+	at := svc.failed[b].at
+	svc.loadMu.Unlock()
+	clock = clock.Add(retryLoadAfter / 2)
+	if _, err := svc.Recommend(ctx, users, nil, 5); !errors.Is(err, ErrModelUnavailable) {
+		t.Fatal(err)
+	}
+	svc.loadMu.Lock()
+	again := svc.failed[b].at
+	svc.loadMu.Unlock()
+	if !again.Equal(at) {
+		t.Fatal("Recommend retried the failed load before retryLoadAfter")
+	}
+	if err := svc.poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	svc.loadMu.Lock()
+	again = svc.failed[b].at
+	svc.loadMu.Unlock()
+	if !again.After(at) {
+		t.Fatal("the reload check did not retry the failed load")
+	}
+
+	// Rolled back: the served version is live again.
+	idx.mu.Lock()
+	idx.live = a
+	idx.mu.Unlock()
+	r, err := svc.Recommend(ctx, users, nil, 5)
+	if err != nil || r.ModelVersion != a {
+		t.Fatalf("after rollback: %+v, %v", r, err)
+	}
+	if err := svc.Health(); err != nil {
+		t.Fatalf("Health after rollback = %v", err)
+	}
+	if got := obs.get(); !slices.Equal(got, []bool{false, true, false}) {
+		t.Fatalf("observer calls %v, want [false true false]", got)
+	}
+}
+
+// A pinned service whose live version is another one is in the same state: refused, red.
+func TestServicePinnedVersionMismatchIsUnavailable(t *testing.T) {
+	store, _ := dirStore(t)
+	cfg := DefaultConfig().Train
+	cfg.Epochs = 1
+	res, err := Train(context.Background(), syntheticExamples(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Publish(context.Background(), store, res, cfg, ModelCard{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := DefaultConfig()
+	scfg.ArtifactsVersion = a
+	idx := &fakeIndex{live: a}
+	svc, err := NewService(scfg, store, idx, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	idx.mu.Lock()
+	idx.live = "m-ba9876543210"
+	idx.mu.Unlock()
+	if err := svc.poll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h := svc.Health(); !errors.Is(h, ErrModelUnavailable) || !contains(h.Error(), "is not the pinned artifacts version "+a) {
+		t.Fatalf("Health = %v", h)
+	}
+	if _, err := svc.Recommend(context.Background(), nil, []string{"S1"}, 5); !errors.Is(err, ErrModelUnavailable) {
+		t.Fatalf("Recommend = %v, want ErrModelUnavailable", err)
 	}
 }

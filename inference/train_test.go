@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/recstream/recstream/internal/artifacts"
 )
 
 func TestTrainOnRealDataBeatsBaselines(t *testing.T) {
@@ -41,9 +43,9 @@ func TestSameSeedSameArtifacts(t *testing.T) {
 	if v1 != v2 {
 		t.Fatalf("versions %s and %s differ", v1, v2)
 	}
-	for _, key := range []string{modelKey, userOHEKey, userStdKey, itemOHEKey, itemStdKey, ItemEmbeddingKey, UserEmbeddingKey, LatestKey} {
+	for _, key := range []string{modelKey, userOHEKey, userStdKey, itemOHEKey, itemStdKey, artifacts.ItemEmbeddingsKey, artifacts.UserEmbeddingsKey, artifacts.LatestKey} {
 		p := filepath.FromSlash(key)
-		if key != LatestKey {
+		if key != artifacts.LatestKey {
 			p = filepath.Join("versions", v1, p)
 		}
 		a, err1 := os.ReadFile(filepath.Join(d1, p))

@@ -140,6 +140,8 @@ func connect(t testing.TB, cfg pg.Config) *pgxpool.Pool {
 	return pool
 }
 
+// load loads generated vectors with the embeddings loader; they have no model, which these
+// index tests do not need (WithoutModel).
 func load(t testing.TB, pool *pgxpool.Pool, cfg pg.Config, s vecData, version string) batch.LoadResult {
 	t.Helper()
 	dir := t.TempDir()
@@ -152,7 +154,7 @@ func load(t testing.TB, pool *pgxpool.Pool, cfg pg.Config, s vecData, version st
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := l.Load(context.Background(), batch.EmbeddingsSource{Store: st, Version: version}, false)
+	res, err := l.Load(context.Background(), batch.EmbeddingsSource{Store: st, Version: version, WithoutModel: true}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

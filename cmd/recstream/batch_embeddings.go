@@ -3,14 +3,13 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net/url"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/batch"
-	"github.com/recstream/recstream/internal/awsenv"
-	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
 )
 
@@ -18,21 +17,37 @@ func init() {
 	register(command{name: "batch embeddings", summary: "load item and user embeddings into PostgreSQL + pgvector (atomic swap; --rollback)", run: runBatchEmbeddings})
 }
 
+// errFromNeedsWithoutModel explains why `--from DIR` alone is refused.
+const errFromNeedsWithoutModel = "--from loads bare embeddings CSVs as a version named after their checksums (sha-<12 hex>), " +
+	"and no model is ever published under such a name: a worker serving a version without its model cannot answer " +
+	"(every batch fails and its readiness check stays red until a version with a model is live). " +
+	"Load a trained version from the artifacts location instead (--version latest or --version <version>), " +
+	"or pass --without-model to load these files anyway (for pgvector tests and benchmarks with no worker)"
+
 func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "batch embeddings")
-	from := fs.String("from", "", "s3://bucket/prefix or file:///dir holding embeddings/{item,user}_embeddings.csv (default: the artifacts location, version --version)")
+	from := fs.String("from", "", "s3://bucket/prefix or file:///dir holding embeddings/{item,user}_embeddings.csv, loaded as version sha-<checksums> with no model: needs --without-model (default: the artifacts location, version --version)")
 	version := fs.String("version", app.Config.Inference.ArtifactsVersion, "artifacts version to load when --from is not given: \"latest\" follows latest.json")
 	force := fs.Bool("force", false, "load even when the files' checksums equal the live version's")
 	rollback := fs.Bool("rollback", false, "swap the previous version back in instead of loading")
+	withoutModel := fs.Bool("without-model", false, "load even though the version has no model in the artifacts location (workers cannot serve it: for pgvector tests and benchmarks)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *rollback && (*from != "" || *force) {
-		return usageError{"--rollback takes no --from or --force"}
+	versionSet := false
+	fs.Visit(func(f *flag.Flag) { versionSet = versionSet || f.Name == "version" })
+	if *rollback && (*from != "" || *force || *withoutModel || versionSet) {
+		return usageError{"--rollback takes no --from, --version, --force or --without-model"}
 	}
 	if *from != "" {
 		if u, err := url.Parse(*from); err != nil || (u.Scheme != "s3" && u.Scheme != "file") {
 			return usageError{fmt.Sprintf("--from must be an s3://bucket/prefix or file:///dir URL, got %q", *from)}
+		}
+		if versionSet {
+			return usageError{"--from takes no --version: the files are loaded as a version named after their checksums (sha-<12 hex>); --version names a version of the artifacts location"}
+		}
+		if !*withoutModel {
+			return usageError{errFromNeedsWithoutModel}
 		}
 	}
 
@@ -54,7 +69,7 @@ func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 		res, err = loader.Rollback(ctx)
 	} else {
 		var src batch.EmbeddingsSource
-		src, err = embeddingsSource(ctx, app, *from, *version)
+		src, err = embeddingsSource(ctx, app, *from, *version, *withoutModel)
 		if err != nil {
 			return err
 		}
@@ -62,6 +77,10 @@ func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 	}
 	if errors.Is(err, batch.ErrLoadInProgress) {
 		return exitCodeError{exitLocked, err}
+	}
+	if errors.Is(err, batch.ErrNoModel) || errors.Is(err, batch.ErrEmbeddingsNotOfModel) {
+		// No retry fixes this: load another version, publish the model, or say --without-model.
+		return exitCodeError{exitUsage, fmt.Errorf("%w; nothing was swapped in (--without-model loads it anyway, for embeddings no worker serves)", err)}
 	}
 	if err != nil {
 		return err
@@ -75,28 +94,35 @@ func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 		fmt.Fprintf(app.Stdout, "loaded embeddings version %s: dimension %d, %d items, %d users (copy %s, index %s, swap %s)\n",
 			res.Version, res.Dimension, res.ItemRows, res.UserRows, res.Copy.Round(1e6), res.Index.Round(1e6), res.Swap.Round(1e6))
 	}
+	if *withoutModel && !*rollback {
+		app.Log.Warn("embeddings loaded without a model check: a worker cannot serve this version until its model is published",
+			zap.String("component", "embeddings"), zap.String("version", res.Version))
+		fmt.Fprintf(app.Stdout, "warning: version %s was loaded without a model check; workers answer only once versions/%s/ holds its model\n", res.Version, res.Version)
+	}
 	return nil
 }
 
-// embeddingsSource opens --from as one version's root, or the artifacts location at version.
-func embeddingsSource(ctx context.Context, app *App, from, version string) (batch.EmbeddingsSource, error) {
-	loc := from
-	if loc == "" {
-		loc = app.Config.S3.Buckets.Artifacts
-	}
-	var client *s3.Client
-	if u, err := url.Parse(loc); err == nil && u.Scheme == "s3" {
-		client, err = awsenv.S3(ctx, app.Config.S3)
+// embeddingsSource opens --from as one version's root, or the artifacts location at version;
+// the model is checked in the artifacts location unless withoutModel.
+func embeddingsSource(ctx context.Context, app *App, from, version string, withoutModel bool) (batch.EmbeddingsSource, error) {
+	if from != "" {
+		store, err := openStore(ctx, app, from)
 		if err != nil {
 			return batch.EmbeddingsSource{}, err
 		}
+		src := batch.EmbeddingsSource{Store: store, WithoutModel: withoutModel}
+		if !withoutModel {
+			if src.Models, err = openStore(ctx, app, app.Config.S3.Buckets.Artifacts); err != nil {
+				return batch.EmbeddingsSource{}, err
+			}
+		}
+		return src, nil
 	}
-	store, err := objstore.Open(loc, client)
+	arts, err := openStore(ctx, app, app.Config.S3.Buckets.Artifacts)
 	if err != nil {
 		return batch.EmbeddingsSource{}, err
 	}
-	if from != "" {
-		return batch.EmbeddingsSource{Store: store}, nil
-	}
-	return batch.ResolveArtifactsVersion(ctx, store, version)
+	src, err := batch.ResolveArtifactsVersion(ctx, arts, version)
+	src.WithoutModel = withoutModel
+	return src, err
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/recstream/recstream/checkpoint"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
@@ -98,7 +99,7 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 
 	if root, err := openStore(ctx, app, cfg.S3.Buckets.Artifacts); err != nil {
 		rep.Problems = append(rep.Problems, err.Error())
-	} else if v, err := inference.ResolveVersion(ctx, root, "latest"); err != nil {
+	} else if v, err := artifacts.Resolve(ctx, root, artifacts.LatestName); err != nil {
 		rep.Problems = append(rep.Problems, "model version: "+err.Error())
 	} else {
 		rep.ModelVersion = v

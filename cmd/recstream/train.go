@@ -15,6 +15,7 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 )
@@ -99,8 +100,8 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 		return err
 	}
 	app.Log.Info("artifacts published", zap.String("component", "train"), zap.String("version", version),
-		zap.String("s3_key", store.URL(inference.VersionPrefix(version))))
-	fmt.Fprintf(app.Stdout, "published artifacts version %s at %s (latest.json updated)\n", version, store.URL(inference.VersionPrefix(version)))
+		zap.String("s3_key", store.URL(artifacts.VersionPrefix(version))))
+	fmt.Fprintf(app.Stdout, "published artifacts version %s at %s (latest.json updated)\n", version, store.URL(artifacts.VersionPrefix(version)))
 	return nil
 }
 
