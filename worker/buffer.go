@@ -4,55 +4,86 @@ import "time"
 
 // buffer holds one shard's processed but not yet written records, in sequence order. It is
 // used by one goroutine (the shard's consumer) only.
+//
+// Its contents are a pure function of the stream: it starts after a checkpoint (a previous
+// flush's end), takes whole Kinesis records (never part of an aggregate), and is cut when the
+// next record belongs to a later flush window (ApproximateArrivalTimestamp / max_age), when a
+// count or size limit is reached, or when the stream proves its window complete. So a replay
+// from any checkpoint rebuilds the same buffers and rewrites the same objects, byte for byte.
 type buffer struct {
-	limits  FlushConfig
-	recs    []OutputRecord
-	errs    []ErrorRecord
-	n       int    // records taken, valid and rejected
-	bytes   int    // raw event bytes taken
-	first   string // sequence number of the first record taken
-	last    string // sequence number of the last record taken: the checkpoint after a flush
-	firstAt time.Time
+	limits FlushConfig
+	recs   []OutputRecord
+	errs   []ErrorRecord
+	n      int    // records taken, valid and rejected
+	bytes  int    // raw event bytes taken
+	first  string // sequence number of the first record taken
+	last   string // sequence number of the last record taken: the checkpoint after a flush
+	window int64  // flush window of the first record taken
+	heads  []partHead
+}
+
+// partHead names the objects of one hour partition of a flush after the first record taken in
+// that hour, valid or rejected: the output object and the errors/ object share it.
+type partHead struct {
+	hour time.Time
+	seq  string
+	sub  int64
 }
 
 func newBuffer(limits FlushConfig) *buffer { return &buffer{limits: limits} }
 
 func (b *buffer) empty() bool { return b.n == 0 }
 
-// addRecord takes one enriched record; now is the clock reading when it was taken.
-func (b *buffer) addRecord(r OutputRecord, size int, now time.Time) {
-	b.take(r.SequenceNumber, size, now)
+// windowOf is the flush window of an arrival time: windows are max_age long and aligned to
+// the Unix epoch, so every worker and every replay cuts at the same instants.
+func (b *buffer) windowOf(arrival time.Time) int64 {
+	return arrival.UnixNano() / int64(b.limits.MaxAge)
+}
+
+// windowEnd is when the buffer's window ends.
+func (b *buffer) windowEnd() time.Time {
+	return time.Unix(0, (b.window+1)*int64(b.limits.MaxAge))
+}
+
+// addRecord takes one enriched record.
+func (b *buffer) addRecord(r OutputRecord, size int) {
+	b.take(r.SequenceNumber, r.SubSequenceNumber, r.ArrivalTime, size)
 	b.recs = append(b.recs, r)
 }
 
 // addError takes one rejected record.
-func (b *buffer) addError(e ErrorRecord, size int, now time.Time) {
-	b.take(e.SequenceNumber, size, now)
+func (b *buffer) addError(e ErrorRecord, size int) {
+	b.take(e.SequenceNumber, e.SubSequenceNumber, e.ArrivalTime, size)
 	b.errs = append(b.errs, e)
 }
 
-func (b *buffer) take(seq string, size int, now time.Time) {
+func (b *buffer) take(seq string, sub int64, arrival time.Time, size int) {
 	if b.n == 0 {
 		b.first = seq
-		b.firstAt = now
+		b.window = b.windowOf(arrival)
+	}
+	hour := arrival.UTC().Truncate(time.Hour)
+	if b.head(hour) == nil {
+		b.heads = append(b.heads, partHead{hour: hour, seq: seq, sub: sub})
 	}
 	b.n++
 	b.bytes += size
 	b.last = seq
 }
 
+// head is the first record taken in hour, or nil.
+func (b *buffer) head(hour time.Time) *partHead {
+	for i := range b.heads {
+		if b.heads[i].hour.Equal(hour) {
+			return &b.heads[i]
+		}
+	}
+	return nil
+}
+
 // full reports whether a size or count limit is reached.
 func (b *buffer) full() bool {
 	return b.n >= b.limits.MaxRecords || b.bytes >= b.limits.MaxBytes
-}
-
-// due reports whether the buffer must be flushed now: a limit is reached, or its oldest record
-// has waited max_age.
-func (b *buffer) due(now time.Time) bool {
-	if b.n == 0 {
-		return false
-	}
-	return b.full() || now.Sub(b.firstAt) >= b.limits.MaxAge
 }
 
 func (b *buffer) reset() {
@@ -61,9 +92,8 @@ func (b *buffer) reset() {
 	// flushed records and payloads can be collected.
 	clear(b.recs)
 	clear(b.errs)
-	b.recs, b.errs = b.recs[:0], b.errs[:0]
-	b.n, b.bytes, b.first, b.last = 0, 0, "", ""
-	b.firstAt = time.Time{}
+	b.recs, b.errs, b.heads = b.recs[:0], b.errs[:0], b.heads[:0]
+	b.n, b.bytes, b.first, b.last, b.window = 0, 0, "", "", 0
 }
 
 // errorPart is the rejected records of one hour partition, in sequence order.

@@ -58,7 +58,13 @@ type Config struct {
 type FlushConfig struct {
 	MaxRecords int           `yaml:"max_records"` // records taken (valid and rejected)
 	MaxBytes   int           `yaml:"max_bytes"`   // raw event bytes taken
-	MaxAge     time.Duration `yaml:"max_age"`     // age of the oldest buffered record, >= 1s
+	// MaxAge is the length of a flush window: records are grouped by
+	// ApproximateArrivalTimestamp into windows of this length aligned to the epoch, and a
+	// window's buffer is flushed once the stream proves it complete (>= 1s, divides an hour).
+	MaxAge time.Duration `yaml:"max_age"`
+	// WindowGrace: a window is complete when a read at the stream's tip finds nothing new this
+	// long after the window's end (covers producer→reader propagation and clock skew).
+	WindowGrace time.Duration `yaml:"window_grace"`
 }
 
 // RetryConfig is capped exponential backoff with jitter for PostgreSQL, S3 and DynamoDB
@@ -82,7 +88,7 @@ func DefaultConfig() Config {
 		MaxEventBytes:         64 << 10,
 		MaxBrowseHistory:      100,
 		Format:                "parquet",
-		Flush:                 FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: 10 * time.Second},
+		Flush:                 FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: 10 * time.Second, WindowGrace: time.Second},
 		Retry:                 RetryConfig{InitialBackoff: 200 * time.Millisecond, MaxBackoff: 10 * time.Second},
 		StatusInterval:        30 * time.Second,
 		UnknownFields:         "ignore",
@@ -144,9 +150,9 @@ func (c Config) Validate() error {
 	if c.RecommendTimeout < 100*time.Millisecond {
 		return fmt.Errorf("recommend_timeout: must be >= 100ms, got %s", c.RecommendTimeout)
 	}
-	if c.StallAfter <= c.Flush.MaxAge {
-		// A healthy shard holds records for up to flush.max_age before it checkpoints.
-		return fmt.Errorf("stall_after: must be > flush.max_age (%s), got %s", c.Flush.MaxAge, c.StallAfter)
+	if hold := c.Flush.MaxAge + c.Flush.WindowGrace + c.IdleTimeBetweenReads; c.StallAfter <= hold {
+		// A healthy shard holds a window's records until the window is proven complete.
+		return fmt.Errorf("stall_after: must be > flush.max_age + flush.window_grace + idle_time_between_reads (%s), got %s", hold, c.StallAfter)
 	}
 	return nil
 }
@@ -159,8 +165,12 @@ func (c FlushConfig) Validate() error {
 	if c.MaxBytes < 1024 {
 		return fmt.Errorf("max_bytes: must be >= 1024, got %d", c.MaxBytes)
 	}
-	if c.MaxAge < time.Second {
-		return fmt.Errorf("max_age: must be >= 1s, got %s", c.MaxAge)
+	if c.MaxAge < time.Second || time.Hour%c.MaxAge != 0 {
+		// Windows that divide the hour never straddle an hour partition.
+		return fmt.Errorf("max_age: must be >= 1s and divide an hour, got %s", c.MaxAge)
+	}
+	if c.WindowGrace < 0 || c.WindowGrace > time.Minute {
+		return fmt.Errorf("window_grace: must be between 0 and 1m, got %s", c.WindowGrace)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -20,28 +21,37 @@ func partitionPath(t time.Time) string {
 	return fmt.Sprintf("year=%04d/month=%02d/day=%02d/hour=%02d", t.Year(), int(t.Month()), t.Day(), t.Hour())
 }
 
-// ObjectKey is the key of the output object holding the records of one shard, one hour
-// partition (from ApproximateArrivalTimestamp, UTC), starting at sequence number firstSeq:
+// ObjectKey is the key of the output object holding the records of one flush of one shard in
+// one hour partition (from ApproximateArrivalTimestamp, UTC), named after the first record the
+// flush took in that hour, valid or rejected (sequence number seq, sub-sequence sub):
 //
-//	year=YYYY/month=MM/day=DD/hour=HH/<stream>-<shardId>-<firstSeq>.<ext>
+//	year=YYYY/month=MM/day=DD/hour=HH/<stream>-<shardId>-<seq>[-<sub>].<ext>
 //
-// It is a pure function of the object's position in the stream, so a replay after a crash
-// rewrites the same key instead of adding a duplicate.
-func ObjectKey(stream, shardID string, arrival time.Time, firstSeq, ext string) string {
-	return fmt.Sprintf("%s/%s-%s-%s.%s", partitionPath(arrival), stream, shardID, firstSeq, ext)
+// The sub-sequence number is added only when it is not 0 (a flush starting inside a KPL
+// aggregate, which the processor never cuts, so in practice never). The key is a pure
+// function of the object's position in the stream, so a replay rewrites the same key instead
+// of adding a duplicate.
+func ObjectKey(stream, shardID string, arrival time.Time, seq string, sub int64, ext string) string {
+	return fmt.Sprintf("%s/%s.%s", partitionPath(arrival), objectName(stream, shardID, seq, sub), ext)
 }
 
-// ErrorKey is the key of the errors/ object holding the rejected records of one flush of one
-// shard in one hour partition (by arrival), named after the first of them:
+func objectName(stream, shardID, seq string, sub int64) string {
+	if sub != 0 {
+		return fmt.Sprintf("%s-%s-%s-%d", stream, shardID, seq, sub)
+	}
+	return fmt.Sprintf("%s-%s-%s", stream, shardID, seq)
+}
+
+// ErrorKey is the key of the errors/ object holding the rejected records of the same flush and
+// hour partition as ObjectKey, under the same name:
 //
-//	errors/year=YYYY/month=MM/day=DD/hour=HH/<stream>-<shardId>-<firstSeq>.jsonl.gz
+//	errors/year=YYYY/month=MM/day=DD/hour=HH/<stream>-<shardId>-<seq>[-<sub>].jsonl.gz
 //
-// Like ObjectKey it is a pure function of the records' position in the stream, so a replay
-// of the same flush rewrites it. The body is gzip-compressed JSON lines (what Firehose writes
-// with GZIP compression; Athena and zcat read it as is): a bad producer's payloads compress
-// several times, which keeps its shard as fast as a valid one.
-func ErrorKey(stream, shardID string, arrival time.Time, firstSeq string) string {
-	return fmt.Sprintf("%s/%s/%s-%s-%s%s", ErrorsPrefix, partitionPath(arrival), stream, shardID, firstSeq, ErrorsExt)
+// The body is gzip-compressed JSON lines (what Firehose writes with GZIP compression; Athena
+// and zcat read it as is): a bad producer's payloads compress several times, which keeps its
+// shard as fast as a valid one.
+func ErrorKey(stream, shardID string, arrival time.Time, seq string, sub int64) string {
+	return fmt.Sprintf("%s/%s/%s%s", ErrorsPrefix, partitionPath(arrival), objectName(stream, shardID, seq, sub), ErrorsExt)
 }
 
 // ErrorsExt is the name extension of errors/ objects.
@@ -50,15 +60,17 @@ const ErrorsExt = ".jsonl.gz"
 // ErrorRecord is one line of an errors/ object (JSON lines, one rejected record each, in
 // sequence order).
 type ErrorRecord struct {
-	Reason         Reason    `json:"reason"`
-	Field          string    `json:"field,omitempty"`
-	Message        string    `json:"message"`
-	Stream         string    `json:"stream"`
-	ShardID        string    `json:"shard_id"`
-	SequenceNumber string    `json:"sequence_number"`
-	PartitionKey   string    `json:"partition_key"`
-	ArrivalTime    time.Time `json:"arrival_time"`
-	PayloadBase64  []byte    `json:"payload_base64"` // encoding/json writes []byte as base64
+	Reason         Reason `json:"reason"`
+	Field          string `json:"field,omitempty"`
+	Message        string `json:"message"`
+	Stream         string `json:"stream"`
+	ShardID        string `json:"shard_id"`
+	SequenceNumber string `json:"sequence_number"`
+	// SubSequenceNumber is the user record's index in its KPL aggregate (0 for a plain record).
+	SubSequenceNumber int64     `json:"sub_sequence_number"`
+	PartitionKey      string    `json:"partition_key"`
+	ArrivalTime       time.Time `json:"arrival_time"`
+	PayloadBase64     []byte    `json:"payload_base64"` // encoding/json writes []byte as base64
 }
 
 // encodeErrors serialises rejected records as JSON lines, the same JSON encoding/json writes
@@ -101,6 +113,8 @@ func appendErrorRecord(b []byte, e *ErrorRecord) []byte {
 	b = appendJSONString(b, e.ShardID)
 	b = append(b, `,"sequence_number":`...)
 	b = appendJSONString(b, e.SequenceNumber)
+	b = append(b, `,"sub_sequence_number":`...)
+	b = strconv.AppendInt(b, e.SubSequenceNumber, 10)
 	b = append(b, `,"partition_key":`...)
 	b = appendJSONString(b, e.PartitionKey)
 	b = append(b, `,"arrival_time":"`...)

@@ -12,83 +12,105 @@ func TestObjectKey(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		arrival time.Time
+		sub     int64
 		want    string
 	}{
-		{"utc", time.Date(2024, 3, 7, 9, 59, 59, 0, time.UTC), "year=2024/month=03/day=07/hour=09/s-shardId-000000000001-49590.parquet"},
-		{"other zone becomes utc", time.Date(2024, 3, 7, 1, 0, 0, 0, time.FixedZone("PST", -8*3600)), "year=2024/month=03/day=07/hour=09/s-shardId-000000000001-49590.parquet"},
-		{"new year", time.Date(2023, 12, 31, 23, 30, 0, 0, time.FixedZone("X", -3600)), "year=2024/month=01/day=01/hour=00/s-shardId-000000000001-49590.parquet"},
+		{"utc", time.Date(2024, 3, 7, 9, 59, 59, 0, time.UTC), 0, "year=2024/month=03/day=07/hour=09/s-shardId-000000000001-49590.parquet"},
+		{"other zone becomes utc", time.Date(2024, 3, 7, 1, 0, 0, 0, time.FixedZone("PST", -8*3600)), 0, "year=2024/month=03/day=07/hour=09/s-shardId-000000000001-49590.parquet"},
+		{"new year", time.Date(2023, 12, 31, 23, 30, 0, 0, time.FixedZone("X", -3600)), 0, "year=2024/month=01/day=01/hour=00/s-shardId-000000000001-49590.parquet"},
+		{"inside an aggregate", time.Date(2024, 3, 7, 9, 0, 0, 0, time.UTC), 7, "year=2024/month=03/day=07/hour=09/s-shardId-000000000001-49590-7.parquet"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := ObjectKey("s", "shardId-000000000001", tc.arrival, "49590", "parquet"); got != tc.want {
+			if got := ObjectKey("s", "shardId-000000000001", tc.arrival, "49590", tc.sub, "parquet"); got != tc.want {
 				t.Fatalf("got %s, want %s", got, tc.want)
 			}
 		})
 	}
-	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77"); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77.jsonl.gz" {
+	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77", 0); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77.jsonl.gz" {
+		t.Fatalf("ErrorKey = %s", got)
+	}
+	if got := ErrorKey("s", "shardId-1", time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC), "77", 3); got != "errors/year=2024/month=01/day=02/hour=03/s-shardId-1-77-3.jsonl.gz" {
 		t.Fatalf("ErrorKey = %s", got)
 	}
 }
 
-func TestBuffer(t *testing.T) {
+func TestBufferLimitsAndWindow(t *testing.T) {
 	t0 := time.Date(2024, 1, 1, 10, 0, 0, 0, time.UTC)
-	rec := func(seq string, at time.Time) OutputRecord { return OutputRecord{SequenceNumber: seq, ArrivalTime: at} }
 	type add struct {
 		seq  string
 		size int
-		at   time.Duration // clock offset when taken
+		at   time.Duration // arrival offset from t0
 		bad  bool
 	}
 	for _, tc := range []struct {
-		name   string
-		limits FlushConfig
-		adds   []add
-		now    time.Duration
-		full   bool
-		due    bool
+		name      string
+		limits    FlushConfig
+		adds      []add
+		full      bool
+		windowEnd time.Duration // from t0
 	}{
-		{"empty never due", FlushConfig{MaxRecords: 1, MaxBytes: 1024, MaxAge: time.Second}, nil, time.Hour, false, false},
-		{"count", FlushConfig{MaxRecords: 2, MaxBytes: 1 << 20, MaxAge: time.Minute}, []add{{"1", 10, 0, false}, {"2", 10, 0, true}}, 0, true, true},
-		{"under count", FlushConfig{MaxRecords: 3, MaxBytes: 1 << 20, MaxAge: time.Minute}, []add{{"1", 10, 0, false}, {"2", 10, 0, false}}, 59 * time.Second, false, false},
-		{"bytes", FlushConfig{MaxRecords: 100, MaxBytes: 1024, MaxAge: time.Minute}, []add{{"1", 1000, 0, false}, {"2", 24, 0, false}}, 0, true, true},
-		{"age from first record", FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: time.Second}, []add{{"1", 1, 0, false}, {"2", 1, 900 * time.Millisecond, false}}, time.Second, false, true},
-		{"age not reached", FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: time.Second}, []add{{"1", 1, 100 * time.Millisecond, false}}, time.Second, false, false},
+		{"count", FlushConfig{MaxRecords: 2, MaxBytes: 1 << 20, MaxAge: time.Minute}, []add{{"1", 10, 0, false}, {"2", 10, 0, true}}, true, time.Minute},
+		{"under count", FlushConfig{MaxRecords: 3, MaxBytes: 1 << 20, MaxAge: time.Minute}, []add{{"1", 10, 0, false}, {"2", 10, 0, false}}, false, time.Minute},
+		{"bytes", FlushConfig{MaxRecords: 100, MaxBytes: 1024, MaxAge: time.Minute}, []add{{"1", 1000, 0, false}, {"2", 24, 0, false}}, true, time.Minute},
+		{"window of the first record", FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: 10 * time.Second}, []add{{"1", 1, 12 * time.Second, false}, {"2", 1, 25 * time.Second, false}}, false, 20 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newBuffer(tc.limits)
 			for _, a := range tc.adds {
 				if a.bad {
-					b.addError(ErrorRecord{SequenceNumber: a.seq}, a.size, t0.Add(a.at))
+					b.addError(ErrorRecord{SequenceNumber: a.seq, ArrivalTime: t0.Add(a.at)}, a.size)
 				} else {
-					b.addRecord(rec(a.seq, t0), a.size, t0.Add(a.at))
+					b.addRecord(OutputRecord{SequenceNumber: a.seq, ArrivalTime: t0.Add(a.at)}, a.size)
 				}
 			}
-			if b.full() != tc.full || b.due(t0.Add(tc.now)) != tc.due {
-				t.Fatalf("full=%v due=%v, want %v %v", b.full(), b.due(t0.Add(tc.now)), tc.full, tc.due)
+			if b.full() != tc.full {
+				t.Fatalf("full=%v, want %v", b.full(), tc.full)
 			}
-			if len(tc.adds) > 0 && (b.first != tc.adds[0].seq || b.last != tc.adds[len(tc.adds)-1].seq) {
+			if got := b.windowEnd(); !got.Equal(t0.Add(tc.windowEnd)) {
+				t.Fatalf("window end %s, want %s", got, t0.Add(tc.windowEnd))
+			}
+			if b.first != tc.adds[0].seq || b.last != tc.adds[len(tc.adds)-1].seq {
 				t.Fatalf("first/last = %s/%s", b.first, b.last)
 			}
 		})
 	}
 }
 
+// TestBufferWindowsAligned: windows are aligned to the epoch, so two workers (or a replay)
+// that start at different records cut at the same instants.
+func TestBufferWindowsAligned(t *testing.T) {
+	b := newBuffer(FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: 10 * time.Second})
+	at := time.Date(2024, 1, 1, 10, 0, 9, 999_000_000, time.UTC)
+	if b.windowOf(at) == b.windowOf(at.Add(time.Millisecond)) || b.windowOf(at) != b.windowOf(at.Add(-9*time.Second)) {
+		t.Fatal("window boundaries are not at multiples of max_age")
+	}
+}
+
 func TestBufferPartitions(t *testing.T) {
 	t0 := time.Date(2024, 1, 1, 10, 59, 59, 0, time.UTC)
 	b := newBuffer(FlushConfig{MaxRecords: 100, MaxBytes: 1 << 20, MaxAge: time.Second})
+	// A rejected record first: it names the hour's objects (output and errors/ alike).
+	b.addError(ErrorRecord{SequenceNumber: "0", SubSequenceNumber: 0, ArrivalTime: t0}, 1)
 	for i, at := range []time.Time{t0, t0, t0.Add(time.Second), t0.Add(2 * time.Second)} {
-		b.addRecord(OutputRecord{SequenceNumber: string(rune('a' + i)), ArrivalTime: at}, 1, t0)
+		b.addRecord(OutputRecord{SequenceNumber: string(rune('a' + i)), ArrivalTime: at}, 1)
 	}
 	parts := b.partitions()
 	if len(parts) != 2 || len(parts[0].recs) != 2 || len(parts[1].recs) != 2 || parts[1].recs[0].SequenceNumber != "c" || parts[1].hour.Hour() != 11 {
 		t.Fatalf("partitions %+v", parts)
 	}
+	if h := b.head(parts[0].hour); h == nil || h.seq != "0" {
+		t.Fatalf("hour 10 named after %+v, want the rejected record 0", h)
+	}
+	if h := b.head(parts[1].hour); h == nil || h.seq != "c" {
+		t.Fatalf("hour 11 named after %+v, want c", h)
+	}
 	// After a reset the buffer reuses its slice: one hour gives one part with only the new records.
 	b.reset()
-	if parts := b.partitions(); len(parts) != 0 {
+	if parts := b.partitions(); len(parts) != 0 || len(b.heads) != 0 {
 		t.Fatalf("empty buffer partitions %+v", parts)
 	}
 	for i := range 3 {
-		b.addRecord(OutputRecord{SequenceNumber: string(rune('x' + i)), ArrivalTime: t0.Add(-time.Duration(i) * time.Minute)}, 1, t0)
+		b.addRecord(OutputRecord{SequenceNumber: string(rune('x' + i)), ArrivalTime: t0.Add(-time.Duration(i) * time.Minute)}, 1)
 	}
 	parts = b.partitions()
 	if len(parts) != 1 || len(parts[0].recs) != 3 || parts[0].recs[0].SequenceNumber != "x" || parts[0].hour.Hour() != 10 {

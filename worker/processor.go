@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 	"go.uber.org/zap"
 
@@ -86,7 +85,7 @@ type processor struct {
 	checkpoint string // last sequence number checkpointed by this processor or found at start
 	lastStatus time.Time
 	taken      int64
-	batch      []ktypes.Record // the batch being taken (for logs)
+	batch      []userRecord // the batch being taken (for logs)
 	health     shardHealth
 
 	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
@@ -147,15 +146,18 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	p.log.Info("shard processor started", zap.String("checkpoint", p.checkpoint))
 }
 
-// ProcessRecords implements kcl.IRecordProcessor. It enriches the batch, buffers it, and
-// flushes (upload, then checkpoint) when the buffer is due. On any failure it cannot retry
-// past, it drops the buffer and stops writing: the records are replayed from the checkpoint.
+// ProcessRecords implements kcl.IRecordProcessor. It expands KPL aggregates, enriches the
+// batch and buffers it, flushing (upload, then checkpoint) at every boundary the data decides
+// (see buffer). An empty read at the stream's tip after the buffer's window has ended (plus
+// flush.window_grace) proves the window complete and flushes it. On any failure it cannot
+// retry past, it drops the buffer and stops writing: the records are replayed from the
+// checkpoint.
 func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 	if p.state != stateActive {
 		return
 	}
 	if p.s.stopping.Load() {
-		// Stop taking records: everything after the buffer is replayed by the next owner.
+		// Stop taking records: everything after the checkpoint is replayed by the next owner.
 		p.state = stateStopped
 		return
 	}
@@ -168,8 +170,9 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 		if !p.take(in) {
 			return
 		}
-	}
-	if p.buf.due(p.s.now()) {
+	} else if in.MillisBehindLatest == 0 && !p.buf.empty() && p.s.now().After(p.buf.windowEnd().Add(p.s.cfg.Flush.WindowGrace)) {
+		// Caught up, nothing more to read, and the window is over: any record still to come
+		// arrives in a later window.
 		p.flush(in.Checkpointer)
 	}
 	if iv := p.s.cfg.StatusInterval; iv > 0 && p.s.now().Sub(p.lastStatus) >= iv {
@@ -179,25 +182,39 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 	}
 }
 
-// Shutdown implements kcl.IRecordProcessor. REQUESTED (worker stopping): flush and checkpoint
-// the buffer. TERMINATE (SHARD_END): flush, then Checkpoint(nil) so the child shards start.
+// Shutdown implements kcl.IRecordProcessor.
+//
+// REQUESTED (the worker is stopping, or the lease moves): every window the stream proved
+// complete is already flushed and checkpointed; the buffer holds only the current, unproven
+// window, which is left to the next owner (flushing it would cut an object at a point a
+// replay would not, and a replay would then write the same records under another key).
+//
+// TERMINATE (SHARD_END): the shard is closed, so every window is complete: flush, then
+// Checkpoint(nil) so the child shards start. Only a processor that took every record it was
+// given may end a shard: one that stopped taking records (SIGTERM during the last batch, or
+// during its retries) leaves the shard open, and the next owner reads the rest and ends it.
 func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 	defer p.release()
 	if p.state == stateDead {
 		return
 	}
+	reason := aws.ToString(kcl.ShutdownReasonMessage(in.ShutdownReason))
+	if in.ShutdownReason != kcl.TERMINATE || p.state != stateActive {
+		if in.ShutdownReason == kcl.TERMINATE {
+			p.log.Info("shard closed but not every record was taken: not ending it, the next owner will",
+				zap.String("checkpoint", p.checkpoint))
+		}
+		p.log.Info("shard processor stopped", zap.String("shutdown_reason", reason), zap.String("checkpoint", p.checkpoint),
+			zap.Int("records_left_for_replay", p.buf.n))
+		return
+	}
 	if !p.buf.empty() && !p.flush(in.Checkpointer) {
 		return
 	}
-	if in.ShutdownReason == kcl.TERMINATE {
-		if p.retry(opCheckpoint, "", func(context.Context) error { return in.Checkpointer.Checkpoint(nil) }) != nil {
-			return
-		}
-		p.log.Info("shard finished", zap.String("checkpoint", "SHARD_END"))
+	if p.retry(opCheckpoint, "", func(context.Context) error { return in.Checkpointer.Checkpoint(nil) }) != nil {
 		return
 	}
-	p.log.Info("shard processor stopped", zap.String("shutdown_reason", aws.ToString(kcl.ShutdownReasonMessage(in.ShutdownReason))),
-		zap.String("checkpoint", p.checkpoint))
+	p.log.Info("shard finished", zap.String("checkpoint", "SHARD_END"))
 }
 
 // release unregisters the processor once.
@@ -258,21 +275,27 @@ func (p *processor) die(why string, err error) {
 	p.release()
 }
 
-// take decodes, enriches and buffers one batch, flushing whenever the buffer fills. It returns
-// false when the processor stopped or died on the way (nothing of the batch is then kept
-// unless a flush already made it durable and checkpointed it).
+// take expands, decodes, enriches and buffers one batch, flushing at every boundary the data
+// decides: before a Kinesis record of a later flush window, and after a Kinesis record that
+// fills the buffer (never inside a KPL aggregate, so a checkpoint never skips part of one).
+// It returns false when the processor stopped or died on the way (nothing of the batch is then
+// kept unless a flush already made it durable and checkpointed it).
 func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	cfg := p.s.cfg
 	m := p.s.deps.Metrics
 	m.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
-	p.batch = in.Records
+	urs := expand(in.Records)
+	p.batch = urs
 	defer func() { p.batch = nil }()
-	events := make([]Event, len(in.Records))
-	bad := make([]error, len(in.Records))
+	events := make([]Event, len(urs))
+	bad := make([]error, len(urs))
 	var valid []int
 	lim := Limits{MaxBytes: cfg.MaxEventBytes, MaxBrowseHistory: cfg.MaxBrowseHistory, RejectUnknown: cfg.UnknownFields == "reject"}
-	for i, r := range in.Records {
-		events[i], bad[i] = Decode(r.Data, lim)
+	for i := range urs {
+		if urs[i].bad != nil {
+			continue
+		}
+		events[i], bad[i] = Decode(urs[i].data, lim)
 		if bad[i] != nil {
 			continue
 		}
@@ -281,19 +304,24 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		}
 		valid = append(valid, i)
 	}
-	enriched := make([]enrichment, len(in.Records))
+	enriched := make([]enrichment, len(urs))
 	if len(valid) > 0 && !p.enrich(events, valid, enriched) {
 		return false
 	}
-	for i, r := range in.Records {
-		seq := aws.ToString(r.SequenceNumber)
-		arrival := aws.ToTime(r.ApproximateArrivalTimestamp).UTC()
-		now := p.s.now()
+	for i := range urs {
+		u := &urs[i]
+		if u.first && !p.buf.empty() && p.buf.windowOf(u.arrival) > p.buf.window {
+			if !p.flush(in.Checkpointer) {
+				return false
+			}
+		}
 		rejected := func(reason Reason, field, msg string) {
 			p.buf.addError(ErrorRecord{Reason: reason, Field: field, Message: msg, Stream: p.s.stream, ShardID: p.shard,
-				SequenceNumber: seq, PartitionKey: aws.ToString(r.PartitionKey), ArrivalTime: arrival, PayloadBase64: r.Data}, len(r.Data), now)
+				SequenceNumber: u.seq, SubSequenceNumber: u.sub, PartitionKey: u.pk, ArrivalTime: u.arrival, PayloadBase64: u.data}, len(u.data))
 		}
 		switch e := &enriched[i]; {
+		case u.bad != nil:
+			rejected(ReasonBadKPLAggregate, "", u.bad.Error())
 		case bad[i] != nil:
 			var de *DecodeError
 			errors.As(bad[i], &de)
@@ -311,12 +339,12 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 				SessionID: ev.SessionID, CustomerNumber: ev.CustomerNumber, City: ev.City, Country: ev.Country,
 				CreditLimit: ev.CreditLimit, BrowseHistory: ev.BrowseHistory, RecommendedItems: e.items,
 				SimilarItems: Similar{ProductCode: anchor, SimilarItems: sim},
-				ShardID:      p.shard, SequenceNumber: seq, ArrivalTime: arrival, ModelVersion: e.version,
-			}, len(r.Data), now)
+				ShardID:      p.shard, SequenceNumber: u.seq, SubSequenceNumber: u.sub, ArrivalTime: u.arrival, ModelVersion: e.version,
+			}, len(u.data))
 		}
 		p.publishBuffered()
 		p.taken++
-		if p.buf.full() && !p.flush(in.Checkpointer) {
+		if u.last && p.buf.full() && !p.flush(in.Checkpointer) {
 			return false
 		}
 	}
@@ -375,12 +403,16 @@ func (p *processor) enrich(events []Event, idx []int, out []enrichment) bool {
 	}
 }
 
-// seqOf is the sequence number of record i of the batch being taken (for logs).
+// seqOf is the sequence number (and sub-sequence) of user record i of the batch being taken
+// (for logs).
 func (p *processor) seqOf(i int) string {
-	if i < len(p.batch) {
-		return aws.ToString(p.batch[i].SequenceNumber)
+	if i >= len(p.batch) {
+		return ""
 	}
-	return ""
+	if u := p.batch[i]; u.sub != 0 {
+		return fmt.Sprintf("%s/%d", u.seq, u.sub)
+	}
+	return p.batch[i].seq
 }
 
 // recommend makes one Recommender call (retried while it fails transiently) for the events at
@@ -435,8 +467,8 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 			p.die("encode failed", err)
 			return false
 		}
-		key := ObjectKey(p.s.stream, p.shard, part.hour, part.recs[0].SequenceNumber, FormatExt(p.s.cfg.Format))
-		objs = append(objs, object{key: key, body: body})
+		h := p.buf.head(part.hour)
+		objs = append(objs, object{key: ObjectKey(p.s.stream, p.shard, part.hour, h.seq, h.sub, FormatExt(p.s.cfg.Format)), body: body})
 	}
 	for _, part := range p.buf.errorPartitions() {
 		body, err := encodeErrors(part.errs)
@@ -445,7 +477,8 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 			p.die("encode failed", err)
 			return false
 		}
-		objs = append(objs, object{key: ErrorKey(p.s.stream, p.shard, part.hour, part.errs[0].SequenceNumber), body: body})
+		h := p.buf.head(part.hour)
+		objs = append(objs, object{key: ErrorKey(p.s.stream, p.shard, part.hour, h.seq, h.sub), body: body})
 	}
 	var bytesOut int
 	for _, o := range objs {

@@ -70,8 +70,10 @@ type OutputRecord struct {
 	SimilarItems     Similar      `parquet:"similar_items" json:"similar_items"`
 	ShardID          string       `parquet:"shard_id" json:"shard_id"`
 	SequenceNumber   string       `parquet:"sequence_number" json:"sequence_number"`
-	ArrivalTime      time.Time    `parquet:"arrival_time,timestamp(millisecond:utc)" json:"arrival_time"`
-	ModelVersion     string       `parquet:"model_version" json:"model_version"`
+	// SubSequenceNumber is the event's index in its KPL aggregate; 0 for a plain record.
+	SubSequenceNumber int64     `parquet:"sub_sequence_number" json:"sub_sequence_number"`
+	ArrivalTime       time.Time `parquet:"arrival_time,timestamp(millisecond:utc)" json:"arrival_time"`
+	ModelVersion      string    `parquet:"model_version" json:"model_version"`
 }
 
 // encodeObject serialises records (one object) in the configured format.

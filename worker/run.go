@@ -113,7 +113,8 @@ func New(cfg Config, stream Stream, deps Deps, kc *kinesis.Client, checkpointer 
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	return &Worker{cfg: cfg, stream: stream, deps: deps, kc: kc, chk: checkpointer, workerID: id}, nil
+	// The library de-aggregates KPL records itself, unsafely: hide them from it (see kpl.go).
+	return &Worker{cfg: cfg, stream: stream, deps: deps, kc: withHiddenAggregates(kc), chk: checkpointer, workerID: id}, nil
 }
 
 // ID is the lease owner name of this worker.

@@ -96,9 +96,11 @@ func (c countingRecommender) Recommend(ctx context.Context, users []UserFeatures
 // record (before and after the split) is written exactly once, each in its own shard's objects.
 func TestShardSplit(t *testing.T) {
 	e := newTestEnv(t, 1)
-	// Count flushes only (max age far away), so the parent's last records are still buffered
-	// when it closes: only the SHARD_END flush can write them.
-	e.Cfg.Flush = FlushConfig{MaxRecords: 40, MaxBytes: 1 << 20, MaxAge: 5 * time.Minute}
+	// Count flushes only within a 20 s window, so the parent's last records are still buffered
+	// when it closes: only the SHARD_END flush can write them. The records are put early in a
+	// window, so the window cannot end (and flush them) before the split.
+	e.Cfg.Flush = FlushConfig{MaxRecords: 40, MaxBytes: 1 << 20, MaxAge: 20 * time.Second, WindowGrace: time.Second}
+	waitEarlyInWindow(t, e.Cfg.Flush.MaxAge, 14*time.Second)
 	const parent = "shardId-000000000000"
 	const before, after = 150, 160
 	ctx := context.Background()
@@ -177,17 +179,14 @@ func TestShardSplit(t *testing.T) {
 	}
 	stacktest.Eventually(t, 90*time.Second, 250*time.Millisecond, func() bool { return taken.Load() == before+after },
 		"children not read: %d of %d records taken", taken.Load(), before+after)
-	// Stopping drains the children's buffers (their max age is minutes away).
+	// The children's windows are flushed once the stream proves them complete.
+	o := e.waitExactlyOnce(t, "p", before+after, 90*time.Second)
 	stopped = true
 	if err := r.stop(t); err != nil {
 		t.Fatalf("run: %v", err)
 	}
 
 	// Every record once, in the shard it was put to.
-	o := e.read(t)
-	if err := exactlyOnce(o, "p", before+after); err != nil {
-		t.Fatal(err)
-	}
 	for i := range before + after {
 		id := fmt.Sprintf("p-%06d", i)
 		sh := o.shard[id]
@@ -223,4 +222,16 @@ func TestShardSplit(t *testing.T) {
 		t.Fatalf("write order: last parent put #%d, parent SHARD_END #%d, first child write #%d; want increasing (timeline %v)",
 			lastParentPut, shardEnd, firstChild, ev)
 	}
+}
+
+// waitEarlyInWindow returns once the current flush window (of length window, aligned to the
+// epoch) has at least left to run, waiting for the next window if needed.
+func waitEarlyInWindow(t testing.TB, window, left time.Duration) {
+	t.Helper()
+	now := time.Now()
+	end := now.Truncate(window).Add(window)
+	if end.Sub(now) >= left {
+		return
+	}
+	time.Sleep(time.Until(end) + 50*time.Millisecond) // the next window starts: a condition on the clock
 }

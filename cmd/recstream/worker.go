@@ -98,9 +98,24 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
+	// 1 while the live embeddings version has no loadable model: the worker keeps serving
+	// nothing rather than a mismatched pair, readiness is red and batches wait (see runbook).
+	mismatch := prometheus.NewGauge(prometheus.GaugeOpts{Name: "recstream_worker_model_mismatch",
+		Help: "1 while the live embeddings version has no loadable model (batches wait, /readyz is red)."})
+	reg.MustRegister(mismatch)
+	svc.SetMismatchObserver(func(m bool) {
+		if m {
+			mismatch.Set(1)
+		} else {
+			mismatch.Set(0)
+		}
+	})
 	if err := svc.Load(ctx); err != nil {
-		if errors.Is(err, inference.ErrNoLiveVersion) {
+		switch {
+		case errors.Is(err, inference.ErrNoLiveVersion):
 			err = fmt.Errorf("%w: load a model's embeddings first (recstream train, then recstream batch embeddings)", err)
+		case errors.Is(err, inference.ErrModelUnavailable):
+			err = fmt.Errorf("%w: publish the live version's model (recstream train) or load a version that has one (recstream batch embeddings, or --rollback)", err)
 		}
 		return exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
 	}
@@ -127,12 +142,8 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		})
 		// Stalled shards (named) and a permanent storage error (bucket and code).
 		srv.AddCheck("shards", func(context.Context) error { return w.Health() })
-		srv.AddCheck("model", func(ctx context.Context) error {
-			if svc.Version() == "" {
-				return errors.New("no model loaded")
-			}
-			return nil
-		})
+		// The live embeddings version's model is the one served (names both when not).
+		srv.AddCheck("model", func(context.Context) error { return svc.Health() })
 		aux.Go(func() error { return srv.Run(auxCtx) })
 	}
 	runErr := w.Run(ctx)
@@ -166,7 +177,9 @@ func (r recommender) Recommend(ctx context.Context, users []worker.UserFeatures,
 	}
 	res, err := r.svc.Recommend(ctx, in, anchors, k)
 	if err != nil {
-		if inference.IsInputError(err) {
+		// A live version without its model (ErrModelUnavailable) is an outage, not bad input:
+		// it is retried (readiness and recstream_worker_model_mismatch show it).
+		if inference.IsInputError(err) && !errors.Is(err, inference.ErrModelUnavailable) {
 			// This input fails again whenever it is retried: let the worker isolate it.
 			err = fmt.Errorf("%w: %w", worker.ErrDeterministic, err)
 		}
