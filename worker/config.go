@@ -56,8 +56,8 @@ type Config struct {
 
 // FlushConfig: a shard's buffer is flushed when any limit is reached.
 type FlushConfig struct {
-	MaxRecords int           `yaml:"max_records"` // records taken (valid and rejected)
-	MaxBytes   int           `yaml:"max_bytes"`   // raw event bytes taken
+	MaxRecords int `yaml:"max_records"` // records taken (valid and rejected)
+	MaxBytes   int `yaml:"max_bytes"`   // raw event bytes taken
 	// MaxAge is the length of a flush window: records are grouped by
 	// ApproximateArrivalTimestamp into windows of this length aligned to the epoch, and a
 	// window's buffer is flushed once the stream proves it complete (>= 1s, divides an hour).

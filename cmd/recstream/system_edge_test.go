@@ -26,20 +26,20 @@ func edgeEvents() [][]byte {
 	tmpl := `{"session_id":"%s","customer_number":%s,"city":%s,"country":"USA","credit_limit":%s,"browse_history":%s}`
 	hist := `[{"product_code":"S10_1678","quantity":"1","in_shopping_cart":true}]`
 	cases := []struct{ customer, city, credit, hist string }{
-		{"103", `"Nantes"`, "1e300", hist},               // overflows float32: invalid_field
-		{"103", `"Nantes"`, "1e38", hist},                // above the documented range: invalid_field
-		{"103", `"Nantes"`, "5e-324", hist},              // smallest subnormal: valid
-		{"103", `"Nantes"`, "-0.0", hist},                // negative zero: valid, stored as 0
-		{"103", `"Nantes"`, "1e12", hist},                // the top of the range: valid
-		{"103", `"Nantes"`, "21000", `[]`},               // empty browse history: valid, no anchor
-		{"103", `"Nan\u0000tes"`, "21000", hist},         // NUL in a string: invalid_field
-		{"103", `"\ud800Nantes"`, "21000", hist},         // lone surrogate escape: valid (U+FFFD)
-		{"2147483648", `"Nantes"`, "21000", hist},        // above INT: invalid_field
-		{"2147483647", `"Nantes"`, "21000", hist},        // INT max: valid
+		{"103", `"Nantes"`, "1e300", hist},        // overflows float32: invalid_field
+		{"103", `"Nantes"`, "1e38", hist},         // above the documented range: invalid_field
+		{"103", `"Nantes"`, "5e-324", hist},       // smallest subnormal: valid
+		{"103", `"Nantes"`, "-0.0", hist},         // negative zero: valid, stored as 0
+		{"103", `"Nantes"`, "1e12", hist},         // the top of the range: valid
+		{"103", `"Nantes"`, "21000", `[]`},        // empty browse history: valid, no anchor
+		{"103", `"Nan\u0000tes"`, "21000", hist},  // NUL in a string: invalid_field
+		{"103", `"\ud800Nantes"`, "21000", hist},  // lone surrogate escape: valid (U+FFFD)
+		{"2147483648", `"Nantes"`, "21000", hist}, // above INT: invalid_field
+		{"2147483647", `"Nantes"`, "21000", hist}, // INT max: valid
 		{"103", `"Nantes"`, "21000", `[{"product_code":"x'); DROP TABLE item_emb; --","quantity":1,"in_shopping_cart":true}]`}, // SQL: valid, no similar items
-		{"103", `"Nantes"`, "21000", `[{"product_code":"S10_1678","quantity":1e300,"in_shopping_cart":true}]`},                    // invalid_field
-		{"103", `"Nantes"`, "21000", `[{"product_code":"\u0000","quantity":1,"in_shopping_cart":true}]`},                          // NUL product: invalid_field
-		{"103", `"` + strings.Repeat("é", 128) + `"`, "21000", hist},                                                              // 256 bytes: valid
+		{"103", `"Nantes"`, "21000", `[{"product_code":"S10_1678","quantity":1e300,"in_shopping_cart":true}]`},                 // invalid_field
+		{"103", `"Nantes"`, "21000", `[{"product_code":"\u0000","quantity":1,"in_shopping_cart":true}]`},                       // NUL product: invalid_field
+		{"103", `"` + strings.Repeat("é", 128) + `"`, "21000", hist},                                                           // 256 bytes: valid
 	}
 	var out [][]byte
 	for i, c := range cases {
