@@ -202,7 +202,8 @@ func (e *testEnv) read(t testing.TB) output {
 			if i == 0 && !namedAtOrBefore(o.Key, r.ShardID, r.SequenceNumber) {
 				t.Fatalf("object %s is named after a record later than its first, %s/%s", o.Key, r.ShardID, r.SequenceNumber)
 			}
-			if i > 0 && !seqLess(recs[i-1].SequenceNumber, r.SequenceNumber) {
+			if prev := recs[max(i-1, 0)]; i > 0 && !seqLess(prev.SequenceNumber, r.SequenceNumber) &&
+				!(prev.SequenceNumber == r.SequenceNumber && prev.SubSequenceNumber < r.SubSequenceNumber) {
 				t.Fatalf("object %s: sequence %s after %s", o.Key, r.SequenceNumber, recs[i-1].SequenceNumber)
 			}
 			if r.ModelVersion != "fake-v1" || len(r.RecommendedItems) != 1 || r.ArrivalTime.IsZero() {
