@@ -3,7 +3,9 @@ package worker
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
+	"github.com/recstream/recstream/checkpoint"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -133,5 +136,128 @@ func TestReplayIsByteIdentical(t *testing.T) {
 		if !bytes.Equal(first[k1[i]], second[k2[i]]) {
 			t.Fatalf("object %s differs between the run and its replay", k1[i])
 		}
+	}
+}
+
+// versioned answers like fakeRecommender under another model version.
+type versioned struct{ version string }
+
+func (v versioned) Recommend(ctx context.Context, users []UserFeatures, anchors []string, k int) (Recommendations, error) {
+	r, err := fakeRecommender{}.Recommend(ctx, users, anchors, k)
+	r.Version = v.version
+	return r, err
+}
+
+// TestReplayTimeRange: `recstream replay --from --to` rewrites exactly the objects of the
+// windows in the range, in place (same keys, new model version), leaves every other object
+// alone, writes no new key, and stops at the live checkpoint.
+func TestReplayTimeRange(t *testing.T) {
+	e := newTestEnv(t, 2)
+	e.Cfg.Flush = FlushConfig{MaxRecords: 25, MaxBytes: 1 << 20, MaxAge: time.Second, WindowGrace: 500 * time.Millisecond}
+	valid, rejected := replayInput(t, e, "t")
+	r := start(e.newWorker(t, "live", testLogger(t), nil))
+	e.waitExactlyOnce(t, "t", valid, 120*time.Second)
+	stacktest.Eventually(t, 60*time.Second, 250*time.Millisecond, func() bool { return len(e.read(t).errors) == rejected }, "errors/ incomplete")
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, e.store)
+
+	// The windows that hold records, from the output itself.
+	buf := newBuffer(e.Cfg.Flush)
+	windows := map[int64]time.Time{}
+	for key, b := range before {
+		if strings.HasPrefix(key, ErrorsPrefix+"/") {
+			continue
+		}
+		recs, err := DecodeObject("parquet", b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range recs {
+			windows[buf.windowOf(rec.ArrivalTime)] = rec.ArrivalTime
+		}
+	}
+	var ws []int64
+	for w := range windows {
+		ws = append(ws, w)
+	}
+	slices.Sort(ws)
+	if len(ws) < 3 {
+		t.Fatalf("records in %d windows; the test needs 3", len(ws))
+	}
+	from, to := windows[ws[1]], windows[ws[len(ws)-2]]
+	fromW, toW := ws[1], ws[len(ws)-2]
+
+	store, err := checkpoint.New(checkpoint.Config{Table: e.DynamoDB.LeaseTable, WorkerID: "replay", FailoverTime: e.Cfg.FailoverTime}, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fence := func(ctx context.Context, shardID string) (string, error) {
+		ls, err := store.ListLeases(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, l := range ls {
+			if l.ShardID == shardID {
+				return l.Checkpoint, nil
+			}
+		}
+		return "", nil
+	}
+	res, err := Replay(context.Background(), e.Cfg, e.Stream, Deps{Store: e.store, Recommender: versioned{"fake-v2"}, K: 5, Log: testLogger(t)},
+		e.kc, fence, ReplayRequest{From: from, To: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var replayed int64
+	for _, sr := range res {
+		if sr.Stop != "to" {
+			t.Fatalf("shard %s stopped at %q, want the end of the range", sr.ShardID, sr.Stop)
+		}
+		replayed += sr.Records
+	}
+	after := snapshot(t, e.store)
+	if len(after) != len(before) {
+		t.Fatalf("%d objects after the replay, %d before: a replay must not add keys", len(after), len(before))
+	}
+	rewritten := 0
+	for key, b := range after {
+		if _, ok := before[key]; !ok {
+			t.Fatalf("new key %s", key)
+		}
+		if strings.HasPrefix(key, ErrorsPrefix+"/") {
+			continue
+		}
+		recs, err := DecodeObject("parquet", b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range recs {
+			w := buf.windowOf(rec.ArrivalTime)
+			want := "fake-v1"
+			if w >= fromW && w <= toW {
+				want = "fake-v2"
+			}
+			if rec.ModelVersion != want {
+				t.Fatalf("%s: record of window %d has model %s, want %s (range %d..%d)", key, w, rec.ModelVersion, want, fromW, toW)
+			}
+		}
+		if !bytes.Equal(b, before[key]) {
+			rewritten++
+		}
+	}
+	if rewritten == 0 || replayed == 0 {
+		t.Fatalf("replay rewrote %d objects (%d records)", rewritten, replayed)
+	}
+	if err := exactlyOnce(e.read(t), "t", valid); err != nil {
+		t.Fatal(err)
+	}
+
+	// The fence: a shard the live worker has not checkpointed is not touched.
+	res, err = Replay(context.Background(), e.Cfg, e.Stream, Deps{Store: e.store, Recommender: versioned{"fake-v3"}, K: 5, Log: testLogger(t)},
+		e.kc, func(context.Context, string) (string, error) { return "", nil }, ReplayRequest{From: from})
+	if err != nil || len(res) != 2 || res[0].Stop != "not_processed" || res[0].Records != 0 {
+		t.Fatalf("replay without a live checkpoint: %+v, %v", res, err)
 	}
 }

@@ -206,7 +206,7 @@ func (e *testEnv) read(t testing.TB) output {
 				!(prev.SequenceNumber == r.SequenceNumber && prev.SubSequenceNumber < r.SubSequenceNumber) {
 				t.Fatalf("object %s: sequence %s after %s", o.Key, r.SequenceNumber, recs[i-1].SequenceNumber)
 			}
-			if r.ModelVersion != "fake-v1" || len(r.RecommendedItems) != 1 || r.ArrivalTime.IsZero() {
+			if !strings.HasPrefix(r.ModelVersion, "fake-v") || len(r.RecommendedItems) != 1 || r.ArrivalTime.IsZero() {
 				t.Fatalf("object %s: incomplete record %+v", o.Key, r)
 			}
 			out.count[r.SessionID]++

@@ -9,6 +9,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -80,47 +81,14 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
 	reg.MustRegister(queryLatency)
 
-	// The schema may be new (first deployment): migrate it, so that the error below says what
-	// is missing (no embeddings loaded yet) rather than which relation.
-	if _, err := migratePostgres(ctx, app); err != nil {
-		return exitCodeError{exitFailure, err}
-	}
-	pool, err := pg.Connect(ctx, cfg.Postgres)
-	if err != nil {
-		return exitCodeError{exitFailure, fmt.Errorf("connect postgres: %w", err)}
-	}
-	defer pool.Close()
-	index, err := inference.NewVectorIndex(pool, cfg.Postgres)
+	svc, closeModel, err := serveModel(ctx, app, artifacts, reg)
 	if err != nil {
 		return err
 	}
-	svc, err := inference.NewService(cfg.Inference, artifacts, index, log)
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	// 1 while the live embeddings version has no loadable model: the worker keeps serving
-	// nothing rather than a mismatched pair, readiness is red and batches wait (see runbook).
-	mismatch := prometheus.NewGauge(prometheus.GaugeOpts{Name: "recstream_worker_model_mismatch",
-		Help: "1 while the live embeddings version has no loadable model (batches wait, /readyz is red)."})
-	reg.MustRegister(mismatch)
-	svc.SetMismatchObserver(func(m bool) {
-		if m {
-			mismatch.Set(1)
-		} else {
-			mismatch.Set(0)
-		}
-	})
-	if err := svc.Load(ctx); err != nil {
-		switch {
-		case errors.Is(err, inference.ErrNoLiveVersion):
-			err = fmt.Errorf("%w: load a model's embeddings first (recstream train, then recstream batch embeddings)", err)
-		case errors.Is(err, inference.ErrModelUnavailable):
-			err = fmt.Errorf("%w: publish the live version's model (recstream train) or load a version that has one (recstream batch embeddings, or --rollback)", err)
-		}
-		return exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
-	}
+	defer closeModel()
+	pool := svc.Pool
 	w, err := worker.New(wcfg, worker.Stream{Kinesis: cfg.Kinesis, DynamoDB: cfg.DynamoDB}, worker.Deps{
-		Store: out, Recommender: recommender{svc: svc, latency: queryLatency}, K: cfg.Inference.K, Metrics: metrics, Log: log,
+		Store: out, Recommender: recommender{svc: svc.Service, latency: queryLatency}, K: cfg.Inference.K, Metrics: metrics, Log: log,
 		IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) },
 	}, kc, store)
 	if err != nil {
@@ -204,4 +172,61 @@ func (r recommender) Recommend(ctx context.Context, users []worker.UserFeatures,
 		out.Similar[a] = sim
 	}
 	return out, nil
+}
+
+// servedModel is the inference service with the PostgreSQL pool it queries.
+type servedModel struct {
+	*inference.Service
+	Pool *pgxpool.Pool
+}
+
+// serveModel migrates the vector schema, connects to PostgreSQL and loads the live version's
+// model: what the worker and replay need to enrich events. reg (optional) receives the
+// model-mismatch gauge. The returned func closes the pool.
+func serveModel(ctx context.Context, app *App, artifacts objstore.Store, reg prometheus.Registerer) (servedModel, func(), error) {
+	cfg := app.Config
+	// The schema may be new (first deployment): migrate it, so that the error below says what
+	// is missing (no embeddings loaded yet) rather than which relation.
+	if _, err := migratePostgres(ctx, app); err != nil {
+		return servedModel{}, nil, exitCodeError{exitFailure, err}
+	}
+	pool, err := pg.Connect(ctx, cfg.Postgres)
+	if err != nil {
+		return servedModel{}, nil, exitCodeError{exitFailure, fmt.Errorf("connect postgres: %w", err)}
+	}
+	index, err := inference.NewVectorIndex(pool, cfg.Postgres)
+	if err != nil {
+		pool.Close()
+		return servedModel{}, nil, err
+	}
+	svc, err := inference.NewService(cfg.Inference, artifacts, index, app.Log)
+	if err != nil {
+		pool.Close()
+		return servedModel{}, nil, usageError{err.Error()}
+	}
+	if reg != nil {
+		// 1 while the live embeddings version has no loadable model: batches wait rather than
+		// be answered by a mismatched pair, and readiness is red (see the runbook).
+		mismatch := prometheus.NewGauge(prometheus.GaugeOpts{Name: "recstream_worker_model_mismatch",
+			Help: "1 while the live embeddings version has no loadable model (batches wait, /readyz is red)."})
+		reg.MustRegister(mismatch)
+		svc.SetMismatchObserver(func(m bool) {
+			if m {
+				mismatch.Set(1)
+			} else {
+				mismatch.Set(0)
+			}
+		})
+	}
+	if err := svc.Load(ctx); err != nil {
+		pool.Close()
+		switch {
+		case errors.Is(err, inference.ErrNoLiveVersion):
+			err = fmt.Errorf("%w: load a model's embeddings first (recstream train, then recstream batch embeddings)", err)
+		case errors.Is(err, inference.ErrModelUnavailable):
+			err = fmt.Errorf("%w: publish the live version's model (recstream train) or load a version that has one (recstream batch embeddings, or --rollback)", err)
+		}
+		return servedModel{}, nil, exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
+	}
+	return servedModel{Service: svc, Pool: pool}, pool.Close, nil
 }

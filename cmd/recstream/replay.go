@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/objstore"
+	"github.com/recstream/recstream/worker"
+)
+
+func init() {
+	register(command{name: "replay", summary: "reprocess a time range of the stream, rewriting its output objects in place (e.g. after a bad model)", run: runReplay})
+}
+
+func runReplay(ctx context.Context, app *App, args []string) error {
+	fs := newFlagSet(app, "replay")
+	from := fs.String("from", "", "start of the range (RFC 3339); the replay starts at the flush window containing it")
+	to := fs.String("to", "", "end of the range (RFC 3339); default: up to each shard's live checkpoint")
+	shards := fs.String("shards", "", "comma-separated shard ids (default: every shard)")
+	asJSON := fs.Bool("json", false, "print the per-shard report as JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	req := worker.ReplayRequest{}
+	var err error
+	if req.From, err = time.Parse(time.RFC3339Nano, *from); err != nil {
+		return usageError{fmt.Sprintf("--from: want an RFC 3339 time like 2026-11-29T14:00:00Z, got %q", *from)}
+	}
+	if *to != "" {
+		if req.To, err = time.Parse(time.RFC3339Nano, *to); err != nil {
+			return usageError{fmt.Sprintf("--to: want an RFC 3339 time, got %q", *to)}
+		}
+		if req.To.Before(req.From) {
+			return usageError{"--to is before --from"}
+		}
+	}
+	if *shards != "" {
+		req.Shards = strings.Split(*shards, ",")
+	}
+	if req.From.After(time.Now()) {
+		return usageError{"--from is in the future"}
+	}
+	cfg := app.Config
+	worker.RouteLogrus(app.Log)
+	s3c, err := awsenv.S3(ctx, cfg.S3)
+	if err != nil {
+		return err
+	}
+	out, err := objstore.Open(cfg.S3.Buckets.Recommendations, s3c)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	artifacts, err := objstore.Open(cfg.S3.Buckets.Artifacts, s3c)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	kc, err := awsenv.Kinesis(ctx, cfg.Kinesis)
+	if err != nil {
+		return err
+	}
+	db, err := awsenv.DynamoDB(ctx, cfg.DynamoDB)
+	if err != nil {
+		return err
+	}
+	store, err := checkpoint.New(checkpoint.Config{Table: cfg.DynamoDB.LeaseTable, WorkerID: "recstream-replay", FailoverTime: cfg.Worker.FailoverTime, Logger: app.Log}, db)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	svc, closeModel, err := serveModel(ctx, app, artifacts, nil)
+	if err != nil {
+		return err
+	}
+	defer closeModel()
+
+	// The fence: the live worker's checkpoints, read when each shard's replay starts.
+	fence := func(ctx context.Context, shardID string) (string, error) {
+		leases, err := store.ListLeases(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, l := range leases {
+			if l.ShardID == shardID {
+				return l.Checkpoint, nil
+			}
+		}
+		return "", nil
+	}
+	start := time.Now()
+	res, err := worker.Replay(ctx, cfg.Worker, cfg.Kinesis.Stream, worker.Deps{Store: out, Recommender: recommender{svc: svc.Service},
+		K: cfg.Inference.K, Log: app.Log}, kc, fence, req)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return exitCodeError{exitFailure, fmt.Errorf("replay interrupted; rerun it (it rewrites the same objects): %w", err)}
+		}
+		return exitCodeError{exitFailure, err}
+	}
+	var records, objects int64
+	for _, r := range res {
+		records += r.Records
+		objects += r.Objects
+	}
+	app.Log.Info("replay finished", zap.Int("shards", len(res)), zap.Int64("records", records), zap.Int64("objects", objects),
+		zap.String("model_version", svc.Version()), zap.Duration("duration", time.Since(start)))
+	if *asJSON {
+		enc := json.NewEncoder(app.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	for _, r := range res {
+		fmt.Fprintf(app.Stdout, "%s: %d records, %d objects rewritten (%s .. %s), stopped at %s\n", r.ShardID, r.Records, r.Objects, r.FirstSeq, r.LastSeq, r.Stop)
+	}
+	return nil
+}
