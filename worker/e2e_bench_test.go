@@ -43,8 +43,13 @@ func requireBench(b *testing.B) {
 }
 
 // preload puts n events of run with 4 concurrent PutRecords streams (500 records per call,
-// the Kinesis limit) and returns the put rate.
+// the Kinesis limit) and returns the put rate (events/s).
 func (e *testEnv) preload(b *testing.B, run string, n int) float64 {
+	return e.preloadAggregated(b, run, n, 0)
+}
+
+// preloadAggregated is preload with every agg events in one KPL aggregate (0: plain records).
+func (e *testEnv) preloadAggregated(b *testing.B, run string, n, agg int) float64 {
 	b.Helper()
 	start := time.Now()
 	var g errgroup.Group
@@ -60,6 +65,21 @@ func (e *testEnv) preload(b *testing.B, run string, n int) float64 {
 				in := &kinesis.PutRecordsInput{StreamName: aws.String(e.Stream)}
 				for i := lo; i < min(lo+per, n); i++ {
 					in.Records = append(in.Records, ktypes.PutRecordsRequestEntry{Data: event(i, run), PartitionKey: aws.String(strconv.Itoa(i))})
+				}
+				if agg > 0 {
+					plain := in.Records
+					in.Records = nil
+					for j := 0; j < len(plain); j += agg {
+						var data [][]byte
+						for _, r := range plain[j:min(j+agg, len(plain))] {
+							data = append(data, r.Data)
+						}
+						body, err := Aggregate(*plain[j].PartitionKey, data)
+						if err != nil {
+							return err
+						}
+						in.Records = append(in.Records, ktypes.PutRecordsRequestEntry{Data: body, PartitionKey: plain[j].PartitionKey})
+					}
 				}
 				out, err := e.kc.PutRecords(context.Background(), in)
 				if err != nil {
@@ -129,8 +149,18 @@ func (e *testEnv) benchWorker(b *testing.B, id string, rec Recommender) (*Worker
 // BenchmarkEndToEnd is issue benchmark (b): a pre-loaded 4-shard stream drained through
 // kinesalite by one worker (fake recommender, real S3 gateway and lease table). The rate is
 // from the worker's first record to the last record written and checkpointed.
+//
+// kpl=100 is the same drain with every 100 events in one KPL aggregate (the KPL's default
+// aggregating mode): de-aggregation by the record processor, sub-sequence numbers, flushes only
+// at aggregate boundaries.
 func BenchmarkEndToEnd(b *testing.B) {
 	requireBench(b)
+	for _, agg := range []int{0, 100} {
+		b.Run(fmt.Sprintf("kpl=%d", agg), func(b *testing.B) { benchEndToEnd(b, agg) })
+	}
+}
+
+func benchEndToEnd(b *testing.B, agg int) {
 	const n = 40000
 	for range b.N {
 		e := newTestEnv(b, 4)
@@ -139,7 +169,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		// The library takes at most one new lease per shard sync: sync often so that the four
 		// shards start within a second of each other.
 		e.Cfg.ShardSyncInterval = 250 * time.Millisecond
-		putRate := e.preload(b, "e", n)
+		putRate := e.preloadAggregated(b, "e", n, agg)
 		rec := &firstCall{}
 		w, reg := e.benchWorker(b, "e2e", rec)
 		r := start(w)
@@ -155,7 +185,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 		}
 		b.ReportMetric(float64(n)/d.Seconds(), "events/s")
 		b.ReportMetric(putRate, "put-events/s")
-		b.ReportMetric(e.rawDrainRate(b, n), "raw-getrecords-events/s")
+		if agg == 0 {
+			b.ReportMetric(e.rawDrainRate(b, n), "raw-getrecords-events/s")
+		}
 	}
 }
 
