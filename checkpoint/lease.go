@@ -20,6 +20,9 @@ const (
 	AttrParent       = chk.ParentShardIdKey  // S "ParentShardId": parent shard id after a split or merge
 	AttrClaim        = chk.ClaimRequestKey   // S "ClaimRequest": worker id asking the holder to hand over
 	AttrLeaseTimeout = chk.LeaseTimeoutKey   // S "LeaseTimeout": informational only (writer's wall clock + failover time, RFC 3339)
+	// AttrCheckpointTime is informational only: the checkpoint writer's wall clock (RFC 3339),
+	// for the checkpoint age `recstream status` shows.
+	AttrCheckpointTime = "CheckpointTime"
 )
 
 // ShardEnd is the checkpoint of a shard whose records have all been processed (the library's value).
@@ -37,6 +40,9 @@ type Lease struct {
 	// (shown by `status`): expiry is never judged from it, because it comes from another
 	// machine's clock.
 	LeaseTimeout time.Time
+	// CheckpointTime is the wall clock of the worker that wrote Checkpoint, when it wrote it;
+	// zero when unknown. Informational only (the checkpoint age `status` shows).
+	CheckpointTime time.Time
 }
 
 // Closed reports whether the shard was processed to its end (checkpoint SHARD_END).
@@ -63,11 +69,12 @@ func parseLease(item map[string]types.AttributeValue) (Lease, error) {
 	if l.ShardID == "" {
 		return Lease{}, fmt.Errorf("attribute %s: missing", AttrShardID)
 	}
-	var lt string
+	var lt, cpt string
 	for _, f := range []struct {
 		name string
 		dst  *string
-	}{{AttrOwner, &l.Owner}, {AttrCheckpoint, &l.Checkpoint}, {AttrParent, &l.ParentShardID}, {AttrClaim, &l.ClaimRequest}, {AttrLeaseTimeout, &lt}} {
+	}{{AttrOwner, &l.Owner}, {AttrCheckpoint, &l.Checkpoint}, {AttrParent, &l.ParentShardID}, {AttrClaim, &l.ClaimRequest},
+		{AttrLeaseTimeout, &lt}, {AttrCheckpointTime, &cpt}} {
 		if err := str(f.name, f.dst); err != nil {
 			return Lease{}, fmt.Errorf("lease %s: %w", l.ShardID, err)
 		}
@@ -89,6 +96,9 @@ func parseLease(item map[string]types.AttributeValue) (Lease, error) {
 			l.LeaseTimeout = t
 		}
 	}
+	if t, err := time.Parse(time.RFC3339Nano, cpt); cpt != "" && err == nil {
+		l.CheckpointTime = t
+	}
 	return l, nil
 }
 
@@ -104,6 +114,11 @@ var (
 	// renewing and releases it once its consumer has stopped; until then it still holds the
 	// lease (HeldUntil stays valid and checkpoints still succeed).
 	ErrLeaseClaimed = errors.New("lease claimed by another worker")
+	// ErrParentOpen: the shard is a child (split or merge) and one of its parents has not
+	// reached SHARD_END yet; it is not leased before they all have (see Leasing).
+	ErrParentOpen = errors.New("a parent shard has not reached SHARD_END")
+	// ErrFairShare: this worker already holds its fair share of the open shards (see Leasing).
+	ErrFairShare = errors.New("this worker holds its fair share of the shards")
 )
 
 // LeaseError reports a lease operation refused because of the lease's state. It wraps one of

@@ -61,6 +61,8 @@ type Config struct {
 	ScanPageSize int32
 	// Logger receives lease lifecycle events; nil discards them.
 	Logger *zap.Logger
+	// Metrics receives the lease series (hand-overs, claims); nil keeps unregistered ones.
+	Metrics *Metrics
 	// Now is the clock; nil means time.Now. It must carry monotonic readings in production;
 	// tests inject a fake to expire leases without waiting.
 	Now func() time.Time
@@ -102,10 +104,19 @@ type Store struct {
 	log *zap.Logger
 	now func() time.Time
 
+	metrics *Metrics
+
 	mu      sync.Mutex
 	shardMu map[string]*sync.Mutex
 	held    map[string]heldLease   // leases this store holds
 	seen    map[string]observation // last state seen of every row, for expiry
+
+	// Lease policy for a KCL worker (leasing.go), guarded by mu; viewMu serialises Scans.
+	leasing   Leasing
+	topo      map[string][]string // shard id -> parents, as Kinesis lists the stream; nil: unknown
+	view      leaseView
+	lastClaim time.Time
+	viewMu    sync.Mutex
 }
 
 // heldLease is what the holder knows of its lease.
@@ -118,10 +129,11 @@ type heldLease struct {
 
 // observation is the state of a row and when this store first saw it (monotonic).
 type observation struct {
-	owner   string
-	counter int64
-	claim   string
-	seenAt  time.Time
+	owner      string
+	counter    int64
+	claim      string
+	checkpoint string // the row's checkpoint as last read or written by this store
+	seenAt     time.Time
 }
 
 // New validates cfg and returns a Store using db. It does no I/O; call Init (the library's
@@ -154,6 +166,10 @@ func New(cfg Config, db *dynamodb.Client) (*Store, error) {
 	s.log = s.log.With(zap.String("component", "checkpoint"))
 	if s.now == nil {
 		s.now = time.Now
+	}
+	s.metrics = cfg.Metrics
+	if s.metrics == nil {
+		s.metrics, _ = NewMetrics(nil)
 	}
 	return s, nil
 }
@@ -284,13 +300,38 @@ func (s *Store) renew(ctx context.Context, shard *par.ShardStatus, h heldLease) 
 }
 
 func (s *Store) acquire(ctx context.Context, shard *par.ShardStatus) error {
+	if s.leasingOn() {
+		// Decide from the lease view (one Scan per sync interval) and write conditionally
+		// on the owner and counter it shows: a stale view only costs a refused write.
+		cur, ok, err := s.admit(ctx, shard)
+		if err != nil {
+			return err
+		}
+		return s.acquireFrom(ctx, shard, cur, ok)
+	}
 	cur, ok, err := s.getLease(ctx, shard.ID)
 	if err != nil {
 		return fmt.Errorf("acquire lease %s: %w", shard.ID, err)
 	}
+	return s.acquireFrom(ctx, shard, cur, ok)
+}
+
+// acquireFrom takes the lease on shard if the row state cur (ok: the row exists) allows it,
+// with a write conditional on exactly that state.
+func (s *Store) acquireFrom(ctx context.Context, shard *par.ShardStatus, cur Lease, ok bool) error {
 	obs := s.observe(shard.ID, cur, ok)
 	expired := ok && s.now().Sub(obs.seenAt) >= s.cfg.FailoverTime
 	me := s.cfg.WorkerID
+	var err error
+	previous := "new"
+	switch {
+	case ok && cur.Owner == "" && cur.ClaimRequest == me:
+		previous = "claim"
+	case ok && cur.Owner == "" && cur.Counter > 0:
+		previous = "released"
+	case ok && cur.Owner != "":
+		previous = "expired"
+	}
 	next := cur.Counter + 1
 	t0 := s.now()
 	lt := &types.AttributeValueMemberS{Value: time.Now().Add(s.cfg.FailoverTime).UTC().Format(time.RFC3339Nano)}
@@ -356,22 +397,32 @@ func (s *Store) acquire(ctx context.Context, shard *par.ShardStatus) error {
 		// Either another worker won the race, or an SDK retry of our own committed write.
 		after, ok2, rerr := s.getLease(ctx, shard.ID)
 		if rerr != nil || !ok2 || after.Owner != me || after.Counter != next {
-			if ok2 {
+			if rerr == nil {
 				s.observe(shard.ID, after, ok2)
+				if ok2 {
+					s.noteRow(after)
+				}
 			}
 			return &LeaseError{Op: "acquire", ShardID: shard.ID, Owner: after.Owner, Err: ErrLeaseHeld}
 		}
 	}
 	s.mu.Lock()
 	s.held[shard.ID] = heldLease{counter: next, renewedAt: t0}
-	s.seen[shard.ID] = observation{owner: me, counter: next, seenAt: t0}
+	s.seen[shard.ID] = observation{owner: me, counter: next, checkpoint: cur.Checkpoint, seenAt: t0}
 	s.mu.Unlock()
-	s.setShardHeld(shard)
-	if cur.Checkpoint != "" {
-		shard.SetCheckpoint(cur.Checkpoint)
+	prevOwner := cur.Owner
+	cur.Owner, cur.Counter, cur.ClaimRequest = me, next, ""
+	if !ok {
+		cur.ShardID, cur.ParentShardID = shard.ID, shard.ParentShardId
 	}
+	s.noteRow(cur)
+	s.setShardHeld(shard)
+	// The library starts the consumer from this value: it must be the table's, "" included
+	// (a stale value left by a failed checkpoint would skip records).
+	shard.SetCheckpoint(cur.Checkpoint)
+	s.metrics.acquired(previous)
 	s.log.Info("lease acquired", zap.String("shard_id", shard.ID), zap.Int64("lease_counter", next),
-		zap.String("previous_owner", cur.Owner), zap.Bool("expired", expired && cur.Owner != ""))
+		zap.String("previous_owner", prevOwner), zap.Bool("expired", expired && prevOwner != ""))
 	return nil
 }
 
@@ -388,26 +439,52 @@ func (s *Store) CheckpointSequence(shard *par.ShardStatus) error {
 	defer unlock()
 	h, ok := s.heldLease(shard.ID)
 	if !ok {
+		s.restoreCheckpoint(shard)
 		return s.lost("checkpoint", shard.ID, "")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CallTimeout)
 	defer cancel()
-	update := "SET #cp = :cp, #counter = :next, #lt = :lt"
-	names := map[string]string{"#cp": AttrCheckpoint}
-	values := map[string]types.AttributeValue{":cp": &types.AttributeValueMemberS{Value: cp}}
+	update := "SET #cp = :cp, #cpt = :cpt, #counter = :next, #lt = :lt"
+	names := map[string]string{"#cp": AttrCheckpoint, "#cpt": AttrCheckpointTime}
+	values := map[string]types.AttributeValue{":cp": &types.AttributeValueMemberS{Value: cp},
+		":cpt": &types.AttributeValueMemberS{Value: time.Now().UTC().Format(time.RFC3339Nano)}}
 	if shard.ParentShardId != "" {
 		update += ", #parent = :parent"
 		names["#parent"] = AttrParent
 		values[":parent"] = &types.AttributeValueMemberS{Value: shard.ParentShardId}
 	}
 	if err := s.fencedUpdate(ctx, "checkpoint", shard.ID, h, update, names, values, func(l Lease) bool { return l.Checkpoint == cp }); err != nil {
+		// The library set the shard status to cp before calling: give it the table's value
+		// back, so that nothing (a later acquisition by this process, the SHARD_END test of
+		// its event loop) acts on a checkpoint that was never written.
+		s.restoreCheckpoint(shard)
 		return err
 	}
+	s.mu.Lock()
+	if o, ok := s.seen[shard.ID]; ok && o.owner == s.cfg.WorkerID {
+		o.checkpoint = cp
+		s.seen[shard.ID] = o
+	}
+	s.mu.Unlock()
+	s.noteCheckpoint(shard.ID, cp)
 	s.setShardHeld(shard)
 	return nil
 }
 
-// FetchCheckpoint reads shard's row into shard: Checkpoint (when present), AssignedTo (our id
+// restoreCheckpoint sets shard's checkpoint to the row's as this store last read or wrote it
+// (after a failed checkpoint write). An ambiguous failure leaves the older value: a consumer
+// started from it replays more, never less.
+func (s *Store) restoreCheckpoint(shard *par.ShardStatus) {
+	s.mu.Lock()
+	o, ok := s.seen[shard.ID]
+	s.mu.Unlock()
+	if ok {
+		shard.SetCheckpoint(o.checkpoint)
+	}
+}
+
+// FetchCheckpoint reads shard's row into shard: Checkpoint ("" when the row has none, so that
+// the status never keeps a value the table does not hold), AssignedTo (our id
 // only while this store holds the lease, so that the library retries a row left under our
 // name by an earlier process), ClaimRequest and LeaseTimeout (a local estimate of when this
 // store would consider the lease expired). A missing row or checkpoint returns
@@ -458,8 +535,39 @@ func (s *Store) RemoveLeaseOwner(shardID string) error {
 	if err != nil {
 		return err
 	}
+	s.noteReleased(shardID, h.counter+1)
 	s.log.Info("lease released", zap.String("shard_id", shardID), zap.Int64("lease_counter", h.counter+1))
 	return nil
+}
+
+// Abandon forgets this store's lease on shardID without writing anything: the row keeps this
+// worker's name and its counter stops moving, so every worker (this one included) waits
+// FailoverTime after the last write before taking it. Use it instead of RemoveLeaseOwner when
+// a write made under the lease may still be in flight (an upload cancelled on the client may
+// still commit on the server): a release would let a new owner start at once. HeldUntil
+// reports false from now on, and checkpoints fail with ErrLeaseLost.
+func (s *Store) Abandon(shardID string) {
+	// No lockShard: a renewal in flight may still commit (it only moves the expiry later,
+	// which is safe) but cannot resurrect the held entry (updateHeld needs it).
+	if s.dropHeld(shardID) {
+		s.log.Info("lease abandoned, left to expire", zap.String("shard_id", shardID))
+	}
+}
+
+// Renew renews this store's lease on shard, like GetLease on a held lease, but never
+// acquires: a lease not held (released, abandoned or lost meanwhile) gives a *LeaseError
+// wrapping ErrLeaseLost and writes nothing. Retrying a failed renewal with it cannot take a
+// lease back that this worker has let go of.
+func (s *Store) Renew(shard *par.ShardStatus) error {
+	unlock := s.lockShard(shard.ID)
+	defer unlock()
+	h, ok := s.heldLease(shard.ID)
+	if !ok {
+		return &LeaseError{Op: "renew", ShardID: shard.ID, Err: ErrLeaseLost}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CallTimeout)
+	defer cancel()
+	return s.renew(ctx, shard, h)
 }
 
 // RemoveLeaseInfo deletes shardID's row. The library calls it for shards Kinesis no longer
@@ -511,6 +619,9 @@ func (s *Store) GetLeaseOwner(shardID string) (string, error) {
 func (s *Store) ListActiveWorkers(shardStatus map[string]*par.ShardStatus) (map[string][]*par.ShardStatus, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.CallTimeout)
 	defer cancel()
+	if s.leasingOn() {
+		return s.stealView(ctx, shardStatus)
+	}
 	leases, err := s.ListLeases(ctx)
 	if err != nil {
 		return nil, err
@@ -593,6 +704,11 @@ func (s *Store) ClaimShard(shard *par.ShardStatus, claimID string) error {
 	}
 	cur.ClaimRequest = claimID
 	s.observe(shard.ID, cur, true)
+	s.noteRow(cur)
+	s.mu.Lock()
+	s.lastClaim = s.now()
+	s.mu.Unlock()
+	s.metrics.Claims.Inc()
 	shard.Mux.Lock()
 	shard.ClaimRequest = claimID
 	shard.Mux.Unlock()
@@ -695,8 +811,9 @@ func (s *Store) fencedUpdate(ctx context.Context, op, shardID string, h heldLeas
 		}
 		s.updateHeld(shardID, h.counter, func(hl *heldLease) { hl.counter, hl.renewedAt, hl.uncertain = next, t0, false })
 		s.mu.Lock()
-		s.seen[shardID] = observation{owner: me, counter: next, seenAt: t0}
+		s.seen[shardID] = observation{owner: me, counter: next, checkpoint: s.seen[shardID].checkpoint, seenAt: t0}
 		s.mu.Unlock()
+		s.noteCounter(shardID, next)
 		return nil
 	}
 }
@@ -750,9 +867,13 @@ func (s *Store) lockShard(shardID string) func() {
 // observe records the row's state; the time is kept while owner, counter and claim stay the
 // same, so expiry is "unchanged for FailoverTime since first seen", on this process's clock.
 func (s *Store) observe(shardID string, l Lease, exists bool) observation {
-	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.observeLocked(shardID, l, exists)
+}
+
+func (s *Store) observeLocked(shardID string, l Lease, exists bool) observation {
+	now := s.now()
 	if !exists {
 		delete(s.seen, shardID)
 		return observation{seenAt: now}
@@ -760,8 +881,9 @@ func (s *Store) observe(shardID string, l Lease, exists bool) observation {
 	o, ok := s.seen[shardID]
 	if !ok || o.owner != l.Owner || o.counter != l.Counter || o.claim != l.ClaimRequest {
 		o = observation{owner: l.Owner, counter: l.Counter, claim: l.ClaimRequest, seenAt: now}
-		s.seen[shardID] = o
 	}
+	o.checkpoint = l.Checkpoint
+	s.seen[shardID] = o
 	return o
 }
 
@@ -787,9 +909,7 @@ func (s *Store) applyToShard(shard *par.ShardStatus, l Lease) {
 	shard.AssignedTo = owner
 	shard.ClaimRequest = l.ClaimRequest
 	shard.LeaseTimeout = time.Now().Add(remaining).UTC()
-	if l.Checkpoint != "" {
-		shard.Checkpoint = l.Checkpoint
-	}
+	shard.Checkpoint = l.Checkpoint
 }
 
 // setShardHeld marks shard as held by this store, with the local deadline as LeaseTimeout.

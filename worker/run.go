@@ -147,14 +147,23 @@ func (w *Worker) kclConfig(log *zap.Logger) *kclcfg.KinesisClientLibConfiguratio
 		// Renew four times per failover time: HeldUntil then stays above failover*3/4 minus a
 		// DynamoDB round trip, well above lease_safety_margin (at most failover/2).
 		WithLeaseRefreshWaitTime(ms(c.FailoverTime / 4)).
-		WithShardSyncIntervalMillis(ms(c.ShardSyncInterval)).
+		// The library's event loop starts at most one shard consumer per pass. Its pass runs
+		// every leasePass (jittered ±50 %), not every shard_sync_interval: with our guard and
+		// store a pass costs no I/O (shard list cached, leases answered from the store's lease
+		// view, refreshed by one Scan per shard_sync_interval), so a worker can start the
+		// consumers of many leases (at start, or taking over a dead worker's) within seconds.
+		WithShardSyncIntervalMillis(ms(leasePass(c.ShardSyncInterval))).
 		WithLogger(kclzap.NewZapLogger(kclLog.WithOptions(zap.AddCallerSkip(1)).Sugar()))
+	// A child shard is leased only once its parents reached SHARD_END (checkpoint.Leasing),
+	// so the library's parent poll finds the parent finished at its first probe.
 	k.ParentShardPollIntervalMillis = ms(c.ShardSyncInterval)
 	if c.LeaseStealingInterval > 0 {
 		// The store's ClaimShard / ListActiveWorkers implement the hand-over: the holder stops
 		// renewing when it sees the claim, its consumer ends (its buffer is replayed by the
 		// claimant from the checkpoint) and releases the lease, which only the claimant may
 		// then take. A claim not taken within the failover time is open to everyone again.
+		// The library asks ListActiveWorkers on every pass; the store claims at most once per
+		// lease_stealing_interval, only past a +1 imbalance.
 		k = k.WithLeaseStealing(true).WithLeaseStealingIntervalMillis(ms(c.LeaseStealingInterval))
 		k.LeaseStealingClaimTimeoutMillis = ms(c.FailoverTime)
 	}
@@ -173,19 +182,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	if inner == nil {
 		inner = chk.NewDynamoCheckpoint(kc)
 	}
-	guard := newLeaseGuard(inner, w.workerID, w.cfg.FailoverTime)
+	guard := newLeaseGuard(inner, w.workerID, w.cfg, w.deps.Log)
 	drainCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandon()
 	var stopping atomic.Bool
 	s := &shared{cfg: w.cfg, stream: w.stream.Kinesis.Stream, deps: w.deps, lease: guard, guard: guard,
 		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}, beforeCheckpoint: w.beforeCheckpoint}
-	guard.onRelease = s.forget
+	guard.attach(drainCtx, s.forget, w.deps.Metrics)
 	w.running.Store(s)
 	monCtx, stopMonitor := context.WithCancel(context.Background())
 	defer stopMonitor()
 	go s.monitor(monCtx, log)
 
-	kw := kclworker.NewWorker(s, kc).WithKinesis(w.kc).WithCheckpointer(guard)
+	kw := kclworker.NewWorker(s, kc).WithKinesis(guard.kinesis(w.kc)).WithCheckpointer(guard)
 	if err := kw.Start(); err != nil {
 		return fmt.Errorf("start kcl worker for stream %s: %w", w.stream.Kinesis.Stream, err)
 	}
