@@ -26,7 +26,7 @@ func catalog() produce.Catalog {
 	}
 }
 
-var limits = worker.Limits{MaxBytes: 64 << 10, MaxBrowseHistory: 100}
+var limits = worker.Limits{MaxBytes: 64 << 10, MaxBrowseHistory: 100, RejectUnknown: true} // unknown_field events are rejected only under worker.unknown_fields: reject
 
 func TestGeneratorEventsDecode(t *testing.T) {
 	g, err := produce.NewGenerator(produce.GenConfig{Seed: 7, UnseenRatio: 0.2}, catalog())

@@ -191,6 +191,46 @@ func benchEndToEnd(b *testing.B, agg int) {
 	}
 }
 
+// BenchmarkBacklogDefaults drains a pre-loaded 50,000-event, 4-shard backlog twice in one run:
+// with the shipped configuration (DefaultConfig, which equals config.yaml) and with the tuned
+// one (GetRecords 10,000, flush 10,000 records / 1 s, shard sync 250 ms). The rate is from
+// the worker's start to the last record written and checkpointed, start-up included: what a
+// user running the defaults gets. The ratio is shipped / tuned.
+func BenchmarkBacklogDefaults(b *testing.B) {
+	requireBench(b)
+	const n = 50000
+	drain := func(cfg Config) float64 {
+		e := newTestEnv(b, 4)
+		e.Cfg = cfg
+		e.preload(b, "d", n)
+		w, reg := e.benchWorker(b, "backlog", fakeRecommender{})
+		t0 := time.Now()
+		r := start(w)
+		stacktest.Eventually(b, 5*time.Minute, 20*time.Millisecond, func() bool {
+			return counterSum(reg, "recstream_worker_records_out_total") >= n
+		}, "worker did not write %d records", n)
+		d := time.Since(t0)
+		if err := r.stop(b); err != nil {
+			b.Fatal(err)
+		}
+		if err := exactlyOnce(e.read(b), "d", n); err != nil {
+			b.Fatal(err)
+		}
+		return float64(n) / d.Seconds()
+	}
+	for range b.N {
+		shipped := DefaultConfig()
+		tuned := DefaultConfig()
+		tuned.MaxRecords = 10000
+		tuned.Flush.MaxRecords, tuned.Flush.MaxAge = 10000, time.Second
+		tuned.ShardSyncInterval = 250 * time.Millisecond
+		s, t := drain(shipped), drain(tuned)
+		b.ReportMetric(s, "shipped-events/s")
+		b.ReportMetric(t, "tuned-events/s")
+		b.ReportMetric(s/t, "ratio")
+	}
+}
+
 // rawDrainRate reads every shard from TRIM_HORIZON with bare GetRecords calls, concurrently
 // and discarding the records: kinesalite's ceiling at this moment on this machine, to compare
 // the worker's rate with.
