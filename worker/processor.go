@@ -86,7 +86,10 @@ type processor struct {
 	lastStatus time.Time
 	taken      int64
 	batch      []userRecord // the batch being taken (for logs)
-	health     shardHealth
+	// writeAbandoned: a fenced write (upload or checkpoint) was cancelled and may still
+	// complete on the server, so the lease must expire rather than be released (see die).
+	writeAbandoned bool
+	health         shardHealth
 
 	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
 	// Run's goroutine while this shard's consumer goroutine may still be inside a flush.
@@ -270,7 +273,12 @@ func (p *processor) die(why string, err error) {
 		p.s.deps.Metrics.LeasesLost.WithLabelValues(p.shard).Inc()
 	}
 	if p.s.guard != nil {
-		p.s.guard.drop(p.shard)
+		if p.writeAbandoned {
+			// A cancelled upload may still commit: never release this lease, let it expire.
+			p.s.guard.abandon(p.shard)
+		} else {
+			p.s.guard.drop(p.shard)
+		}
 	}
 	p.release()
 }
@@ -552,6 +560,7 @@ func (p *processor) retry(o op, key string, fn func(context.Context) error) erro
 			return errGaveUp
 		}
 		if p.s.ctx.Err() != nil {
+			p.writeAbandoned = o.fenced()
 			p.die("shutdown deadline", err)
 			return errGaveUp
 		}
@@ -578,6 +587,7 @@ func (p *processor) retry(o op, key string, fn func(context.Context) error) erro
 		}
 		if !p.pause(&backoff) {
 			if p.s.ctx.Err() != nil {
+				p.writeAbandoned = o.fenced()
 				p.die("shutdown deadline", err)
 			}
 			return errGaveUp
