@@ -907,7 +907,12 @@ func (s *Store) applyToShard(shard *par.ShardStatus, l Lease) {
 	shard.Mux.Lock()
 	defer shard.Mux.Unlock()
 	shard.AssignedTo = owner
-	shard.ClaimRequest = l.ClaimRequest
+	if !held && shard.ClaimRequest != l.ClaimRequest {
+		// v1.0.0's event loop reads ClaimRequest without the lock: write it only from the
+		// event loop's own calls (shards not held) and only when it changes. For a held shard
+		// the claim matters to this store alone, which reads it from the table.
+		shard.ClaimRequest = l.ClaimRequest
+	}
 	shard.LeaseTimeout = time.Now().Add(remaining).UTC()
 	shard.Checkpoint = l.Checkpoint
 }
@@ -920,7 +925,12 @@ func (s *Store) setShardHeld(shard *par.ShardStatus) {
 	shard.Mux.Lock()
 	defer shard.Mux.Unlock()
 	shard.AssignedTo = s.cfg.WorkerID
-	shard.ClaimRequest = ""
+	if shard.ClaimRequest != "" {
+		// Only on acquisition (the event loop's goroutine): v1.0.0's event loop reads
+		// ClaimRequest without the lock, so renewals and checkpoints (other goroutines) must
+		// not write it, not even an unchanged "".
+		shard.ClaimRequest = ""
+	}
 	shard.LeaseTimeout = time.Now().Add(s.cfg.FailoverTime - s.now().Sub(h.renewedAt)).UTC()
 }
 
