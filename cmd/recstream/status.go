@@ -37,23 +37,29 @@ type ShardStatus struct {
 	LagMillis    *int64 `json:"lag_ms,omitempty"` // behind the stream tip; nil when unknown
 	InLeaseTable bool   `json:"in_lease_table"`
 	Error        string `json:"error,omitempty"`
+	ShardLeaseInfo
 }
 
 // StatusReport is the whole `recstream status` answer.
 type StatusReport struct {
-	Stream            string        `json:"stream"`
-	LeaseTable        string        `json:"lease_table"`
-	Shards            []ShardStatus `json:"shards"`
-	ModelVersion      string        `json:"model_version"`      // artifacts latest pointer
-	EmbeddingsVersion string        `json:"embeddings_version"` // live row of embedding_versions
-	Problems          []string      `json:"problems,omitempty"` // parts that could not be read
+	Stream            string         `json:"stream"`
+	LeaseTable        string         `json:"lease_table"`
+	Workers           []WorkerLeases `json:"workers"` // open shards per owner, sorted by owner
+	Shards            []ShardStatus  `json:"shards"`
+	ModelVersion      string         `json:"model_version"`      // artifacts latest pointer
+	EmbeddingsVersion string         `json:"embeddings_version"` // live row of embedding_versions
+	Problems          []string       `json:"problems,omitempty"` // parts that could not be read
 }
 
 func runStatus(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "status")
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	sortBy := fs.String("sort", "shard", "order of the shard lines: shard, owner, lag or age (largest first)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if err := validSort(*sortBy); err != nil {
+		return usageError{err.Error()}
 	}
 	ctx, cancel := context.WithTimeout(ctx, awsenv.DefaultTimeout)
 	defer cancel()
@@ -82,20 +88,10 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 		rep.Problems = append(rep.Problems, err.Error())
 	}
 	rep.Shards = mergeShards(leases, shards)
-	for i := range rep.Shards {
-		s := &rep.Shards[i]
-		if s.Closed {
-			zero := int64(0)
-			s.LagMillis = &zero
-			continue
-		}
-		lag, err := shardLag(ctx, kc, cfg.Kinesis.Stream, s.ShardID, s.Checkpoint)
-		if err != nil {
-			s.Error = err.Error()
-			continue
-		}
-		s.LagMillis = &lag
-	}
+	addLeaseInfo(rep.Shards, leases, time.Now())
+	fillLags(ctx, kc, cfg.Kinesis.Stream, rep.Shards)
+	rep.Workers = workerLeases(rep.Shards)
+	sortShards(rep.Shards, *sortBy)
 
 	if root, err := openStore(ctx, app, cfg.S3.Buckets.Artifacts); err != nil {
 		rep.Problems = append(rep.Problems, err.Error())
@@ -128,8 +124,9 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 
 func printStatus(app *App, rep StatusReport) {
 	fmt.Fprintf(app.Stdout, "stream %s, lease table %s\n\n", rep.Stream, rep.LeaseTable)
+	printWorkers(app.Stdout, rep.Workers)
 	tw := tabwriter.NewWriter(app.Stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SHARD\tOWNER\tCOUNTER\tCHECKPOINT\tLAG\tCLOSED\tPARENT")
+	fmt.Fprintln(tw, "SHARD\tOWNER\tCOUNTER\tCHECKPOINT\tLAG\tCHECKPOINT AGE\tCLOSED\tPARENT")
 	for _, s := range rep.Shards {
 		owner := s.Owner
 		if owner == "" {
@@ -153,7 +150,10 @@ func printStatus(app *App, rep StatusReport) {
 		if parent == "" {
 			parent = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%v\t%s\n", s.ShardID, owner, s.LeaseCounter, cp, lag, s.Closed, parent)
+		if s.LeaseStale {
+			owner += " (stale)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%v\t%s\n", s.ShardID, owner, s.LeaseCounter, cp, lag, ageText(s.CheckpointAgeMillis), s.Closed, parent)
 	}
 	tw.Flush()
 	fmt.Fprintf(app.Stdout, "\nmodel version (artifacts latest): %s\nembeddings version (live):        %s\n", orDash(rep.ModelVersion), orDash(rep.EmbeddingsVersion))
