@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 
 	"github.com/recstream/recstream/internal/objstore"
+	"github.com/recstream/recstream/internal/stacktest"
 )
 
 // aggregateOf builds a valid aggregate of n events of run, starting at event number from.
@@ -284,3 +286,67 @@ func TestHideAggregatesMiddleware(t *testing.T) {
 type failSwitch struct{ on atomic.Bool }
 
 func (f *failSwitch) failing() bool { return f.on.Load() }
+
+// compactEvent is a small valid event (about 110 bytes), so that 5,000 fit in one KPL
+// aggregate under Kinesis's 1 MiB record limit.
+func compactEvent(i int, run string) []byte {
+	return []byte(fmt.Sprintf(`{"session_id":"%s-%06d","customer_number":%d,"city":"c","country":"x","credit_limit":1,"browse_history":[]}`, run, i, i))
+}
+
+// TestKPLAggregatesUnderSIGKILL: a real stream written as KPL aggregates of 1, 700 and 5,000
+// user records, with every kind of corrupt aggregate among them, is processed by worker
+// processes killed with SIGKILL (between an upload and its checkpoint, and at random): every
+// user record is written exactly once, each corrupt aggregate is one bad_kpl_aggregate entry,
+// and no process panics.
+func TestKPLAggregatesUnderSIGKILL(t *testing.T) {
+	e := newTestEnv(t, 2)
+	e.Cfg.Flush.MaxRecords = 900 // smaller than the big aggregates: a flush must still not split one
+	next := 0
+	var recs [][]byte
+	for _, n := range []int{1, 700, 5000, 1, 700} {
+		data := make([][]byte, n)
+		for i := range data {
+			data[i] = compactEvent(next, "a")
+			next++
+		}
+		agg, err := Aggregate(fmt.Sprintf("pk-%d", next), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, agg, compactEvent(next, "a"))
+		next++
+	}
+	corrupt := corruptAggregates(t)
+	for _, b := range corrupt {
+		recs = append(recs, b)
+	}
+	e.put(t, recs)
+	// Two kills between an upload and its checkpoint (there are a dozen flushes), then one at
+	// a moment chosen by the clock once the child runs (whatever it is doing then).
+	for round, killAt := range []int{2, 3, 0} {
+		cmd := startChild(t, e, fmt.Sprintf("a%d", round), killAt)
+		if killAt == 0 {
+			time.Sleep(e.Cfg.FailoverTime + 1500*time.Millisecond)
+			_ = cmd.Process.Kill()
+		}
+		if err := waitExit(t, cmd, 90*time.Second); !killedBySIGKILL(err) {
+			t.Fatalf("round %d: child ended with %v, want SIGKILL", round, err)
+		}
+	}
+	cmd := startChild(t, e, "final", 0)
+	e.waitExactlyOnce(t, "a", next, 120*time.Second)
+	stacktest.Eventually(t, 60*time.Second, 250*time.Millisecond, func() bool { return len(e.read(t).errors) >= len(corrupt) }, "corrupt aggregates not in errors/")
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := waitExit(t, cmd, 30*time.Second); err != nil {
+		t.Fatalf("final worker: %v", err)
+	}
+	o := e.read(t)
+	if len(o.errors) != len(corrupt) {
+		t.Fatalf("%d errors/ entries, want %d", len(o.errors), len(corrupt))
+	}
+	for _, er := range o.errors {
+		if er.Reason != ReasonBadKPLAggregate {
+			t.Fatalf("errors/ entry %+v", er)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -373,5 +374,52 @@ func TestShardSeriesDeletedOnRelease(t *testing.T) {
 		if n := testutil.CollectAndCount(g); n != 0 {
 			t.Fatalf("%d series left after release", n)
 		}
+	}
+}
+
+// slidingLease is a lease renewed all the time: it is always held for another 1.5 s.
+type slidingLease struct{}
+
+func (slidingLease) HeldUntil(string) (time.Time, bool) { return time.Now().Add(1500 * time.Millisecond), true }
+
+// slowStore takes d for every Put, honouring the context, and counts the calls.
+type slowStore struct {
+	objstore.Store
+	d     time.Duration
+	calls atomic.Int64
+}
+
+func (s *slowStore) Put(ctx context.Context, key string, body io.Reader) error {
+	s.calls.Add(1)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(s.d):
+	}
+	return s.Store.Put(ctx, key, body)
+}
+
+// TestUploadDeadlineFollowsRenewals: an upload slower than the lease time left when it starts
+// (minus the safety margin) completes while renewals keep the lease: its deadline moves with
+// the lease instead of being fixed at the attempt's start.
+func TestUploadDeadlineFollowsRenewals(t *testing.T) {
+	dir, _ := objstore.Open(t.TempDir(), nil)
+	store := &slowStore{Store: dir, d: 1200 * time.Millisecond}
+	cfg := testConfig() // lease_safety_margin 1 s: a fixed deadline would end 0.5 s into the upload
+	e := newSeamEnv(t, cfg, store, fakeRecommender{})
+	e.s.lease = slidingLease{}
+	e.process(e.records(event(1, "l")))
+	done := make(chan bool, 1)
+	go func() { done <- e.p.flush(e.cp) }()
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Fatal("flush failed")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("upload never completed: its deadline does not follow the renewed lease")
+	}
+	if c := store.calls.Load(); c != 1 {
+		t.Fatalf("%d upload attempts, want 1", c)
 	}
 }
