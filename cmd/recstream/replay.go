@@ -11,8 +11,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/checkpoint"
-	"github.com/recstream/recstream/internal/awsenv"
-	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/worker"
 )
 
@@ -50,26 +48,11 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 	}
 	cfg := app.Config
 	worker.RouteLogrus(app.Log)
-	s3c, err := awsenv.S3(ctx, cfg.S3)
+	sc, err := newStreamClients(ctx, app)
 	if err != nil {
 		return err
 	}
-	out, err := objstore.Open(cfg.S3.Buckets.Recommendations, s3c)
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	artifacts, err := objstore.Open(cfg.S3.Buckets.Artifacts, s3c)
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	kc, err := awsenv.Kinesis(ctx, cfg.Kinesis)
-	if err != nil {
-		return err
-	}
-	db, err := awsenv.DynamoDB(ctx, cfg.DynamoDB)
-	if err != nil {
-		return err
-	}
+	out, artifacts, kc, db := sc.out, sc.artifacts, sc.kinesis, sc.dynamo
 	store, err := checkpoint.New(checkpoint.Config{Table: cfg.DynamoDB.LeaseTable, WorkerID: "recstream-replay", FailoverTime: cfg.Worker.FailoverTime, Logger: app.Log}, db)
 	if err != nil {
 		return usageError{err.Error()}

@@ -26,12 +26,7 @@ func TestSystemReplayAfterNewModel(t *testing.T) {
 		t.Skip("system test skipped with -short (CI runs it)")
 	}
 	se := newSystemEnv(t, 2)
-	logs := &syncBuffer{}
-	stop := se.startWorker(t, logs)
-	stacktest.Eventually(t, 60*time.Second, 200*time.Millisecond, func() bool {
-		code, _ := se.get("/readyz")
-		return code == http.StatusOK
-	}, "worker never became ready; logs:\n%s", logs)
+	stop, logs := se.startReady(t)
 	const n = 120
 	se.produce(t, n, 5)
 	stacktest.Eventually(t, 60*time.Second, 250*time.Millisecond, func() bool { return se.output(t).Records >= n },
@@ -128,12 +123,7 @@ func TestSystemOperatorSignals(t *testing.T) {
 	}
 	se := newSystemEnv(t, 1)
 	se.env = append(se.env, "RECSTREAM_INFERENCE_RELOAD_INTERVAL=1s", "RECSTREAM_WORKER_STALL_AFTER=5s")
-	logs := &syncBuffer{}
-	stop := se.startWorker(t, logs)
-	stacktest.Eventually(t, 60*time.Second, 200*time.Millisecond, func() bool {
-		code, _ := se.get("/readyz")
-		return code == http.StatusOK
-	}, "worker never became ready; logs:\n%s", logs)
+	stop, logs := se.startReady(t)
 
 	// Bare CSVs of another version (one value changed) loaded without a model.
 	arts := ""

@@ -81,12 +81,7 @@ func TestSystemEdgeEventsNeverStall(t *testing.T) {
 		t.Skip("system test skipped with -short (CI runs it)")
 	}
 	se := newSystemEnv(t, 2)
-	logs := &syncBuffer{}
-	stop := se.startWorker(t, logs)
-	stacktest.Eventually(t, 60*time.Second, 200*time.Millisecond, func() bool {
-		code, _ := se.get("/readyz")
-		return code == http.StatusOK
-	}, "worker never became ready; logs:\n%s", logs)
+	stop, logs := se.startReady(t)
 
 	const normal = 200
 	edges := edgeEvents()

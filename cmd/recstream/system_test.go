@@ -163,6 +163,18 @@ func (se *systemEnv) startWorker(t *testing.T, logs io.Writer) (stop func() int)
 	return stop
 }
 
+// startReady starts the worker (startWorker) and waits until /readyz answers 200.
+func (se *systemEnv) startReady(t *testing.T) (stop func() int, logs *syncBuffer) {
+	t.Helper()
+	logs = &syncBuffer{}
+	stop = se.startWorker(t, logs)
+	stacktest.Eventually(t, 60*time.Second, 200*time.Millisecond, func() bool {
+		code, _ := se.get("/readyz")
+		return code == http.StatusOK
+	}, "worker never became ready; logs:\n%s", logs)
+	return stop, logs
+}
+
 func (se *systemEnv) get(path string) (int, string) {
 	resp, err := http.Get("http://" + se.metrics + path)
 	if err != nil {
@@ -225,13 +237,7 @@ func TestSystemPostgresOutage(t *testing.T) {
 		t.Skip("system test skipped with -short (CI runs it)")
 	}
 	se := newSystemEnv(t, 2)
-	logs := &syncBuffer{}
-	stop := se.startWorker(t, logs)
-
-	stacktest.Eventually(t, 60*time.Second, 200*time.Millisecond, func() bool {
-		code, _ := se.get("/readyz")
-		return code == http.StatusOK
-	}, "worker never became ready; logs:\n%s", logs)
+	stop, logs := se.startReady(t)
 
 	const n1, n2 = 60, 60
 	se.produce(t, n1, 1)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,26 +40,11 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 	worker.RouteLogrus(log)
 
 	// Build everything first (no I/O), so a wiring mistake fails before any connection.
-	s3c, err := awsenv.S3(ctx, cfg.S3)
+	sc, err := newStreamClients(ctx, app)
 	if err != nil {
 		return err
 	}
-	out, err := objstore.Open(cfg.S3.Buckets.Recommendations, s3c)
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	artifacts, err := objstore.Open(cfg.S3.Buckets.Artifacts, s3c)
-	if err != nil {
-		return usageError{err.Error()}
-	}
-	kc, err := awsenv.Kinesis(ctx, cfg.Kinesis)
-	if err != nil {
-		return err
-	}
-	db, err := awsenv.DynamoDB(ctx, cfg.DynamoDB)
-	if err != nil {
-		return err
-	}
+	out, artifacts, kc, db := sc.out, sc.artifacts, sc.kinesis, sc.dynamo
 	wcfg := cfg.Worker
 	if wcfg.WorkerID == "" {
 		host, _ := os.Hostname()
@@ -229,4 +215,35 @@ func serveModel(ctx context.Context, app *App, artifacts objstore.Store, reg pro
 		return servedModel{}, nil, exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
 	}
 	return servedModel{Service: svc, Pool: pool}, pool.Close, nil
+}
+
+// streamClients are what the stream commands (worker, replay) talk to.
+type streamClients struct {
+	out       objstore.Store // s3.buckets.recommendations
+	artifacts objstore.Store // s3.buckets.artifacts
+	kinesis   *kinesis.Client
+	dynamo    *dynamodb.Client
+}
+
+// newStreamClients builds the stream commands' clients from the config; it does no I/O.
+func newStreamClients(ctx context.Context, app *App) (streamClients, error) {
+	cfg := app.Config
+	var sc streamClients
+	s3c, err := awsenv.S3(ctx, cfg.S3)
+	if err != nil {
+		return sc, err
+	}
+	if sc.out, err = objstore.Open(cfg.S3.Buckets.Recommendations, s3c); err != nil {
+		return sc, usageError{err.Error()}
+	}
+	if sc.artifacts, err = objstore.Open(cfg.S3.Buckets.Artifacts, s3c); err != nil {
+		return sc, usageError{err.Error()}
+	}
+	if sc.kinesis, err = awsenv.Kinesis(ctx, cfg.Kinesis); err != nil {
+		return sc, err
+	}
+	if sc.dynamo, err = awsenv.DynamoDB(ctx, cfg.DynamoDB); err != nil {
+		return sc, err
+	}
+	return sc, nil
 }
