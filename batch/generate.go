@@ -80,6 +80,105 @@ type CustomerData struct {
 // ratingWeights is the real distribution of ratings (percent for 1..5).
 var ratingWeights = []int{9, 22, 34, 25, 10}
 
+// The latent rating model. Customer c rates bought product p by a latent score
+//
+//	s = country[c.Country] + CreditSlope·(credit − CreditCentre)/CreditScale      user effect
+//	  + taste[c.Country][p.Line] + ScaleSlope·(credit − CreditCentre)/CreditScale·size[p.Scale]   affinity
+//	  + ε,  ε ~ N(0, NoiseSD²)                                                      noise
+//
+// where country effects ~ N(0, CountrySD²) and each country's taste for each product line
+// ~ N(0, TasteSD²) are drawn from the seed (the countries in sorted order), credit is the credit
+// limit in dollars, and size grows with the model's size (1:10 largest, 1:700 smallest):
+// customers with a higher credit limit rate higher and prefer larger scales. The score becomes
+// a rating through four thresholds, the quantiles of s at 9, 31, 65 and 90 % over a fixed
+// reference sample (thresholdSample pairs of generated customers and products), so the ratings
+// keep the real distribution 1: 9 %, 2: 22 %, 3: 34 %, 4: 25 %, 5: 10 %. Bought products are
+// chosen uniformly, independently of the score.
+const (
+	CountrySD    = 0.45
+	CreditSlope  = 0.45
+	CreditCentre = 100_000
+	CreditScale  = 70_000
+	TasteSD      = 0.4
+	ScaleSlope   = 0.3
+	NoiseSD      = 0.6
+	// thresholdSample is the size of the reference sample the thresholds are read from.
+	thresholdSample = 40_000
+)
+
+// scaleSize is the size score of each product scale (larger models score higher).
+var scaleSize = map[string]float64{"1:10": 1.5, "1:12": 1.2, "1:18": 0.8, "1:24": 0.3, "1:32": -0.2, "1:50": -0.6, "1:72": -1.0, "1:700": -1.5}
+
+// ratingModel holds the latent model's seeded parts.
+type ratingModel struct {
+	country    map[string]float64
+	taste      map[string][]float64 // per country, indexed like productLines
+	thresholds [4]float64
+}
+
+// latent is the score s of customer c for product p without the noise.
+func (m *ratingModel) latent(c *Customer, p *Product) float64 {
+	z := (float64(c.CreditLimitCents)/100 - CreditCentre) / CreditScale
+	line := 0
+	for k, l := range productLines {
+		if l == p.Line {
+			line = k
+		}
+	}
+	return m.country[c.Country] + CreditSlope*z + m.taste[c.Country][line] + ScaleSlope*z*scaleSize[p.Scale]
+}
+
+// rating turns a score into stars.
+func (m *ratingModel) rating(s float64) int {
+	r := 1
+	for _, t := range m.thresholds {
+		if s > t {
+			r++
+		}
+	}
+	return r
+}
+
+// newRatingModel draws the country effects and tastes and reads the thresholds off the
+// reference sample: customers 0..1999 and products 0..1999 of this seed (whatever the sizes).
+func (g *Generator) newRatingModel() *ratingModel {
+	m := &ratingModel{country: map[string]float64{}, taste: map[string][]float64{}}
+	var countries []string
+	for _, p := range realPlaces {
+		if _, ok := m.country[p.country]; !ok {
+			m.country[p.country] = 0
+			countries = append(countries, p.country)
+		}
+	}
+	sort.Strings(countries)
+	r := g.rng(tagModel, 0)
+	for _, c := range countries {
+		m.country[c] = CountrySD * r.NormFloat64()
+		t := make([]float64, len(productLines))
+		for k := range t {
+			t[k] = TasteSD * r.NormFloat64()
+		}
+		m.taste[c] = t
+	}
+	const ref = 2000
+	custs, prods := make([]Customer, ref), make([]Product, ref)
+	for k := range ref {
+		custs[k], prods[k] = g.Customer(k), g.product(k)
+	}
+	rs := g.rng(tagModel, 1)
+	sample := make([]float64, thresholdSample)
+	for k := range sample {
+		sample[k] = m.latent(&custs[rs.IntN(ref)], &prods[rs.IntN(ref)]) + NoiseSD*rs.NormFloat64()
+	}
+	sort.Float64s(sample)
+	cum := 0
+	for k := range m.thresholds {
+		cum += ratingWeights[k]
+		m.thresholds[k] = sample[cum*len(sample)/100]
+	}
+	return m
+}
+
 // productLineWeights and scaleWeights follow the real products table.
 var (
 	productLines       = []string{"Classic Cars", "Vintage Cars", "Motorcycles", "Planes", "Trucks and Buses", "Ships", "Trains"}
@@ -97,12 +196,12 @@ const FirstCustomerNumber = 1000
 // so Customer(i) is random access and Each streams customers without holding them. A Generator
 // is immutable after NewGenerator and safe for concurrent use.
 type Generator struct {
-	seed         uint64
-	customers    int
-	perCustomer  int
-	products     []Product
-	reps         int
-	ratingCounts func(i int) int
+	seed        uint64
+	customers   int
+	perCustomer int
+	products    []Product
+	reps        int
+	model       *ratingModel
 }
 
 // NewGenerator validates the sizes and builds the (small) product catalogue: max(110,
@@ -123,6 +222,7 @@ func NewGenerator(seed int64, customers, ratingsPerCustomer int) (*Generator, er
 		g.products[j] = g.product(j)
 	}
 	g.reps = max(16, customers/50)
+	g.model = g.newRatingModel()
 	return g, nil
 }
 
@@ -133,6 +233,7 @@ const (
 	tagRatings
 	tagPair
 	tagEmployee
+	tagModel
 )
 
 func (g *Generator) rng(tag uint64, i int) *rand.Rand {
@@ -284,7 +385,8 @@ func (g *Generator) CustomerData(i int) CustomerData {
 	sort.Slice(idx, func(a, b int) bool { return g.products[idx[a]].Code < g.products[idx[b]].Code })
 	ratings := make([]Rating, k)
 	for n, j := range idx {
-		ratings[n] = Rating{CustomerNumber: c.Number, ProductCode: g.products[j].Code, Rating: 1 + weighted(r, ratingWeights)}
+		s := g.model.latent(&c, &g.products[j]) + NoiseSD*r.NormFloat64()
+		ratings[n] = Rating{CustomerNumber: c.Number, ProductCode: g.products[j].Code, Rating: g.model.rating(s)}
 	}
 	return CustomerData{Customer: c, Ratings: ratings}
 }
@@ -338,6 +440,33 @@ func (g *Generator) Each(ctx context.Context, fn func(CustomerData) error) error
 		}
 		if err := fn(d); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// EachTrainingRow calls fn for every rating of the generated data joined with its customer
+// and product, as the ETL's training dataset holds it (customers in order, then products by
+// code), without a database: what `batch seed --scale` and `batch etl` would publish.
+func (g *Generator) EachTrainingRow(ctx context.Context, fn func(TrainingRow) error) error {
+	for i := 0; i < g.customers; i++ {
+		if i%1024 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d := g.CustomerData(i)
+		c := d.Customer
+		for _, r := range d.Ratings {
+			p := g.productByCode(r.ProductCode)
+			row := TrainingRow{
+				CustomerNumber: c.Number, City: c.City, State: c.State, PostalCode: c.PostalCode, Country: c.Country,
+				CreditLimit: float64(c.CreditLimitCents) / 100, CreditLimitCents: c.CreditLimitCents,
+				ProductCode: p.Code, ProductLine: p.Line, ProductScale: p.Scale, QuantityInStock: p.QuantityInStock,
+				BuyPrice: float64(p.BuyPriceCents) / 100, BuyPriceCents: p.BuyPriceCents, MSRP: float64(p.MSRPCents) / 100, MSRPCents: p.MSRPCents,
+				ProductRating: r.Rating,
+			}
+			if err := fn(row); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

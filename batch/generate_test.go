@@ -86,6 +86,73 @@ func TestGeneratorShapes(t *testing.T) {
 	}
 }
 
+// TestGeneratorMarginalAcrossSeedsAndSizes: the latent model's thresholds keep the real rating
+// distribution (within 1 point) whatever the seed and size.
+func TestGeneratorMarginalAcrossSeedsAndSizes(t *testing.T) {
+	for _, tc := range []struct {
+		seed         int64
+		customers, r int
+	}{{1, 2000, 20}, {7, 2000, 20}, {42, 1000, 50}, {99, 5000, 10}} {
+		g, err := NewGenerator(tc.seed, tc.customers, tc.r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		count := make([]int, 6)
+		total := 0
+		_ = g.EachTrainingRow(context.Background(), func(r TrainingRow) error {
+			count[r.ProductRating]++
+			total++
+			return nil
+		})
+		for r, want := range map[int]float64{1: 9, 2: 22, 3: 34, 4: 25, 5: 10} {
+			if got := 100 * float64(count[r]) / float64(total); math.Abs(got-want) > 1 {
+				t.Errorf("seed %d, %d×%d: rating %d: %.1f%%, want %.0f%% ± 1", tc.seed, tc.customers, tc.r, r, got, want)
+			}
+		}
+	}
+}
+
+// TestGeneratorRatingsFollowTheLatentModel: ratings carry the documented structure: customers
+// with a higher credit limit rate higher, and customers with a high credit limit like large
+// scales more than customers with a low one.
+func TestGeneratorRatingsFollowTheLatentModel(t *testing.T) {
+	g, err := NewGenerator(42, 3000, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type acc struct{ sum, n float64 }
+	var rich, poor, richLarge, richSmall, poorLarge, poorSmall acc
+	add := func(a *acc, r int) { a.sum += float64(r); a.n++ }
+	_ = g.EachTrainingRow(context.Background(), func(r TrainingRow) error {
+		large := r.ProductScale == "1:10" || r.ProductScale == "1:12" || r.ProductScale == "1:18"
+		small := r.ProductScale == "1:50" || r.ProductScale == "1:72" || r.ProductScale == "1:700"
+		switch {
+		case r.CreditLimit >= 150000:
+			add(&rich, r.ProductRating)
+			if large {
+				add(&richLarge, r.ProductRating)
+			} else if small {
+				add(&richSmall, r.ProductRating)
+			}
+		case r.CreditLimit < 60000:
+			add(&poor, r.ProductRating)
+			if large {
+				add(&poorLarge, r.ProductRating)
+			} else if small {
+				add(&poorSmall, r.ProductRating)
+			}
+		}
+		return nil
+	})
+	m := func(a acc) float64 { return a.sum / a.n }
+	if !(m(rich)-m(poor) > 0.5) {
+		t.Errorf("mean rating: credit >= 150k %.2f, < 60k %.2f; want a clear user effect", m(rich), m(poor))
+	}
+	if d := (m(richLarge) - m(richSmall)) - (m(poorLarge) - m(poorSmall)); !(d > 0.3) {
+		t.Errorf("large-minus-small scale preference: rich %.2f, poor %.2f; want an affinity", m(richLarge)-m(richSmall), m(poorLarge)-m(poorSmall))
+	}
+}
+
 func TestNewGeneratorRejectsBadSizes(t *testing.T) {
 	for _, tc := range []struct{ customers, per int }{{0, 10}, {10, 0}, {-1, 5}, {10, 10001}} {
 		t.Run(fmt.Sprint(tc), func(t *testing.T) {

@@ -140,6 +140,13 @@ func TestSeedGeneratedThenETL(t *testing.T) {
 	if res.Rows != 2000 || res.Partitions != 100 {
 		t.Fatalf("etl of generated data: %+v", res)
 	}
+	// The generator's own join is what the ETL published.
+	_, published := readAll(t, ctx, store)
+	var direct []TrainingRow
+	_ = g.EachTrainingRow(ctx, func(r TrainingRow) error { direct = append(direct, r); return nil })
+	if strings.Join(keys(direct), "\n") != strings.Join(keys(published), "\n") {
+		t.Fatal("EachTrainingRow differs from the ETL's dataset of the seeded data")
+	}
 	// Exercise the file roll-over: at most 7 rows per file.
 	cfg := DefaultConfig()
 	cfg.RowGroupRows = 7

@@ -61,11 +61,14 @@ type FeatureList struct {
 	InputWidth  int      `json:"input_width"`
 }
 
-// Architecture is the tower shape.
+// Architecture is the tower shape and how its outputs become embeddings.
 type Architecture struct {
 	Layers       []string `json:"layers"`
 	EmbeddingDim int      `json:"embedding_dim"`
 	Output       string   `json:"output"`
+	// Head is how the towers' raw outputs become the embeddings (HeadBias). Cards written
+	// before it existed have none, which means HeadUnit.
+	Head Head `json:"head,omitempty"`
 }
 
 // tensorNames lists the safetensors tensors of a tower side in the file's order.
@@ -253,27 +256,29 @@ func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg Tr
 	for i, u := range res.Users {
 		uids[i], uf[i] = strconv.FormatInt(u.CustomerNumber, 10), u.Features
 	}
-	iids, itf := make([]string, len(res.Items)), make([]ItemFeatures, len(res.Items))
+	iids := make([]string, len(res.Items))
 	for i, it := range res.Items {
-		iids[i], itf[i] = it.ProductCode, it.Features
+		iids[i] = it.ProductCode
 	}
 	files[artifacts.UserEmbeddingsKey] = EncodeEmbeddingsCSV(uids, m.UserEmbeddings(uf))
-	files[artifacts.ItemEmbeddingsKey] = EncodeEmbeddingsCSV(iids, m.ItemEmbeddings(itf))
+	files[artifacts.ItemEmbeddingsKey] = EncodeEmbeddingsCSV(iids, m.PublishedItemEmbeddings(res.Items))
 	card.Files = map[string]string{}
 	for _, k := range artifacts.HashedKeys() {
 		card.Files[k] = sha256Hex(files[k])
 	}
 	v := artifacts.ContentVersion(card.Files)
 	card.Version = v
-	card.TrainingRows = res.Metrics.TrainRows + res.Metrics.ValidationRows
+	card.TrainingRows = res.Metrics.Rows
 	card.Users, card.Items = len(res.Users), len(res.Items)
 	card.Metrics = res.Metrics
-	card.UserFeatures = FeatureList{Categorical: UserCategorical, Numeric: UserNumeric, InputWidth: m.UserEnc.Width()}
+	card.UserFeatures = FeatureList{Categorical: m.UserEnc.OneHot.Features, Numeric: UserNumeric, InputWidth: m.UserEnc.Width()}
 	card.ItemFeatures = FeatureList{Categorical: ItemCategorical, Numeric: ItemNumeric, InputWidth: m.ItemEnc.Width()}
-	card.Architecture = Architecture{Layers: []string{"Dense(256, ReLU)", "Dense(128, ReLU)", "Dense(32)"}, EmbeddingDim: EmbeddingDim, Output: "L2-normalised; score = dot(user, item) in [-1, 1], stars = 2*score + 3"}
+	card.Architecture = Architecture{Layers: []string{"Dense(256, ReLU)", "Dense(128, ReLU)", "Dense(32)"}, EmbeddingDim: EmbeddingDim, Head: m.Head,
+		Output: fmt.Sprintf("user z, item y (raw tower outputs): user embedding u = [z[0:%d] and z[%d] scaled together to length <= sqrt(1 - c^2) when longer, c], item embedding v = [y[0:%d], 1, y[%d]], c = %g; score = dot(u, v) = z·y (first %d) + user bias + c * item bias; stars = clamp(2*score + 3, 1, 5)",
+			InteractionDim, UserBiasIndex, InteractionDim, ItemBiasIndex, ItemBiasWeight, InteractionDim)}
 	card.Seed = cfg.Seed
 	card.HyperParameters = cfg
-	card.Optimizer = fmt.Sprintf("Adam(beta1=%g, beta2=%g, eps=%g, L2 weight_decay=%g)", adamBeta1, adamBeta2, adamEps, cfg.WeightDecay)
+	card.Optimizer = fmt.Sprintf("AdamW(beta1=%g, beta2=%g, eps=%g, decoupled weight_decay=%g); early stopping on %g of each fit's ratings, patience %d", adamBeta1, adamBeta2, adamEps, cfg.WeightDecay, earlyStoppingShare, cfg.Patience)
 	card.Loss = "MSE against the rating min-max scaled from [1, 5] to [-1, 1]"
 	card.TensorNames = tensorNames()
 	card.EmbeddingFormats = "csv: id,embedding; embedding is pgvector text [v1,...,v32]"
@@ -333,7 +338,11 @@ func LoadModel(ctx context.Context, store objstore.Store, version string) (*Mode
 			return nil, fmt.Errorf("%s: %w", at(k), err)
 		}
 	}
-	userEnc, err := newEncoder("user", &uohe, &ustd, UserCategorical, UserNumeric)
+	userCat := UserCategorical
+	if equalStrings(uohe.Features, legacyUserCategorical) {
+		userCat = legacyUserCategorical
+	}
+	userEnc, err := newEncoder("user", &uohe, &ustd, userCat, UserNumeric)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", at("scalers/user_*.json"), err)
 	}
@@ -370,6 +379,13 @@ func LoadModel(ctx context.Context, store objstore.Store, version string) (*Mode
 	m, err := NewModel(user, item, userEnc, itemEnc)
 	if err != nil {
 		return nil, fmt.Errorf("artifacts version %s: %w", v, err)
+	}
+	switch card.Architecture.Head {
+	case "", HeadUnit:
+		m.Head = HeadUnit
+	case HeadBias:
+	default:
+		return nil, fmt.Errorf("%s: unknown head %q (want %q or %q)", at(cardKey), card.Architecture.Head, HeadBias, HeadUnit)
 	}
 	m.Version, m.Metadata = v, card
 	return m, nil

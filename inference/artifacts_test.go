@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -98,11 +99,7 @@ func TestSaveLoadRoundTripIsBitExact(t *testing.T) {
 	if lines[0] != "id,embedding" || len(lines) != len(res.Items)+1 {
 		t.Fatalf("item csv: header %q, %d lines for %d items", lines[0], len(lines), len(res.Items))
 	}
-	itf := make([]ItemFeatures, len(res.Items))
-	for i, it := range res.Items {
-		itf[i] = it.Features
-	}
-	embs := res.Model.ItemEmbeddings(itf)
+	embs := res.Model.PublishedItemEmbeddings(res.Items)
 	for i, line := range lines[1:] {
 		id, vec := parseEmbeddingLine(t, line)
 		if id != res.Items[i].ProductCode || !bitsEqual(vec, embs[i]) {
@@ -226,4 +223,53 @@ func FuzzDecodeSafetensors(f *testing.F) {
 			t.Fatal("decoded towers of the wrong width")
 		}
 	})
+}
+
+// TestLoadLegacyVersion: a version published before the bias head (no head in the card, city
+// and country as the only user categories) still loads and embeds as it did: unit vectors.
+func TestLoadLegacyVersion(t *testing.T) {
+	s, _ := dirStore(t)
+	ctx := context.Background()
+	uohe := &OneHotEncoder{Features: []string{"city", "country"}, Categories: [][]string{{"nantes", "paris"}, {"france"}}}
+	iohe := &OneHotEncoder{Features: ItemCategorical, Categories: [][]string{{"ships"}, {"1:700"}}}
+	ustd := &StandardScaler{Features: UserNumeric, Mean: []float64{1000}, Scale: []float64{10}}
+	istd := &StandardScaler{Features: ItemNumeric, Mean: []float64{1, 2, 3}, Scale: []float64{1, 1, 1}}
+	rng := rand.New(rand.NewPCG(9, 9))
+	user, item := NewTower(4), NewTower(5)
+	user.initUniform(rng)
+	item.initUniform(rng)
+	files := map[string][]byte{modelKey: EncodeSafetensors(user, item), cardKey: []byte(`{"version":"v-legacy","architecture":{"output":"L2-normalised"}}`)}
+	for k, v := range map[string]any{userOHEKey: uohe, userStdKey: ustd, itemOHEKey: iohe, itemStdKey: istd} {
+		b, _ := json.Marshal(v)
+		files[k] = b
+	}
+	for k, b := range files {
+		if err := s.Put(ctx, artifacts.Key("v-legacy", k), bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := LoadModel(ctx, s, "v-legacy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Head != HeadUnit {
+		t.Fatalf("head %q, want %q", m.Head, HeadUnit)
+	}
+	for _, e := range [][]float32{m.UserEmbedding(UserFeatures{City: "Paris", Country: "France", CreditLimit: 1200}),
+		m.ItemEmbeddings([]ItemFeatures{{ProductLine: "Ships", ProductScale: "1:700"}})[0]} {
+		var n float64
+		for _, x := range e {
+			n += float64(x) * float64(x)
+		}
+		if math.Abs(n-1) > 1e-5 {
+			t.Fatalf("|e|^2 = %g, want 1", n)
+		}
+	}
+	// An unknown head is refused.
+	if err := s.Put(ctx, artifacts.Key("v-legacy", cardKey), strings.NewReader(`{"version":"v-legacy","architecture":{"head":"magic"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadModel(ctx, s, "v-legacy"); err == nil || !strings.Contains(err.Error(), `unknown head "magic"`) {
+		t.Fatalf("err = %v, want unknown head", err)
+	}
 }

@@ -23,24 +23,36 @@ type Config struct {
 // TrainConfig holds training hyper-parameters (`inference.train`). They are recorded in the
 // model card.
 type TrainConfig struct {
-	// Epochs is the number of passes over the training split; the best epoch's weights are kept.
+	// Epochs is the most passes over a fit's training ratings; the best epoch's weights are kept.
 	Epochs int `yaml:"epochs" json:"epochs"`
+	// Patience stops a fit after this many epochs without a lower early-stopping RMSE.
+	Patience int `yaml:"patience" json:"patience"`
 	// BatchSize is the mini-batch size for Adam.
 	BatchSize int `yaml:"batch_size" json:"batch_size"`
 	// LearningRate is Adam's step size.
 	LearningRate float64 `yaml:"learning_rate" json:"learning_rate"`
-	// ValidationShare is the share of ratings held out (seeded split) for validation RMSE.
+	// ValidationShare is the share held out for the evaluation: of the ratings (warm split) and
+	// of the customers (cold split).
 	ValidationShare float64 `yaml:"validation_share" json:"validation_share"`
 	// Seed drives the split, the initial weights and the batch order.
 	Seed int64 `yaml:"seed" json:"seed"`
-	// WeightDecay is the L2 penalty added to every gradient (torch.optim.Adam's weight_decay).
+	// BiasPenalty is λ of the L2 penalty on the user bias (toward the mean rating) and the item
+	// bias, once per user and per item and epoch: a user bias is its ratings' mean shrunk like
+	// the shrunk per-user mean with k = λ.
+	BiasPenalty float64 `yaml:"bias_penalty" json:"bias_penalty"`
+	// EmbeddingPenalty is λ of the L2 penalty on the interaction parts of the embeddings, once
+	// per user and per item and epoch.
+	EmbeddingPenalty float64 `yaml:"embedding_penalty" json:"embedding_penalty"`
+	// WeightDecay is the decoupled weight decay (torch.optim.AdamW's weight_decay): each step
+	// every weight also shrinks by learning_rate × weight_decay of itself.
 	WeightDecay float64 `yaml:"weight_decay" json:"weight_decay"`
 }
 
 // DefaultConfig matches config.yaml.
 func DefaultConfig() Config {
 	return Config{K: 5, ArtifactsVersion: "latest", ReloadInterval: time.Minute,
-		Train: TrainConfig{Epochs: 12, BatchSize: 64, LearningRate: 0.0001, ValidationShare: 0.2, Seed: 42}}
+		Train: TrainConfig{Epochs: 400, Patience: 30, BatchSize: 4096, LearningRate: 0.003, ValidationShare: 0.2, Seed: 42,
+			BiasPenalty: 5, EmbeddingPenalty: 1, WeightDecay: 0.0001}}
 }
 
 // Validate reports the first invalid field.
@@ -61,6 +73,9 @@ func (c Config) Validate() error {
 func (c TrainConfig) Validate() error {
 	if c.Epochs < 1 {
 		return fmt.Errorf("epochs: must be >= 1, got %d", c.Epochs)
+	}
+	if c.Patience < 1 {
+		return fmt.Errorf("patience: must be >= 1, got %d", c.Patience)
 	}
 	if c.BatchSize < 1 {
 		return fmt.Errorf("batch_size: must be >= 1, got %d", c.BatchSize)

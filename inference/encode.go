@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -26,14 +27,40 @@ type ItemFeatures struct {
 
 // Feature names, in the column order the encoders use. They are written to the scaler JSON
 // files and the model card, and checked on load.
+//
+// The user's "profile" (ProfileKey: city, country and credit limit together, which identify a
+// customer in practice) is a category too: it lets the user tower recognise a customer it was
+// trained on. A profile no training customer has encodes as an all-zero block, like an unknown
+// city, and then the user tower's identity units contribute nothing (see IdentityHidden1).
 var (
-	UserCategorical = []string{"city", "country"}
+	UserCategorical = []string{"city", "country", ProfileFeature}
 	UserNumeric     = []string{"creditLimit"}
 	ItemCategorical = []string{"productLine", "productScale"}
 	ItemNumeric     = []string{"quantityInStock", "buyPrice", "MSRP"}
 )
 
-func (u UserFeatures) categorical() []string { return []string{u.City, u.Country} }
+// ProfileFeature names the profile category.
+const ProfileFeature = "profile"
+
+// legacyUserCategorical are the user one-hot features of versions published before the
+// profile category; such versions still load (the list is a prefix of UserCategorical).
+var legacyUserCategorical = []string{"city", "country"}
+
+// ProfileKey is a customer's profile category: the normalised city and country and the credit
+// limit with two decimals, joined by "|" ("nantes|france|21000.00"; Python:
+// f"{city.strip().lower()}|{country.strip().lower()}|{credit:.2f}"). A credit limit no
+// DECIMAL(10,2) can hold (not finite, or 1e10 or more in magnitude) gives no profile ("").
+func ProfileKey(u UserFeatures) string {
+	if !(math.Abs(u.CreditLimit) < 1e10) {
+		return ""
+	}
+	return NormalizeCategory(u.City) + "|" + NormalizeCategory(u.Country) + "|" + strconv.FormatFloat(u.CreditLimit, 'f', 2, 64)
+}
+
+func (u UserFeatures) categorical() []string {
+	return []string{u.City, u.Country, ProfileKey(u)}
+}
+
 func (u UserFeatures) numeric() []float64    { return []float64{u.CreditLimit} }
 func (i ItemFeatures) categorical() []string { return []string{i.ProductLine, i.ProductScale} }
 func (i ItemFeatures) numeric() []float64 {
@@ -218,7 +245,9 @@ type Encoder struct {
 	Std    *StandardScaler
 }
 
-// newEncoder validates the pair against the expected feature names.
+// newEncoder validates the pair against the expected feature names. cat may also be a prefix
+// of the values the encoder is given (legacyUserCategorical): encode uses the first
+// len(cat) categorical values.
 func newEncoder(side string, ohe *OneHotEncoder, std *StandardScaler, cat, num []string) (Encoder, error) {
 	if ohe == nil || std == nil {
 		return Encoder{}, fmt.Errorf("%s encoder: missing one-hot encoder or scaler", side)
@@ -244,7 +273,7 @@ func (e Encoder) Width() int { return e.OneHot.Width() + len(e.Std.Features) }
 func (e Encoder) encode(dst []float32, cat []string, num []float64) {
 	clear(dst)
 	w := e.OneHot.Width()
-	e.OneHot.Encode(dst[:w], cat)
+	e.OneHot.Encode(dst[:w], cat[:len(e.OneHot.Features)])
 	e.Std.Encode(dst[w:], num)
 }
 

@@ -1,6 +1,7 @@
 package inference
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -58,20 +59,48 @@ func TestStandardScaler(t *testing.T) {
 }
 
 func TestUserEncoding(t *testing.T) {
-	ohe := &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"london", "nantes"}, {"france", "uk"}}}
+	ohe := &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"london", "nantes"}, {"france", "uk"}, {"nantes|france|100000.00"}}}
 	std := &StandardScaler{Features: UserNumeric, Mean: []float64{50000}, Scale: []float64{25000}}
 	enc, err := newEncoder("user", ohe, std, UserCategorical, UserNumeric)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := enc.EncodeUsers([]UserFeatures{
-		{City: "Nantes", Country: "France", CreditLimit: 100000},
+		{City: " Nantes", Country: "FRANCE", CreditLimit: 100000},
 		// A US customer with a NULL state: state is not an input, so nothing changes.
 		{City: "NYC", Country: "USA", CreditLimit: 0},
+		// A known city with another credit limit: another profile.
+		{City: "Nantes", Country: "France", CreditLimit: 100000.01},
 	})
-	want := []float32{0, 1, 1, 0, 2, 0, 0, 0, 0, -2}
+	want := []float32{0, 1, 1, 0, 1, 2, 0, 0, 0, 0, 0, -2, 0, 1, 1, 0, 0, float32((100000.01 - 50000) / 25000)}
 	if !slices.Equal(got, want) {
 		t.Fatalf("EncodeUsers = %v, want %v", got, want)
+	}
+	// A version published before the profile category encodes city and country only.
+	legacy := &OneHotEncoder{Features: legacyUserCategorical, Categories: [][]string{{"london", "nantes"}, {"france", "uk"}}}
+	enc, err = newEncoder("user", legacy, std, legacyUserCategorical, UserNumeric)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := enc.EncodeUsers([]UserFeatures{{City: "Nantes", Country: "France", CreditLimit: 100000}}); !slices.Equal(got, []float32{0, 1, 1, 0, 2}) {
+		t.Fatalf("legacy EncodeUsers = %v", got)
+	}
+}
+
+func TestProfileKey(t *testing.T) {
+	for _, tc := range []struct {
+		u    UserFeatures
+		want string
+	}{
+		{UserFeatures{City: " Nantes ", Country: "France", CreditLimit: 21000}, "nantes|france|21000.00"},
+		{UserFeatures{City: "NYC", Country: "USA", CreditLimit: 0.5}, "nyc|usa|0.50"},
+		{UserFeatures{City: "NYC", Country: "USA", CreditLimit: 1e10}, ""},
+		{UserFeatures{City: "NYC", Country: "USA", CreditLimit: math.NaN()}, ""},
+		{UserFeatures{City: "NYC", Country: "USA", CreditLimit: math.Inf(-1)}, ""},
+	} {
+		if got := ProfileKey(tc.u); got != tc.want {
+			t.Errorf("ProfileKey(%+v) = %q, want %q", tc.u, got, tc.want)
+		}
 	}
 }
 
@@ -82,11 +111,11 @@ func TestEncoderRejectsBadScalers(t *testing.T) {
 		std  *StandardScaler
 		want string
 	}{
-		{"unnormalised category", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"London"}, {"uk"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{1}}, `category 0 "London" is not normalised`},
-		{"duplicate category", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"a", "a"}, {"uk"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{1}}, `duplicate category "a"`},
-		{"wrong features", &OneHotEncoder{Features: []string{"country", "city"}, Categories: [][]string{{"a"}, {"b"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{1}}, `features ["country" "city"], want ["city" "country"]`},
-		{"zero scale", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"a"}, {"b"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{0}}, "scale must be finite and > 0"},
-		{"short mean", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"a"}, {"b"}}}, &StandardScaler{Features: UserNumeric, Mean: nil, Scale: []float64{1}}, "1 features, 0 means"},
+		{"unnormalised category", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"London"}, {"uk"}, {"p"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{1}}, `category 0 "London" is not normalised`},
+		{"duplicate category", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"a", "a"}, {"uk"}, {"p"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{1}}, `duplicate category "a"`},
+		{"wrong features", &OneHotEncoder{Features: []string{"country", "city", "profile"}, Categories: [][]string{{"a"}, {"b"}, {"p"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{1}}, `features ["country" "city" "profile"], want ["city" "country" "profile"]`},
+		{"zero scale", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"a"}, {"b"}, {"p"}}}, &StandardScaler{Features: UserNumeric, Mean: []float64{0}, Scale: []float64{0}}, "scale must be finite and > 0"},
+		{"short mean", &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"a"}, {"b"}, {"p"}}}, &StandardScaler{Features: UserNumeric, Mean: nil, Scale: []float64{1}}, "1 features, 0 means"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

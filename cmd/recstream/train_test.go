@@ -43,7 +43,7 @@ func TestTrainFromETLDatasetEqualsLabCSV(t *testing.T) {
 	runCLI(t, env, "batch", "etl", "--location", "file://"+lake)
 	out := runCLI(t, env, "train", "--from", "file://"+lake, "--to", "file://"+arts1)
 	m := publishedRe.FindStringSubmatch(out)
-	if m == nil || !strings.Contains(out, "validation RMSE (stars, 506 held-out of 2532 ratings)") {
+	if m == nil || !regexp.MustCompile(`(?m)^ +warm +506 ratings +1\.0\d{3} `).MatchString(out) || !regexp.MustCompile(`(?m)^ +cold +20 customers `).MatchString(out) {
 		t.Fatalf("train output:\n%s", out)
 	}
 	out2 := runCLI(t, nil, "train", "--csv", stacktest.LabFile(t, "ratings_ml_training_dataset.csv"), "--to", "file://"+arts2)
