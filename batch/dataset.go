@@ -49,15 +49,20 @@ type Manifest struct {
 	Shards        int   `json:"shards"`
 	ShardsCovered []int `json:"shards_covered"`
 	// SourceRows counts the ratings rows this run read; RunRows those it wrote (SourceRows minus
-	// rejected); Rows is the whole dataset, carried-over partitions included.
+	// rejected); Rows is the whole dataset, carried-over partitions included (a run publishes
+	// once it covers every shard, so none are carried over; see ETL.publish).
 	SourceRows int64 `json:"source_rows"`
 	RunRows    int64 `json:"run_rows"`
 	Rows       int64 `json:"rows"`
 	// Rejected counts source rows left out, by reason (see RejectReason*).
-	Rejected        map[string]int64 `json:"rejected"`
-	PartitionColumn string           `json:"partition_column"`
-	Schema          []SchemaColumn   `json:"schema"`
-	Partitions      []Partition      `json:"partitions"`
+	Rejected map[string]int64 `json:"rejected"`
+	// RemovedPartitions and RemovedRows count the previous dataset's partitions (and their
+	// rows) this run removed: customers the source no longer has, or no longer rated.
+	RemovedPartitions int            `json:"removed_partitions"`
+	RemovedRows       int64          `json:"removed_rows"`
+	PartitionColumn   string         `json:"partition_column"`
+	Schema            []SchemaColumn `json:"schema"`
+	Partitions        []Partition    `json:"partitions"`
 }
 
 // SchemaColumn describes one Parquet column of the data files.

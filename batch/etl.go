@@ -50,7 +50,8 @@ type ETLResult struct {
 	Bytes         int64
 	Published     bool      // this run published the manifest (the last shard to finish)
 	Manifest      *Manifest // the published manifest when Published
-	Deleted       int       // replaced and orphaned files removed after publishing
+	Removed       int       // partitions of customers no longer in the source, removed by the publish
+	Deleted       int       // replaced, removed and orphaned files deleted after publishing
 	Duration      time.Duration
 }
 
@@ -82,6 +83,8 @@ type ETL struct {
 	// afterFile, when set (tests), runs after each file is queued; an error aborts the run
 	// the way a crash would: files written, nothing published.
 	afterFile func(files int) error
+	// afterPublish, when set (tests), runs between the manifest's write and the cleanup.
+	afterPublish func()
 }
 
 // NewETL validates its arguments and does no I/O. store is the datalake location.
@@ -265,7 +268,10 @@ func (e *ETL) Run(ctx context.Context) (ETLResult, error) {
 	if err != nil {
 		return res, err
 	}
-	res.Published, res.Manifest = true, m
+	res.Published, res.Manifest, res.Removed = true, m, m.RemovedPartitions
+	if e.afterPublish != nil {
+		e.afterPublish()
+	}
 	res.Deleted, err = e.cleanup(ctx, m, prev)
 	res.Duration = time.Since(start)
 	if err != nil {
@@ -301,8 +307,12 @@ func (e *ETL) shardManifests(ctx context.Context) ([]*Manifest, error) {
 	return out, nil
 }
 
-// publish merges the shards with the previous dataset (dynamic partition overwrite: the run's
-// partitions replace theirs, other partitions are carried over) and writes the manifest.
+// publish writes the manifest of the shards' partitions: the dataset becomes exactly the
+// source's current join. A partition of the previous dataset is carried over only if its
+// customer's hash slice (ShardOf under this run's shard count) is not one this run covered; a
+// run publishes once all its shards are in, so it covers every slice and nothing is carried
+// over. The previous partitions that are neither rewritten nor carried over, customers the
+// source no longer has, are counted as removed; cleanup deletes their files.
 func (e *ETL) publish(ctx context.Context, shards []*Manifest) (m, prev *Manifest, err error) {
 	m = &Manifest{
 		Format: ManifestFormat, Dataset: DatasetPrefix, RunID: e.opts.RunID, Shards: e.opts.Shards,
@@ -310,8 +320,12 @@ func (e *ETL) publish(ctx context.Context, shards []*Manifest) (m, prev *Manifes
 		StartedAt: shards[0].StartedAt,
 	}
 	rewritten := map[int]bool{}
+	covered := map[int]bool{}
 	for _, s := range shards {
 		m.ShardsCovered = append(m.ShardsCovered, s.ShardsCovered...)
+		for _, c := range s.ShardsCovered {
+			covered[c] = true
+		}
 		m.SourceRows += s.SourceRows
 		m.RunRows += s.RunRows
 		for k, v := range s.Rejected {
@@ -331,8 +345,13 @@ func (e *ETL) publish(ctx context.Context, shards []*Manifest) (m, prev *Manifes
 	}
 	if prev != nil {
 		for _, p := range prev.Partitions {
-			if !rewritten[p.CustomerNumber] {
+			switch {
+			case rewritten[p.CustomerNumber]:
+			case !covered[ShardOf(p.CustomerNumber, e.opts.Shards)]:
 				m.Partitions = append(m.Partitions, p)
+			default:
+				m.RemovedPartitions++
+				m.RemovedRows += p.Rows
 			}
 		}
 	}
@@ -349,7 +368,8 @@ func (e *ETL) publish(ctx context.Context, shards []*Manifest) (m, prev *Manifes
 	if err := e.store.Put(ctx, ManifestKey, bytes.NewReader(b)); err != nil {
 		return nil, nil, fmt.Errorf("publish manifest: %w", err)
 	}
-	e.log.Debug("published dataset", zap.String("run_id", m.RunID), zap.Int("partitions", len(m.Partitions)), zap.Int64("rows", m.Rows), zap.String("s3_key", e.store.URL(ManifestKey)))
+	e.log.Debug("published dataset", zap.String("run_id", m.RunID), zap.Int("partitions", len(m.Partitions)), zap.Int64("rows", m.Rows),
+		zap.Int("removed_partitions", m.RemovedPartitions), zap.String("s3_key", e.store.URL(ManifestKey)))
 	return m, prev, nil
 }
 
@@ -369,7 +389,8 @@ func fileRunID(key string) string {
 }
 
 // cleanup deletes, after m is published, the data files m no longer references. Usually that
-// is the previous manifest's files of the partitions this run rewrote, known without listing.
+// is the previous manifest's files of the partitions this run rewrote or removed, known
+// without listing.
 // When a run marker of another run is left over (a run that died, or a sharded run older than
 // orphan_grace), it also lists the dataset and deletes every unreferenced file except those of
 // sharded runs still within their grace period (they may be running). Then it removes the

@@ -76,7 +76,7 @@ func (p ETLPlan) Write(w io.Writer) error {
 	if p.Published == nil {
 		fmt.Fprintf(&b, "  published:     nothing yet; this run publishes the first manifest\n")
 	} else {
-		fmt.Fprintf(&b, "  published:     run %s, %d partitions, %d rows; the run replaces the partitions it rewrites and keeps the others\n", p.Published.RunID, len(p.Published.Partitions), p.Published.Rows)
+		fmt.Fprintf(&b, "  published:     run %s, %d partitions, %d rows; the run replaces the whole dataset with the current join (partitions of customers without ratings now are removed)\n", p.Published.RunID, len(p.Published.Partitions), p.Published.Rows)
 	}
 	if p.Shards > 1 {
 		fmt.Fprintf(&b, "  publish:       when all %d shards of run %s have finished\n", p.Shards, p.RunID)

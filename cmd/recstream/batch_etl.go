@@ -88,7 +88,7 @@ func runBatchETL(ctx context.Context, app *App, args []string) error {
 		zap.Int64("rows", res.Rows), zap.Int("partitions", res.Partitions), zap.Int("files", res.Files),
 		zap.Int64("bytes", res.Bytes), zap.Duration("duration", res.Duration),
 		zap.Int64("source_rows", res.SourceRows), zap.Any("rejected", res.Rejected),
-		zap.Bool("published", res.Published), zap.Int("deleted_files", res.Deleted),
+		zap.Bool("published", res.Published), zap.Int("removed_partitions", res.Removed), zap.Int("deleted_files", res.Deleted),
 	}
 	if res.Published {
 		fields = append(fields, zap.Int("dataset_partitions", len(res.Manifest.Partitions)), zap.Int64("dataset_rows", res.Manifest.Rows))

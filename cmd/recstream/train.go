@@ -167,28 +167,38 @@ func readProductsCSV(path string) ([]inference.Item, error) {
 	return items, nil
 }
 
-// readTrainingDataset reads the ETL's published dataset through its manifest.
+// readTrainingDataset reads the ETL's published dataset through its manifest. An etl run that
+// publishes meanwhile deletes the files of the previous manifest once its own is written; when
+// a file is missing and the manifest has changed, the read starts over with the new one.
 func readTrainingDataset(ctx context.Context, app *App, loc string) ([]inference.Example, string, error) {
 	store, err := openLocation(ctx, app, loc)
 	if err != nil {
 		return nil, "", err
 	}
-	m, err := batch.ReadManifest(ctx, store)
-	if errors.Is(err, batch.ErrNoDataset) {
-		return nil, "", exitCodeError{exitFailure, err}
-	}
-	if err != nil {
+	for attempt := 1; ; attempt++ {
+		m, err := batch.ReadManifest(ctx, store)
+		if errors.Is(err, batch.ErrNoDataset) {
+			return nil, "", exitCodeError{exitFailure, err}
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		examples := make([]inference.Example, 0, m.Rows)
+		err = batch.ReadTrainingRows(ctx, store, m, func(r batch.TrainingRow) error {
+			examples = append(examples, exampleFromRow(r))
+			return nil
+		})
+		if err == nil {
+			return examples, store.URL(batch.ManifestKey) + " run " + m.RunID, nil
+		}
+		if errors.Is(err, objstore.ErrNotExist) && attempt < 3 {
+			if now, merr := batch.ReadManifest(ctx, store); merr == nil && (now.RunID != m.RunID || !now.FinishedAt.Equal(m.FinishedAt)) {
+				app.Log.Info("dataset republished while reading: reading the new one", zap.String("component", "train"), zap.String("run_id", now.RunID))
+				continue
+			}
+		}
 		return nil, "", err
 	}
-	examples := make([]inference.Example, 0, m.Rows)
-	err = batch.ReadTrainingRows(ctx, store, m, func(r batch.TrainingRow) error {
-		examples = append(examples, exampleFromRow(r))
-		return nil
-	})
-	if err != nil {
-		return nil, "", err
-	}
-	return examples, store.URL(batch.ManifestKey) + " run " + m.RunID, nil
 }
 
 // exampleFromRow adapts the ETL's row to the trainer's example (a NULL credit limit is 0).
