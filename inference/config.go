@@ -86,6 +86,12 @@ func (c TrainConfig) Validate() error {
 	if !(c.ValidationShare > 0 && c.ValidationShare < 1) {
 		return fmt.Errorf("validation_share: must be in (0, 1), got %g", c.ValidationShare)
 	}
+	if !(c.BiasPenalty >= 0 && c.BiasPenalty <= 1e6) {
+		return fmt.Errorf("bias_penalty: must be in [0, 1e6], got %g", c.BiasPenalty)
+	}
+	if !(c.EmbeddingPenalty >= 0 && c.EmbeddingPenalty <= 1e6) {
+		return fmt.Errorf("embedding_penalty: must be in [0, 1e6], got %g", c.EmbeddingPenalty)
+	}
 	if !(c.WeightDecay >= 0 && c.WeightDecay < 1) {
 		return fmt.Errorf("weight_decay: must be in [0, 1), got %g", c.WeightDecay)
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,6 +97,43 @@ func TestTrainRejectsBadExamples(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestTrainConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		edit func(*TrainConfig)
+		want string
+	}{
+		{func(c *TrainConfig) { c.Patience = 0 }, "patience: must be >= 1"},
+		{func(c *TrainConfig) { c.BiasPenalty = -1 }, "bias_penalty"},
+		{func(c *TrainConfig) { c.EmbeddingPenalty = math.NaN() }, "embedding_penalty"},
+		{func(c *TrainConfig) { c.WeightDecay = 1 }, "weight_decay"},
+	} {
+		cfg := DefaultConfig().Train
+		tc.edit(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err = %v, want %q", err, tc.want)
+		}
+	}
+}
+
+// TestProfilesAreCapped: beyond MaxProfiles the profiles with the most ratings are kept.
+func TestProfilesAreCapped(t *testing.T) {
+	e, err := FitOneHot([]string{"profile"}, [][]string{{"a"}, {"b"}, {"b"}, {"c"}, {"c"}, {"c"}, {"d"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := capCategories(e, 0, [][]string{{"a"}, {"b"}, {"b"}, {"c"}, {"c"}, {"c"}, {"d"}}, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(e.Categories[0]); got != "[b c]" {
+		t.Fatalf("kept %s, want [b c]", got)
+	}
+	dst := make([]float32, 2)
+	e.Encode(dst, []string{"a"})
+	if dst[0] != 0 || dst[1] != 0 {
+		t.Fatalf("a dropped profile encodes as %v, want zeros", dst)
 	}
 }
 

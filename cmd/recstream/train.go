@@ -37,7 +37,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	to := fs.String("to", app.Config.S3.Buckets.Artifacts, "artifacts location to publish to (s3://bucket[/prefix] or file:///dir)")
 	publish := fs.Bool("publish", true, "publish the artifacts (false: train and report only)")
 	fs.Int64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (split, initial weights, batch order)")
-	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "training epochs")
+	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "most epochs of each training stage (early stopping ends them sooner)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
