@@ -61,7 +61,7 @@ func (m *member) shards() []shardReport {
 	return s.snapshot()
 }
 
-func (e *testEnv) startMember(t testing.TB, id string, log *zap.Logger, order *writeOrder) *member {
+func (e *testEnv) startMember(t testing.TB, id string, log *zap.Logger, order *writeOrder, dbOpts ...awsenv.Option) *member {
 	t.Helper()
 	ctx := context.Background()
 	m := &member{id: id, cut: &partitionCut{}}
@@ -69,7 +69,7 @@ func (e *testEnv) startMember(t testing.TB, id string, log *zap.Logger, order *w
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := awsenv.DynamoDB(ctx, e.DynamoDB, m.cut.option)
+	db, err := awsenv.DynamoDB(ctx, e.DynamoDB, append([]awsenv.Option{m.cut.option}, dbOpts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

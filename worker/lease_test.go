@@ -64,7 +64,7 @@ func leaseTable(t *testing.T, opts ...awsenv.Option) (*dynamodb.Client, string) 
 	return db, table
 }
 
-func leaseStore(t *testing.T, db *dynamodb.Client, table, id string, failover time.Duration, clock *manualClock) *checkpoint.Store {
+func leaseStore(t testing.TB, db *dynamodb.Client, table, id string, failover time.Duration, clock *manualClock) *checkpoint.Store {
 	t.Helper()
 	cfg := checkpoint.Config{Table: table, WorkerID: id, FailoverTime: failover}
 	if clock != nil {
