@@ -7,18 +7,19 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
 )
 
 // generatedExamples is the training data `batch seed --scale n` and `batch etl` would publish.
-func generatedExamples(t testing.TB, seed int64, n, perCustomer int) []inference.Example {
+func generatedExamples(t testing.TB, seed int64, n, perCustomer int) []train.Example {
 	t.Helper()
 	g, err := batch.NewGenerator(seed, n, perCustomer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ex []inference.Example
+	var ex []train.Example
 	err = g.EachTrainingRow(context.Background(), func(r batch.TrainingRow) error {
-		ex = append(ex, inference.Example{
+		ex = append(ex, train.Example{
 			CustomerNumber: int64(r.CustomerNumber),
 			User:           inference.UserFeatures{City: r.City, Country: r.Country, CreditLimit: r.CreditLimit},
 			ProductCode:    r.ProductCode,
@@ -39,13 +40,13 @@ func generatedExamples(t testing.TB, seed int64, n, perCustomer int) []inference
 // user effect comes from the customer's features and its affinity from product line and scale,
 // so the towers can learn both, for customers they have seen and for new ones.
 func TestModelLearnsGeneratedStructure(t *testing.T) {
-	res, err := inference.Train(context.Background(), generatedExamples(t, 42, 150, 20), inference.DefaultConfig().Train, nil)
+	res, err := train.Train(context.Background(), generatedExamples(t, 42, 150, 20), inference.DefaultConfig().Train, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := res.Metrics
 	var b strings.Builder
-	_ = m.WriteTable(&b)
+	_ = train.WriteTable(&b, m)
 	t.Logf("generated data, 150 customers × 20 ratings:\n%s", b.String())
 	const margin = 0.2 // stars of RMSE: "a clear margin"
 	w, c := m.Warm, m.Cold

@@ -1,6 +1,9 @@
-// Package inference is the two-tower recommender: feature encoders and towers (pure float32
-// math, no I/O), training, artifact save/load, and the pgvector queries that find items near a
-// user and near an item.
+// Package inference serves the two-tower recommender: feature encoders and towers (pure float32
+// math, no I/O), the model card and weights formats, the model loader, the Service the stream
+// worker asks, and the pgvector queries that find items near a user and near an item.
+//
+// Training, evaluation and publishing are package inference/train, a batch job's code: it
+// imports this package for the model, and nothing on the serving path imports it.
 package inference
 
 import (
@@ -20,8 +23,9 @@ type Config struct {
 	Train TrainConfig `yaml:"train"`
 }
 
-// TrainConfig holds training hyper-parameters (`inference.train`). They are recorded in the
-// model card.
+// TrainConfig holds training hyper-parameters (`inference.train`), used by package train. They
+// are part of the config file's inference section and recorded in the model card, so the type
+// lives here.
 type TrainConfig struct {
 	// Epochs is the most passes over a fit's training ratings; the best epoch's weights are kept.
 	Epochs int `yaml:"epochs" json:"epochs"`

@@ -17,6 +17,8 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
+	"github.com/recstream/recstream/inference/train/traintest"
 	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
@@ -27,19 +29,19 @@ import (
 type published struct {
 	version string
 	model   *inference.Model
-	res     *inference.TrainResult
+	res     *train.TrainResult
 	items   map[string][]float32 // from the published item_embeddings.csv
 	ids     []string
 }
 
-func trainAndPublish(t *testing.T, store objstore.Store, ex []inference.Example, cfg inference.TrainConfig) published {
+func trainAndPublish(t *testing.T, store objstore.Store, ex []train.Example, cfg inference.TrainConfig) published {
 	t.Helper()
 	ctx := context.Background()
-	res, err := inference.Train(ctx, ex, cfg, nil)
+	res, err := train.Train(ctx, ex, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := inference.Publish(ctx, store, res, cfg, inference.ModelCard{Created: time.Now().UTC(), Source: "e2e test"})
+	v, err := train.Publish(ctx, store, res, cfg, inference.ModelCard{Created: time.Now().UTC(), Source: "e2e test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +101,7 @@ func artifactsStore(t *testing.T) objstore.Store {
 // second version is published and loaded while Recommend runs in a loop: the Service switches
 // without a failed request, and every answer matches the brute force of the version it names.
 func TestEndToEndTrainPublishLoadQuery(t *testing.T) {
-	ex := inference.LabExamples(t)
+	ex := traintest.LabExamples(t)
 	store := artifactsStore(t)
 	cfg := testSchema(t, 100)
 	pool := connect(t, cfg)

@@ -1,8 +1,10 @@
 package inference
 
 import (
+	"cmp"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,13 +59,21 @@ func ProfileKey(u UserFeatures) string {
 	return NormalizeCategory(u.City) + "|" + NormalizeCategory(u.Country) + "|" + strconv.FormatFloat(u.CreditLimit, 'f', 2, 64)
 }
 
-func (u UserFeatures) categorical() []string {
+// Categorical returns the user's categorical inputs in UserCategorical order (raw; the encoder
+// normalises them).
+func (u UserFeatures) Categorical() []string {
 	return []string{u.City, u.Country, ProfileKey(u)}
 }
 
-func (u UserFeatures) numeric() []float64    { return []float64{u.CreditLimit} }
-func (i ItemFeatures) categorical() []string { return []string{i.ProductLine, i.ProductScale} }
-func (i ItemFeatures) numeric() []float64 {
+// Numeric returns the user's numeric inputs in UserNumeric order.
+func (u UserFeatures) Numeric() []float64 { return []float64{u.CreditLimit} }
+
+// Categorical returns the item's categorical inputs in ItemCategorical order (raw; the encoder
+// normalises them).
+func (i ItemFeatures) Categorical() []string { return []string{i.ProductLine, i.ProductScale} }
+
+// Numeric returns the item's numeric inputs in ItemNumeric order.
+func (i ItemFeatures) Numeric() []float64 {
 	return []float64{i.QuantityInStock, i.BuyPrice, i.MSRP}
 }
 
@@ -111,6 +121,28 @@ func FitOneHot(features []string, rows [][]string) (*OneHotEncoder, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// CapCategories keeps at most max categories of column c: those of the most rows (rows[r][c] is
+// row r's value, as given to FitOneHot), ties broken by category, still sorted. Values of the
+// dropped categories then encode as zeros, like unknown ones. The trainer caps the profile
+// column with it, which bounds the user tower's input width.
+func (e *OneHotEncoder) CapCategories(c int, rows [][]string, max int) error {
+	if len(e.Categories[c]) <= max {
+		return nil
+	}
+	n := map[string]int{}
+	for _, r := range rows {
+		if v := NormalizeCategory(r[c]); v != "" {
+			n[v]++
+		}
+	}
+	cats := slices.Clone(e.Categories[c])
+	slices.SortFunc(cats, func(a, b string) int { return cmp.Or(cmp.Compare(n[b], n[a]), cmp.Compare(a, b)) })
+	cats = cats[:max]
+	slices.Sort(cats)
+	e.Categories[c] = cats
+	return e.init()
 }
 
 // init validates the encoder and builds its lookup tables.
@@ -245,10 +277,11 @@ type Encoder struct {
 	Std    *StandardScaler
 }
 
-// newEncoder validates the pair against the expected feature names. cat may also be a prefix
-// of the values the encoder is given (legacyUserCategorical): encode uses the first
-// len(cat) categorical values.
-func newEncoder(side string, ohe *OneHotEncoder, std *StandardScaler, cat, num []string) (Encoder, error) {
+// NewEncoder validates the pair against the expected feature names (cat and num; side names
+// the tower in errors). cat may also be a prefix of the values the encoder is given
+// (legacyUserCategorical): encode uses the first len(cat) categorical values. The trainer
+// builds its encoders with it and the model loader its loaded ones.
+func NewEncoder(side string, ohe *OneHotEncoder, std *StandardScaler, cat, num []string) (Encoder, error) {
 	if ohe == nil || std == nil {
 		return Encoder{}, fmt.Errorf("%s encoder: missing one-hot encoder or scaler", side)
 	}
@@ -282,7 +315,7 @@ func (e Encoder) EncodeUsers(users []UserFeatures) []float32 {
 	w := e.Width()
 	out := make([]float32, len(users)*w)
 	for r, u := range users {
-		e.encode(out[r*w:(r+1)*w], u.categorical(), u.numeric())
+		e.encode(out[r*w:(r+1)*w], u.Categorical(), u.Numeric())
 	}
 	return out
 }
@@ -292,7 +325,7 @@ func (e Encoder) EncodeItems(items []ItemFeatures) []float32 {
 	w := e.Width()
 	out := make([]float32, len(items)*w)
 	for r, it := range items {
-		e.encode(out[r*w:(r+1)*w], it.categorical(), it.numeric())
+		e.encode(out[r*w:(r+1)*w], it.Categorical(), it.Numeric())
 	}
 	return out
 }

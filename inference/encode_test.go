@@ -1,6 +1,7 @@
 package inference
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -61,7 +62,7 @@ func TestStandardScaler(t *testing.T) {
 func TestUserEncoding(t *testing.T) {
 	ohe := &OneHotEncoder{Features: UserCategorical, Categories: [][]string{{"london", "nantes"}, {"france", "uk"}, {"nantes|france|100000.00"}}}
 	std := &StandardScaler{Features: UserNumeric, Mean: []float64{50000}, Scale: []float64{25000}}
-	enc, err := newEncoder("user", ohe, std, UserCategorical, UserNumeric)
+	enc, err := NewEncoder("user", ohe, std, UserCategorical, UserNumeric)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +79,7 @@ func TestUserEncoding(t *testing.T) {
 	}
 	// A version published before the profile category encodes city and country only.
 	legacy := &OneHotEncoder{Features: legacyUserCategorical, Categories: [][]string{{"london", "nantes"}, {"france", "uk"}}}
-	enc, err = newEncoder("user", legacy, std, legacyUserCategorical, UserNumeric)
+	enc, err = NewEncoder("user", legacy, std, legacyUserCategorical, UserNumeric)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,7 @@ func TestEncoderRejectsBadScalers(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := newEncoder("user", tc.ohe, tc.std, UserCategorical, UserNumeric)
+			_, err := NewEncoder("user", tc.ohe, tc.std, UserCategorical, UserNumeric)
 			if err == nil || !contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
 			}
@@ -128,3 +129,23 @@ func TestEncoderRejectsBadScalers(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestProfilesAreCapped: beyond the cap (train.MaxProfiles) the profiles with the most ratings
+// are kept.
+func TestProfilesAreCapped(t *testing.T) {
+	e, err := FitOneHot([]string{"profile"}, [][]string{{"a"}, {"b"}, {"b"}, {"c"}, {"c"}, {"c"}, {"d"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.CapCategories(0, [][]string{{"a"}, {"b"}, {"b"}, {"c"}, {"c"}, {"c"}, {"d"}}, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(e.Categories[0]); got != "[b c]" {
+		t.Fatalf("kept %s, want [b c]", got)
+	}
+	dst := make([]float32, 2)
+	e.Encode(dst, []string{"a"})
+	if dst[0] != 0 || dst[1] != 0 {
+		t.Fatalf("a dropped profile encodes as %v, want zeros", dst)
+	}
+}

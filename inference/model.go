@@ -1,12 +1,10 @@
 package inference
 
 import (
-	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"runtime"
-	"slices"
 	"sync"
 )
 
@@ -53,9 +51,10 @@ const (
 	IdentityHidden2 = 32
 )
 
-// userRadius is the bound on |(f, b)| of a user embedding: with the constant c the user
-// embedding has length at most 1.
-var userRadius = math.Sqrt(1 - ItemBiasWeight*ItemBiasWeight)
+// UserRadius is the bound on |(f, b)| of a user embedding: with the constant c the user
+// embedding has length at most 1. The bias head scales (f, b) onto it when longer; the
+// trainer's backward pass of the head needs the same bound.
+var UserRadius = math.Sqrt(1 - ItemBiasWeight*ItemBiasWeight)
 
 // Head names how raw tower outputs become embeddings; the model card records it.
 type Head string
@@ -98,9 +97,10 @@ func NewTower(in int) *Tower {
 // InputWidth is the width of the tower's input rows.
 func (t *Tower) InputWidth() int { return t.Layers[0].In }
 
-// initUniform fills the tower like PyTorch's nn.Linear default: weights and biases drawn from
-// U(-1/sqrt(in), 1/sqrt(in)), in a fixed order so one seed gives one model.
-func (t *Tower) initUniform(rng *rand.Rand) {
+// InitUniform fills the tower like PyTorch's nn.Linear default: weights and biases drawn from
+// U(-1/sqrt(in), 1/sqrt(in)), in a fixed order so one seed gives one model. The trainer starts
+// from it.
+func (t *Tower) InitUniform(rng *rand.Rand) {
 	for l := range t.Layers {
 		d := &t.Layers[l]
 		bound := 1 / math.Sqrt(float64(d.In))
@@ -113,15 +113,8 @@ func (t *Tower) initUniform(rng *rand.Rand) {
 	}
 }
 
-// zeroOutput clears output o of the last layer (weights and bias).
-func (t *Tower) zeroOutput(o int) {
-	d := &t.Layers[2]
-	clear(d.W[o*d.In : (o+1)*d.In])
-	d.B[o] = 0
-}
-
-// clone returns a deep copy.
-func (t *Tower) clone() *Tower {
+// Clone returns a deep copy.
+func (t *Tower) Clone() *Tower {
 	c := &Tower{}
 	for l, d := range t.Layers {
 		c.Layers[l] = Dense{In: d.In, Out: d.Out, W: append([]float32(nil), d.W...), B: append([]float32(nil), d.B...)}
@@ -129,125 +122,103 @@ func (t *Tower) clone() *Tower {
 	return c
 }
 
-// rowState holds one row's activations for the backward pass.
-type rowState struct {
-	nz []int     // indices of the input's non-zero entries
-	h1 []float32 // after ReLU, Hidden1
-	h2 []float32 // after ReLU, Hidden2
-	z  []float32 // raw output, EmbeddingDim
-	u  []float32 // embedding (after the head), EmbeddingDim
-	n  float64   // the head's norm: |z| (unit head) or |(f, b)| (user bias head)
+// RowState holds one row's activations: what ForwardRow and Head.Apply compute, kept for the
+// trainer's backward pass. Embedding reuses one per goroutine; it is not safe for concurrent use.
+type RowState struct {
+	NZ []int     // indices of the input's non-zero entries
+	H1 []float32 // after ReLU, Hidden1
+	H2 []float32 // after ReLU, Hidden2
+	Z  []float32 // raw output, EmbeddingDim
+	U  []float32 // embedding (after the head), EmbeddingDim
+	N  float64   // the head's norm: |z| (unit head) or |(f, b)| (user bias head)
 }
 
-func newRowState() *rowState {
-	return &rowState{h1: make([]float32, Hidden1), h2: make([]float32, Hidden2), z: make([]float32, EmbeddingDim), u: make([]float32, EmbeddingDim)}
+// NewRowState returns a RowState sized for the towers.
+func NewRowState() *RowState {
+	return &RowState{H1: make([]float32, Hidden1), H2: make([]float32, Hidden2), Z: make([]float32, EmbeddingDim), U: make([]float32, EmbeddingDim)}
 }
 
-// forwardRow runs one input row through the tower, filling s.nz, s.h1, s.h2 and s.z (the raw
+// ForwardRow runs one input row through the tower, filling s.NZ, s.H1, s.H2 and s.Z (the raw
 // output). The first layer visits only the input's non-zero entries: the one-hot blocks make it
 // sparse.
-func (t *Tower) forwardRow(x []float32, s *rowState) {
-	s.nz = s.nz[:0]
+func (t *Tower) ForwardRow(x []float32, s *RowState) {
+	s.NZ = s.NZ[:0]
 	for j, v := range x {
 		if v != 0 {
-			s.nz = append(s.nz, j)
+			s.NZ = append(s.NZ, j)
 		}
 	}
 	d0 := &t.Layers[0]
 	for o := 0; o < d0.Out; o++ {
 		w := d0.W[o*d0.In : (o+1)*d0.In]
 		acc := d0.B[o]
-		for _, j := range s.nz {
+		for _, j := range s.NZ {
 			acc += w[j] * x[j]
 		}
-		s.h1[o] = max(acc, 0)
+		s.H1[o] = max(acc, 0)
 	}
 	d1 := &t.Layers[1]
 	for o := 0; o < d1.Out; o++ {
-		s.h2[o] = max(d1.B[o]+dot(d1.W[o*d1.In:(o+1)*d1.In], s.h1), 0)
+		s.H2[o] = max(d1.B[o]+Dot(d1.W[o*d1.In:(o+1)*d1.In], s.H1), 0)
 	}
 	d2 := &t.Layers[2]
 	for o := 0; o < d2.Out; o++ {
-		s.z[o] = d2.B[o] + dot(d2.W[o*d2.In:(o+1)*d2.In], s.h2)
+		s.Z[o] = d2.B[o] + Dot(d2.W[o*d2.In:(o+1)*d2.In], s.H2)
 	}
 }
 
-// side says which tower a head is applied to.
-type side int
+// Side says which tower a head is applied to.
+type Side int
 
+// The two towers.
 const (
-	userSide side = iota
-	itemSide
+	UserSide Side = iota
+	ItemSide
 )
 
-// apply turns s.z into the embedding s.u. Norms are taken in float64: a float32 sum of squares
+// Apply turns s.Z into the embedding s.U (and sets s.N). Norms are taken in float64: a float32 sum of squares
 // overflows for activations above ~1e19, and Inf/Inf would make a NaN embedding; so any finite
 // raw output gives a finite embedding.
-func (h Head) apply(sd side, s *rowState) {
+func (h Head) Apply(sd Side, s *RowState) {
 	switch {
-	case h == HeadBias && sd == userSide:
+	case h == HeadBias && sd == UserSide:
 		var ss float64
-		for _, v := range s.z[:UserBiasIndex+1] {
+		for _, v := range s.Z[:UserBiasIndex+1] {
 			ss += float64(v) * float64(v)
 		}
-		s.n = math.Sqrt(ss)
-		if s.n > userRadius {
-			k := userRadius / s.n
-			for o, v := range s.z[:UserBiasIndex+1] {
-				s.u[o] = float32(float64(v) * k)
+		s.N = math.Sqrt(ss)
+		if s.N > UserRadius {
+			k := UserRadius / s.N
+			for o, v := range s.Z[:UserBiasIndex+1] {
+				s.U[o] = float32(float64(v) * k)
 			}
 		} else {
-			copy(s.u, s.z[:UserBiasIndex+1])
+			copy(s.U, s.Z[:UserBiasIndex+1])
 		}
-		s.u[ItemBiasIndex] = ItemBiasWeight
+		s.U[ItemBiasIndex] = ItemBiasWeight
 	case h == HeadBias: // item
-		copy(s.u, s.z)
-		s.u[UserBiasIndex] = 1
+		copy(s.U, s.Z)
+		s.U[UserBiasIndex] = 1
 	default: // HeadUnit
 		var ss float64
-		for _, v := range s.z {
+		for _, v := range s.Z {
 			ss += float64(v) * float64(v)
 		}
-		s.n = max(math.Sqrt(ss), normEps)
-		for o, v := range s.z {
-			s.u[o] = float32(float64(v) / s.n)
+		s.N = max(math.Sqrt(ss), normEps)
+		for o, v := range s.Z {
+			s.U[o] = float32(float64(v) / s.N)
 		}
 	}
 }
 
-// backward turns dL/du (the embedding's gradient) into dL/dz (the raw output's) for the bias
-// head, the only one that is trained.
-func (h Head) backward(sd side, s *rowState, du, dz []float32) {
-	if sd == itemSide {
-		copy(dz, du)
-		dz[UserBiasIndex] = 0 // the constant 1
-		return
-	}
-	dz[ItemBiasIndex] = 0 // the constant c
-	w, g := s.z[:UserBiasIndex+1], du[:UserBiasIndex+1]
-	if s.n <= userRadius {
-		copy(dz, g)
-		return
-	}
-	// u = r·w/|w|  ⇒  dw = r/|w| · (du − ŵ (ŵ·du)), ŵ = w/|w|
-	var c float64
-	for o := range w {
-		c += float64(w[o]) * float64(g[o])
-	}
-	c /= s.n * s.n
-	k := userRadius / s.n
-	for o := range w {
-		dz[o] = float32(k * (float64(g[o]) - float64(w[o])*c))
-	}
-}
-
-// embed runs n input rows (x holds n rows of InputWidth values) through the tower and the head
-// and returns n rows of EmbeddingDim values. It is pure computation, safe for concurrent use on
-// a tower that is not being trained.
-func (t *Tower) embed(x []float32, n int, h Head, sd side) []float32 {
+// Embed runs n input rows (x holds n rows of InputWidth values) through the tower and head h
+// (applied as side sd) and returns n rows of EmbeddingDim values. It is pure computation, safe
+// for concurrent use on a tower that is not being trained. An x of another length is a
+// programming error and panics.
+func (t *Tower) Embed(x []float32, n int, h Head, sd Side) []float32 {
 	in := t.InputWidth()
 	if len(x) != n*in {
-		panic(fmt.Sprintf("inference: Tower.embed: %d values for %d rows of width %d", len(x), n, in)) // programming error
+		panic(fmt.Sprintf("inference: Tower.Embed: %d values for %d rows of width %d", len(x), n, in)) // programming error
 	}
 	out := make([]float32, n*EmbeddingDim)
 	// Rows are independent, so a large batch is split across cores; each row's arithmetic is
@@ -271,24 +242,25 @@ func (t *Tower) embed(x []float32, n int, h Head, sd side) []float32 {
 }
 
 // Forward returns the L2-normalised outputs of n input rows (the HeadUnit embedding).
-func (t *Tower) Forward(x []float32, n int) []float32 { return t.embed(x, n, HeadUnit, userSide) }
+func (t *Tower) Forward(x []float32, n int) []float32 { return t.Embed(x, n, HeadUnit, UserSide) }
 
 // minRowsPerWorker is the smallest share of a batch worth a goroutine.
 const minRowsPerWorker = 32
 
-func (t *Tower) embedRows(x, out []float32, lo, hi int, h Head, sd side) {
+func (t *Tower) embedRows(x, out []float32, lo, hi int, h Head, sd Side) {
 	in := t.InputWidth()
-	s := newRowState()
+	s := NewRowState()
 	for r := lo; r < hi; r++ {
-		t.forwardRow(x[r*in:(r+1)*in], s)
-		h.apply(sd, s)
-		copy(out[r*EmbeddingDim:], s.u)
+		t.ForwardRow(x[r*in:(r+1)*in], s)
+		h.Apply(sd, s)
+		copy(out[r*EmbeddingDim:], s.U)
 	}
 }
 
-// dot is the float32 inner product, unrolled with four independent accumulators (a fixed
-// summation order, so results are reproducible).
-func dot(a, b []float32) float32 {
+// Dot is the float32 inner product the model scores with, unrolled with four independent
+// accumulators (a fixed summation order, so results are reproducible). The trainer uses it so
+// that it scores exactly as serving does.
+func Dot(a, b []float32) float32 {
 	b = b[:len(a)]
 	var s0, s1, s2, s3 float32
 	i := 0
@@ -302,14 +274,6 @@ func dot(a, b []float32) float32 {
 		s0 += a[i] * b[i]
 	}
 	return (s0 + s1) + (s2 + s3)
-}
-
-// axpy computes y += alpha * x.
-func axpy(alpha float32, x, y []float32) {
-	y = y[:len(x)]
-	for i, v := range x {
-		y[i] += alpha * v
-	}
 }
 
 // Model is the trained two-tower recommender with its encoders: everything needed to turn raw
@@ -342,7 +306,7 @@ func NewModel(user, item *Tower, userEnc, itemEnc Encoder) (*Model, error) {
 // UserEmbeddings returns one EmbeddingDim vector of length at most 1 per user (batched forward
 // pass).
 func (m *Model) UserEmbeddings(users []UserFeatures) [][]float32 {
-	return rows(m.User.embed(m.UserEnc.EncodeUsers(users), len(users), m.Head, userSide), len(users))
+	return rows(m.User.Embed(m.UserEnc.EncodeUsers(users), len(users), m.Head, UserSide), len(users))
 }
 
 // UserEmbedding returns the embedding of one user.
@@ -352,56 +316,13 @@ func (m *Model) UserEmbedding(u UserFeatures) []float32 {
 
 // ItemEmbeddings returns one EmbeddingDim vector per item.
 func (m *Model) ItemEmbeddings(items []ItemFeatures) [][]float32 {
-	return rows(m.Item.embed(m.ItemEnc.EncodeItems(items), len(items), m.Head, itemSide), len(items))
-}
-
-// PublishedItemEmbeddings returns the item embeddings as they are published (the
-// item_embeddings.csv of a version): the item tower's embedding of each item, plus its
-// popularity prior (PopularityPriors) in the item bias dimension. The prior changes a
-// predicted rating by at most 2·PopularityWeight stars; it ranks items the model cannot tell
-// apart (equal scores, as for every item when the data has no item effect) by popularity
-// instead of arbitrarily.
-func (m *Model) PublishedItemEmbeddings(items []Item) [][]float32 {
-	f := make([]ItemFeatures, len(items))
-	for i, it := range items {
-		f[i] = it.Features
-	}
-	embs := m.ItemEmbeddings(f)
-	if m.Head != HeadBias {
-		return embs
-	}
-	for i, p := range PopularityPriors(items) {
-		embs[i][ItemBiasIndex] += p / ItemBiasWeight
-	}
-	return embs
-}
-
-// PopularityWeight is the largest popularity prior (in score units, [-1, 1]).
-const PopularityWeight = 0.005
-
-// PopularityPriors returns each item's popularity prior: items ranked by ratings (most first,
-// then by product code) get PopularityWeight·(n − rank)/n, n = len(items), so no two items
-// share a prior.
-func PopularityPriors(items []Item) []float32 {
-	order := make([]int, len(items))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(a, b int) int {
-		return cmp.Or(cmp.Compare(items[b].Ratings, items[a].Ratings), cmp.Compare(items[a].ProductCode, items[b].ProductCode))
-	})
-	out := make([]float32, len(items))
-	n := float64(len(items))
-	for rank, i := range order {
-		out[i] = float32(PopularityWeight * (n - float64(rank)) / n)
-	}
-	return out
+	return rows(m.Item.Embed(m.ItemEnc.EncodeItems(items), len(items), m.Head, ItemSide), len(items))
 }
 
 // Predict is the model's rating for a user/item pair in stars: the inner product of the two
 // embeddings mapped to stars (2·score + 3) and clamped to [1, 5].
 func Predict(userEmb, itemEmb []float32) float64 {
-	return scaledToStars(dot(userEmb, itemEmb))
+	return Stars(Dot(userEmb, itemEmb))
 }
 
 func rows(flat []float32, n int) [][]float32 {
@@ -412,8 +333,6 @@ func rows(flat []float32, n int) [][]float32 {
 	return out
 }
 
-// starsToScaled maps a rating in [1, 5] to the training target in [-1, 1].
-func starsToScaled(r float64) float32 { return float32((r-1)/2 - 1) }
-
-// scaledToStars maps a score back to stars, clamped to the rating scale [1, 5].
-func scaledToStars(p float32) float64 { return min(max((float64(p)+1)*2+1, 1), 5) }
+// Stars maps a score (an inner product of a user and an item embedding, the model's output in
+// [-1, 1] on the scaled rating) back to stars, clamped to the rating scale [1, 5].
+func Stars(p float32) float64 { return min(max((float64(p)+1)*2+1, 1), 5) }

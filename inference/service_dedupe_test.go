@@ -1,28 +1,32 @@
-package inference
+package inference_test
 
 import (
 	"context"
 	"testing"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
+	"github.com/recstream/recstream/inference/train/traintest"
 )
 
 // A batch whose users repeat asks the index once per distinct feature tuple, and every user
 // still gets the answer for its own features, in order.
 func TestServiceQueriesDistinctUsersOnce(t *testing.T) {
-	store, _ := dirStore(t)
-	cfg := DefaultConfig().Train
+	store, _ := traintest.DirStore(t)
+	cfg := inference.DefaultConfig().Train
 	cfg.Epochs = 1
-	res, err := Train(context.Background(), syntheticExamples(), cfg, nil)
+	res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := Publish(context.Background(), store, res, cfg, ModelCard{})
+	v, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	idx := &fakeIndex{live: v}
-	svc, err := NewService(DefaultConfig(), store, idx, zaptest.NewLogger(t))
+	svc, err := inference.NewService(inference.DefaultConfig(), store, idx, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,10 +34,10 @@ func TestServiceQueriesDistinctUsersOnce(t *testing.T) {
 	if err := svc.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a := UserFeatures{City: "city1", Country: "c0", CreditLimit: 3000}
-	b := UserFeatures{City: "city2", Country: "c1", CreditLimit: 90000}
-	c := UserFeatures{City: "city1", Country: "c0", CreditLimit: 3001} // differs from a only in the limit
-	users := []UserFeatures{a, b, a, c, b, a}
+	a := inference.UserFeatures{City: "city1", Country: "c0", CreditLimit: 3000}
+	b := inference.UserFeatures{City: "city2", Country: "c1", CreditLimit: 90000}
+	c := inference.UserFeatures{City: "city1", Country: "c0", CreditLimit: 3001} // differs from a only in the limit
+	users := []inference.UserFeatures{a, b, a, c, b, a}
 	got, err := svc.Recommend(ctx, users, nil, 5)
 	if err != nil {
 		t.Fatal(err)

@@ -1,15 +1,20 @@
-package inference
+package inference_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
+	"github.com/recstream/recstream/inference/train/traintest"
 )
 
 // fakeIndex is a fake at our own seam (Index): it answers from fixed lists, counts calls, and
@@ -22,28 +27,28 @@ type fakeIndex struct {
 	itemQueries [][]string
 }
 
-func (f *fakeIndex) ItemsFromUsers(_ context.Context, embs [][]float32, k int) ([][]ScoredItem, error) {
+func (f *fakeIndex) ItemsFromUsers(_ context.Context, embs [][]float32, k int) ([][]inference.ScoredItem, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.userEmbs = append(f.userEmbs, embs)
 	if f.swapTo != "" {
 		f.live, f.swapTo = f.swapTo, ""
 	}
-	out := make([][]ScoredItem, len(embs))
+	out := make([][]inference.ScoredItem, len(embs))
 	for i := range out {
-		out[i] = []ScoredItem{{ID: "from-" + f.live, Score: float64(embs[i][0])}}
+		out[i] = []inference.ScoredItem{{ID: "from-" + f.live, Score: float64(embs[i][0])}}
 	}
 	return out, nil
 }
 
-func (f *fakeIndex) ItemsFromItems(_ context.Context, codes []string, k int) (map[string][]SimilarItem, error) {
+func (f *fakeIndex) ItemsFromItems(_ context.Context, codes []string, k int) (map[string][]inference.SimilarItem, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.itemQueries = append(f.itemQueries, codes)
-	out := map[string][]SimilarItem{}
+	out := map[string][]inference.SimilarItem{}
 	for _, c := range codes {
 		if c != "unknown" {
-			out[c] = []SimilarItem{{ID: c + "-near-" + f.live}}
+			out[c] = []inference.SimilarItem{{ID: c + "-near-" + f.live}}
 		}
 	}
 	return out, nil
@@ -55,13 +60,13 @@ func (f *fakeIndex) LiveVersion(context.Context) (string, error) {
 	return f.live, nil
 }
 
-func syntheticExamples() []Example {
-	var ex []Example
+func syntheticExamples() []train.Example {
+	var ex []train.Example
 	for c := 0; c < 12; c++ {
 		for p := 0; p < 8; p++ {
-			ex = append(ex, Example{CustomerNumber: int64(100 + c), ProductCode: fmt.Sprintf("S%d", p),
-				User:   UserFeatures{City: fmt.Sprint("city", c%4), Country: fmt.Sprint("c", c%2), CreditLimit: float64(c * 1000)},
-				Item:   ItemFeatures{ProductLine: fmt.Sprint("line", p%3), ProductScale: "1:10", QuantityInStock: float64(p), BuyPrice: float64(10 + p), MSRP: float64(20 + p)},
+			ex = append(ex, train.Example{CustomerNumber: int64(100 + c), ProductCode: fmt.Sprintf("S%d", p),
+				User:   inference.UserFeatures{City: fmt.Sprint("city", c%4), Country: fmt.Sprint("c", c%2), CreditLimit: float64(c * 1000)},
+				Item:   inference.ItemFeatures{ProductLine: fmt.Sprint("line", p%3), ProductScale: "1:10", QuantityInStock: float64(p), BuyPrice: float64(10 + p), MSRP: float64(20 + p)},
 				Rating: float64(1 + (c+p)%5)})
 		}
 	}
@@ -69,36 +74,36 @@ func syntheticExamples() []Example {
 }
 
 func TestServiceSwitchesMidBatchAndCachesPerVersion(t *testing.T) {
-	store, _ := dirStore(t)
-	cfg := DefaultConfig().Train
+	store, _ := traintest.DirStore(t)
+	cfg := inference.DefaultConfig().Train
 	cfg.Epochs = 1
 	var versions []string
-	var models []*Model
+	var models []*inference.Model
 	for seed := int64(1); seed <= 2; seed++ {
 		cfg.Seed = seed
-		res, err := Train(context.Background(), syntheticExamples(), cfg, nil)
+		res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, err := Publish(context.Background(), store, res, cfg, ModelCard{})
+		v, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		versions, models = append(versions, v), append(models, res.Model)
 	}
 	idx := &fakeIndex{live: versions[0]}
-	svc, err := NewService(DefaultConfig(), store, idx, zaptest.NewLogger(t))
+	svc, err := inference.NewService(inference.DefaultConfig(), store, idx, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := svc.Recommend(ctx, nil, nil, 5); err != ErrNotLoaded {
+	if _, err := svc.Recommend(ctx, nil, nil, 5); err != inference.ErrNotLoaded {
 		t.Fatalf("before Load: err = %v, want ErrNotLoaded", err)
 	}
 	if err := svc.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
-	users := []UserFeatures{{City: "city1", Country: "c0", CreditLimit: 3000}}
+	users := []inference.UserFeatures{{City: "city1", Country: "c0", CreditLimit: 3000}}
 	items := []string{"S1", "", "unknown", "S1"}
 	res, err := svc.Recommend(ctx, users, items, 5)
 	if err != nil {
@@ -126,7 +131,7 @@ func TestServiceSwitchesMidBatchAndCachesPerVersion(t *testing.T) {
 		t.Fatalf("after swap: version %s, service %s, %+v", res.ModelVersion, svc.Version(), res.Recommended)
 	}
 	last := idx.userEmbs[len(idx.userEmbs)-1][0]
-	if want := models[1].UserEmbedding(users[0]); !bitsEqual(last, want) {
+	if want := models[1].UserEmbedding(users[0]); !traintest.BitsEqual(last, want) {
 		t.Fatal("the redone batch did not use the new model's user embedding")
 	}
 	if res.Similar[0][0].ID != "S1-near-"+versions[1] {
@@ -135,14 +140,14 @@ func TestServiceSwitchesMidBatchAndCachesPerVersion(t *testing.T) {
 }
 
 func TestServicePinnedVersionRefusesOtherLiveVersion(t *testing.T) {
-	store, _ := dirStore(t)
-	cfg := DefaultConfig()
+	store, _ := traintest.DirStore(t)
+	cfg := inference.DefaultConfig()
 	cfg.ArtifactsVersion = "m-0123456789ab"
-	svc, err := NewService(cfg, store, &fakeIndex{live: "m-ba9876543210"}, zaptest.NewLogger(t))
+	svc, err := inference.NewService(cfg, store, &fakeIndex{live: "m-ba9876543210"}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.Load(context.Background()); err == nil || !contains(err.Error(), "is not the pinned artifacts version m-0123456789ab") {
+	if err := svc.Load(context.Background()); err == nil || !strings.Contains(err.Error(), "is not the pinned artifacts version m-0123456789ab") {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -162,28 +167,28 @@ func (o *observed) get() []bool { o.mu.Lock(); defer o.mu.Unlock(); return slice
 // names both versions, the observer hears each change once, a failed load is not retried per
 // batch, and going back to a servable version clears the state.
 func TestServiceLiveVersionWithoutModel(t *testing.T) {
-	store, _ := dirStore(t)
-	cfg := DefaultConfig().Train
+	store, _ := traintest.DirStore(t)
+	cfg := inference.DefaultConfig().Train
 	cfg.Epochs = 1
-	res, err := Train(context.Background(), syntheticExamples(), cfg, nil)
+	res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := Publish(context.Background(), store, res, cfg, ModelCard{})
+	a, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	idx := &fakeIndex{live: a}
-	svc, err := NewService(DefaultConfig(), store, idx, zaptest.NewLogger(t))
+	svc, err := inference.NewService(inference.DefaultConfig(), store, idx, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	clock := time.Unix(1e9, 0)
-	svc.now = func() time.Time { return clock }
+	svc.SetNow(func() time.Time { return clock })
 	var obs observed
 	svc.SetMismatchObserver(obs.observe)
 	ctx := context.Background()
-	if err := svc.Health(); !errors.Is(err, ErrNotLoaded) {
+	if err := svc.Health(); !errors.Is(err, inference.ErrNotLoaded) {
 		t.Fatalf("Health before Load = %v, want ErrNotLoaded", err)
 	}
 	if err := svc.Load(ctx); err != nil {
@@ -192,7 +197,7 @@ func TestServiceLiveVersionWithoutModel(t *testing.T) {
 	if err := svc.Health(); err != nil {
 		t.Fatalf("Health = %v", err)
 	}
-	users := []UserFeatures{{City: "city1", Country: "c0", CreditLimit: 3000}}
+	users := []inference.UserFeatures{{City: "city1", Country: "c0", CreditLimit: 3000}}
 
 	const b = "sha-0123456789ab" // `batch embeddings --from DIR --without-model`
 	idx.mu.Lock()
@@ -202,7 +207,7 @@ func TestServiceLiveVersionWithoutModel(t *testing.T) {
 	before := queries()
 	for i := 0; i < 3; i++ {
 		r, err := svc.Recommend(ctx, users, []string{"S1"}, 5)
-		if !errors.Is(err, ErrModelUnavailable) || !contains(err.Error(), b) {
+		if !errors.Is(err, inference.ErrModelUnavailable) || !strings.Contains(err.Error(), b) {
 			t.Fatalf("Recommend with live %s: %+v, %v; want ErrModelUnavailable naming it", b, r, err)
 		}
 	}
@@ -215,33 +220,27 @@ func TestServiceLiveVersionWithoutModel(t *testing.T) {
 		t.Fatalf("served version %s, want %s kept loaded", svc.Version(), a)
 	}
 	h := svc.Health()
-	if !errors.Is(h, ErrModelUnavailable) || !contains(h.Error(), a) || !contains(h.Error(), b) || !contains(h.Error(), "does not exist") {
+	if !errors.Is(h, inference.ErrModelUnavailable) || !strings.Contains(h.Error(), a) || !strings.Contains(h.Error(), b) || !strings.Contains(h.Error(), "does not exist") {
 		t.Fatalf("Health = %v, want ErrModelUnavailable naming %s, %s and the reason", h, a, b)
 	}
 	if got := obs.get(); !slices.Equal(got, []bool{false, true}) {
 		t.Fatalf("observer calls %v, want [false true]", got)
 	}
-	// The failed load is remembered for retryLoadAfter (Recommend does not read the artifacts
+	// The failed load is remembered for inference.RetryLoadAfter (Recommend does not read the artifacts
 	// again); the reload check always retries.
-	svc.loadMu.Lock()
-	at := svc.failed[b].at
-	svc.loadMu.Unlock()
-	clock = clock.Add(retryLoadAfter / 2)
-	if _, err := svc.Recommend(ctx, users, nil, 5); !errors.Is(err, ErrModelUnavailable) {
+	at := svc.FailedAt(b)
+	clock = clock.Add(inference.RetryLoadAfter / 2)
+	if _, err := svc.Recommend(ctx, users, nil, 5); !errors.Is(err, inference.ErrModelUnavailable) {
 		t.Fatal(err)
 	}
-	svc.loadMu.Lock()
-	again := svc.failed[b].at
-	svc.loadMu.Unlock()
+	again := svc.FailedAt(b)
 	if !again.Equal(at) {
-		t.Fatal("Recommend retried the failed load before retryLoadAfter")
+		t.Fatal("Recommend retried the failed load before inference.RetryLoadAfter")
 	}
-	if err := svc.poll(ctx); err != nil {
+	if err := svc.Poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	svc.loadMu.Lock()
-	again = svc.failed[b].at
-	svc.loadMu.Unlock()
+	again = svc.FailedAt(b)
 	if !again.After(at) {
 		t.Fatal("the reload check did not retry the failed load")
 	}
@@ -264,21 +263,21 @@ func TestServiceLiveVersionWithoutModel(t *testing.T) {
 
 // A pinned service whose live version is another one is in the same state: refused, red.
 func TestServicePinnedVersionMismatchIsUnavailable(t *testing.T) {
-	store, _ := dirStore(t)
-	cfg := DefaultConfig().Train
+	store, _ := traintest.DirStore(t)
+	cfg := inference.DefaultConfig().Train
 	cfg.Epochs = 1
-	res, err := Train(context.Background(), syntheticExamples(), cfg, nil)
+	res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := Publish(context.Background(), store, res, cfg, ModelCard{})
+	a, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	scfg := DefaultConfig()
+	scfg := inference.DefaultConfig()
 	scfg.ArtifactsVersion = a
 	idx := &fakeIndex{live: a}
-	svc, err := NewService(scfg, store, idx, zaptest.NewLogger(t))
+	svc, err := inference.NewService(scfg, store, idx, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,13 +287,13 @@ func TestServicePinnedVersionMismatchIsUnavailable(t *testing.T) {
 	idx.mu.Lock()
 	idx.live = "m-ba9876543210"
 	idx.mu.Unlock()
-	if err := svc.poll(context.Background()); err != nil {
+	if err := svc.Poll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if h := svc.Health(); !errors.Is(h, ErrModelUnavailable) || !contains(h.Error(), "is not the pinned artifacts version "+a) {
+	if h := svc.Health(); !errors.Is(h, inference.ErrModelUnavailable) || !strings.Contains(h.Error(), "is not the pinned artifacts version "+a) {
 		t.Fatalf("Health = %v", h)
 	}
-	if _, err := svc.Recommend(context.Background(), nil, []string{"S1"}, 5); !errors.Is(err, ErrModelUnavailable) {
+	if _, err := svc.Recommend(context.Background(), nil, []string{"S1"}, 5); !errors.Is(err, inference.ErrModelUnavailable) {
 		t.Fatalf("Recommend = %v, want ErrModelUnavailable", err)
 	}
 }

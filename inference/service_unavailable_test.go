@@ -17,6 +17,8 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
+	"github.com/recstream/recstream/inference/train/traintest"
 	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
@@ -50,7 +52,7 @@ func (m *mismatches) get() []bool    { m.mu.Lock(); defer m.mu.Unlock(); return 
 // one error line, not one per check or batch. When the trainer publishes B's model, the service
 // recovers by itself and answers from B, matching a brute-force search over B's embeddings.
 func TestServiceLiveVersionWithoutModelRecovers(t *testing.T) {
-	ex := inference.LabExamples(t)
+	ex := traintest.LabExamples(t)
 	arts := artifactsStore(t)
 	staging, err := objstore.Open("file://"+t.TempDir(), nil)
 	if err != nil {
@@ -145,7 +147,7 @@ func TestServiceLiveVersionWithoutModelRecovers(t *testing.T) {
 	}
 
 	// The trainer publishes B's model (same content, same version): the service recovers.
-	if v, err := inference.Publish(ctx, arts, b.res, tcfgB, inference.ModelCard{Created: time.Now().UTC(), Source: "late publish"}); err != nil || v != b.version {
+	if v, err := train.Publish(ctx, arts, b.res, tcfgB, inference.ModelCard{Created: time.Now().UTC(), Source: "late publish"}); err != nil || v != b.version {
 		t.Fatalf("publish B: %s, %v", v, err)
 	}
 	stacktest.Eventually(t, 30*time.Second, 20*time.Millisecond, func() bool { return svc.Health() == nil }, "Health never recovered after B's model was published: %v", svc.Health())

@@ -7,7 +7,7 @@ export CI=true
 BENCH=${BENCH:-model,queries,worker,etl}
 has() { [[ ",$BENCH," == *",$1,"* ]]; }
 if has model; then
-  go test -run '^$' -bench 'UserTower|TrainRealData' -benchtime 3s ./inference
+  go test -run '^$' -bench 'UserTower|TrainRealData' -benchtime 3s ./inference ./inference/train
 fi
 if has queries; then
   go test -run '^$' -bench 'ItemsFromUsers500' ./inference

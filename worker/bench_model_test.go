@@ -15,6 +15,7 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
 	"github.com/recstream/recstream/internal/pgtest"
@@ -100,7 +101,7 @@ func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalo
 	}
 	icfg := inference.DefaultConfig()
 	icfg.Train.Epochs = 2
-	res, err := inference.Train(ctx, ex, icfg.Train, nil)
+	res, err := train.Train(ctx, ex, icfg.Train, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalo
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := inference.Publish(ctx, arts, res, icfg.Train, inference.ModelCard{Created: time.Now().UTC(), Source: "worker benchmark"}); err != nil {
+	if _, err := train.Publish(ctx, arts, res, icfg.Train, inference.ModelCard{Created: time.Now().UTC(), Source: "worker benchmark"}); err != nil {
 		b.Fatal(err)
 	}
 

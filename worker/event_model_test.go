@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
@@ -36,7 +37,7 @@ func realModel(t testing.TB) *inference.Model {
 		}
 		cfg := inference.DefaultConfig().Train
 		cfg.Epochs = 1
-		res, err := inference.Train(context.Background(), ex, cfg, nil)
+		res, err := train.Train(context.Background(), ex, cfg, nil)
 		if err != nil {
 			fuzzModelErr = err
 			return

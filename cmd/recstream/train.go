@@ -15,6 +15,7 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
@@ -45,7 +46,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 		return usageError{err.Error()}
 	}
 
-	var examples []inference.Example
+	var examples []train.Example
 	var source string
 	var err error
 	if *csvPath != "" {
@@ -67,7 +68,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 			progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
 	}
 	start := time.Now()
-	res, err := inference.Train(ctx, examples, cfg, func(p inference.Progress) {
+	res, err := train.Train(ctx, examples, cfg, func(p train.Progress) {
 		app.Log.Debug("epoch done", zap.String("component", "train"), zap.String("phase", p.Phase), zap.String("stage", p.Stage), zap.Int("epoch", p.Epoch),
 			zap.Float64("train_loss", p.TrainLoss), zap.Float64("stop_rmse", p.StopRMSE), zap.Duration("duration", p.Duration))
 		if !p.Done {
@@ -75,7 +76,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 		}
 		fields := []zap.Field{zap.String("component", "train"), zap.String("phase", p.Phase), zap.String("stage", p.Stage),
 			zap.Int("epochs", p.Epoch), zap.Float64("train_loss", p.TrainLoss)}
-		if p.Stage == inference.StageContent {
+		if p.Stage == train.StageContent {
 			fields = append(fields, zap.Int("best_epoch", p.BestEpoch), zap.Float64("stop_rmse", p.BestRMSE))
 		}
 		app.Log.Info("stage done", fields...)
@@ -89,7 +90,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	took := time.Since(start)
 	m := res.Metrics
 	fmt.Fprintf(app.Stdout, "evaluation (RMSE in stars, lower is better; NDCG@5 of each held-out customer's held-out items, higher is better):\n")
-	if err := m.WriteTable(app.Stdout); err != nil {
+	if err := train.WriteTable(app.Stdout, m); err != nil {
 		return err
 	}
 	fmt.Fprintf(app.Stdout, "model on all data: %d ratings, %d customers, %d products; content stage epoch %d, personal stage %d epochs; trained in %s\n",
@@ -119,7 +120,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return err
 	}
-	version, err := inference.Publish(ctx, store, res, cfg, inference.ModelCard{Created: time.Now().UTC(), TrainSeconds: took.Seconds(), Source: source})
+	version, err := train.Publish(ctx, store, res, cfg, inference.ModelCard{Created: time.Now().UTC(), TrainSeconds: took.Seconds(), Source: source})
 	if err != nil {
 		return err
 	}
@@ -141,7 +142,7 @@ func openLocation(ctx context.Context, app *App, loc string) (objstore.Store, er
 	return objstore.Open(loc, client)
 }
 
-func readTrainingCSV(path string) ([]inference.Example, error) {
+func readTrainingCSV(path string) ([]train.Example, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("--csv: %v", err)}
@@ -154,7 +155,7 @@ func readTrainingCSV(path string) ([]inference.Example, error) {
 	return ex, nil
 }
 
-func readProductsCSV(path string) ([]inference.Item, error) {
+func readProductsCSV(path string) ([]train.Item, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("--products: %v", err)}
@@ -170,7 +171,7 @@ func readProductsCSV(path string) ([]inference.Item, error) {
 // readTrainingDataset reads the ETL's published dataset through its manifest. An etl run that
 // publishes meanwhile deletes the files of the previous manifest once its own is written; when
 // a file is missing and the manifest has changed, the read starts over with the new one.
-func readTrainingDataset(ctx context.Context, app *App, loc string) ([]inference.Example, string, error) {
+func readTrainingDataset(ctx context.Context, app *App, loc string) ([]train.Example, string, error) {
 	store, err := openLocation(ctx, app, loc)
 	if err != nil {
 		return nil, "", err
@@ -183,7 +184,7 @@ func readTrainingDataset(ctx context.Context, app *App, loc string) ([]inference
 		if err != nil {
 			return nil, "", err
 		}
-		examples := make([]inference.Example, 0, m.Rows)
+		examples := make([]train.Example, 0, m.Rows)
 		err = batch.ReadTrainingRows(ctx, store, m, func(r batch.TrainingRow) error {
 			examples = append(examples, exampleFromRow(r))
 			return nil
@@ -202,8 +203,8 @@ func readTrainingDataset(ctx context.Context, app *App, loc string) ([]inference
 }
 
 // exampleFromRow adapts the ETL's row to the trainer's example (a NULL credit limit is 0).
-func exampleFromRow(r batch.TrainingRow) inference.Example {
-	return inference.Example{
+func exampleFromRow(r batch.TrainingRow) train.Example {
+	return train.Example{
 		CustomerNumber: int64(r.CustomerNumber),
 		User:           inference.UserFeatures{City: r.City, Country: r.Country, CreditLimit: r.CreditLimit},
 		ProductCode:    r.ProductCode,

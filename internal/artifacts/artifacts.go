@@ -101,6 +101,14 @@ var contentRe = regexp.MustCompile(`^m-[0-9a-f]{12}$`)
 // (ContentVersion): then the files must hash to it.
 func ContentAddressed(v string) bool { return contentRe.MatchString(v) }
 
+// Checksum is the checksum of a version's file as the model card records it (ModelCard's
+// files, ContentVersion's input, CheckModel's result): its SHA-256 in lower-case hex. The
+// trainer computes it when it publishes and the model loader when it checks what it read.
+func Checksum(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
 // ContentVersion names a version by its content: "m-" and the first 12 hex digits of the
 // SHA-256 over the lines "<key> <sha256 of the file>\n" of HashedKeys, in order. sums maps
 // each key to its SHA-256 in hex.

@@ -45,6 +45,8 @@ func TestLayoutKeys(t *testing.T) {
 		// The names both producers derive, unchanged by the move to this package.
 		{artifacts.ChecksumVersion("a", "b"), "sha-fb8e20fc2e4c"},
 		{artifacts.ContentVersion(map[string]string{}), "m-4f51be5df475"},
+		// A file's checksum as the model card records it: SHA-256, lower-case hex.
+		{artifacts.Checksum([]byte("abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
 	} {
 		if tc[0] != tc[1] {
 			t.Errorf("got %q, want %q", tc[0], tc[1])

@@ -1,4 +1,4 @@
-package inference
+package train
 
 import (
 	"cmp"
@@ -7,63 +7,9 @@ import (
 	"math"
 	"slices"
 	"text/tabwriter"
+
+	"github.com/recstream/recstream/inference"
 )
-
-// Metrics describes a training run; they go into the model card (metrics).
-type Metrics struct {
-	// Rows is the number of ratings in the training data.
-	Rows int `json:"rows"`
-	// TrainRows of them trained the published model's content stage; the other
-	// EarlyStoppingRows (the ratings of held-out customers) picked its epoch. The personal stage
-	// trained on all Rows (see fit).
-	TrainRows         int `json:"train_rows"`
-	EarlyStoppingRows int `json:"early_stopping_rows"`
-	// ContentEpoch is the content stage's kept epoch (0: the untrained model, which predicts
-	// the mean rating) and ContentRMSE its RMSE in stars on the early-stopping ratings;
-	// PersonalEpochs is how many epochs the personal stage ran and PersonalLoss its last
-	// training loss (mean squared error on the scaled target in [-1, 1]).
-	ContentEpoch   int     `json:"content_epoch"`
-	ContentRMSE    float64 `json:"content_stop_rmse"`
-	PersonalEpochs int     `json:"personal_epochs"`
-	PersonalLoss   float64 `json:"personal_train_loss"`
-	// Warm and Cold evaluate the training procedure on held-out data (see Evaluation).
-	Warm Evaluation `json:"warm"`
-	Cold Evaluation `json:"cold"`
-}
-
-// Evaluation scores one fit, trained like the published model but without the held-out part,
-// on the held-out part. Warm: a seeded share of the ratings is held out (their customers have
-// other ratings in training). Cold: a seeded share of the customers is held out with all their
-// ratings (customers never seen in training). The held-out part is scored as the worker would
-// score it: through the fit's encoders (fitted without it) and the model's embeddings. RMSEs
-// are in stars; the model's prediction is clamp(2·(u·v) + 3, 1, 5) with the published item
-// embeddings (PublishedItemEmbeddings); the baselines are fitted on the fit's ratings.
-type Evaluation struct {
-	Split     string `json:"split"` // "warm" or "cold"
-	TrainRows int    `json:"train_rows"`
-	TestRows  int    `json:"test_rows"`
-	TestUsers int    `json:"test_users"`
-	// ContentEpoch and PersonalEpochs describe the fit (see Metrics).
-	ContentEpoch   int `json:"content_epoch"`
-	PersonalEpochs int `json:"personal_epochs"`
-	// ModelRMSE is the model's RMSE on the held-out ratings.
-	ModelRMSE float64 `json:"model_rmse"`
-	// GlobalMeanRMSE predicts the mean training rating for every pair.
-	GlobalMeanRMSE float64 `json:"global_mean_rmse"`
-	// ItemMeanRMSE predicts the item's mean training rating (the global mean for an item with
-	// no training rating).
-	ItemMeanRMSE float64 `json:"item_mean_rmse"`
-	// UserMeanRMSE (warm only) predicts the user's mean training rating shrunk toward the
-	// global mean: mean + Σ(r − mean) / (n + UserMeanShrinkage).
-	UserMeanRMSE float64 `json:"user_mean_rmse,omitempty"`
-	// NDCGUsers held-out users have at least two held-out ratings; for each, their held-out
-	// items are ranked by the model's score and, as a baseline, by item popularity (number of
-	// training ratings; ties by product code). NDCG@5 uses gain 2^rating − 1 and discount
-	// log2(rank + 1), and is averaged over those users.
-	NDCGUsers      int     `json:"ndcg_users"`
-	ModelNDCG      float64 `json:"model_ndcg_at_5"`
-	PopularityNDCG float64 `json:"popularity_ndcg_at_5"`
-}
 
 // UserMeanShrinkage is k of the shrunk per-user mean baseline.
 const UserMeanShrinkage = 5
@@ -72,8 +18,8 @@ const UserMeanShrinkage = 5
 const NDCGDepth = 5
 
 // evaluate scores model (fitted on train) on test.
-func evaluate(model *Model, train, test []Example, userMean bool) Evaluation {
-	ev := Evaluation{TrainRows: len(train), TestRows: len(test)}
+func evaluate(model *inference.Model, train, test []Example, userMean bool) inference.Evaluation {
+	ev := inference.Evaluation{TrainRows: len(train), TestRows: len(test)}
 	// The model's scores, through the serving path: encode and embed each distinct user and item.
 	var sum float64
 	itemSum, itemN := map[string]float64{}, map[string]int{}
@@ -85,7 +31,7 @@ func evaluate(model *Model, train, test []Example, userMean bool) Evaluation {
 	// The published embeddings of every item of the fit and of the test (their popularity
 	// priors rank them among each other).
 	uIdx, iIdx := map[int64]int{}, map[string]int{}
-	var uf []UserFeatures
+	var uf []inference.UserFeatures
 	var items []Item
 	for _, part := range [][]Example{train, test} {
 		for _, e := range part {
@@ -101,7 +47,7 @@ func evaluate(model *Model, train, test []Example, userMean bool) Evaluation {
 			uf = append(uf, e.User)
 		}
 	}
-	ue, ie := model.UserEmbeddings(uf), model.PublishedItemEmbeddings(items)
+	ue, ie := model.UserEmbeddings(uf), PublishedItemEmbeddings(model, items)
 
 	mean := sum / float64(len(train))
 	userSum, userN := map[int64]float64{}, map[int64]int{}
@@ -112,14 +58,14 @@ func evaluate(model *Model, train, test []Example, userMean bool) Evaluation {
 	rows := make([]scored, len(test))
 	var se [4]float64
 	for k, e := range test {
-		s := dot(ue[uIdx[e.CustomerNumber]], ie[iIdx[e.ProductCode]])
+		s := inference.Dot(ue[uIdx[e.CustomerNumber]], ie[iIdx[e.ProductCode]])
 		rows[k] = scored{user: e.CustomerNumber, item: e.ProductCode, stars: e.Rating, score: s, pop: itemN[e.ProductCode]}
 		item := mean
 		if n := itemN[e.ProductCode]; n > 0 {
 			item = itemSum[e.ProductCode] / float64(n)
 		}
 		user := mean + userSum[e.CustomerNumber]/(float64(userN[e.CustomerNumber])+UserMeanShrinkage)
-		for j, p := range []float64{scaledToStars(s), mean, item, user} {
+		for j, p := range []float64{inference.Stars(s), mean, item, user} {
 			se[j] += (p - e.Rating) * (p - e.Rating)
 		}
 	}
@@ -176,12 +122,13 @@ func dcg(rows []scored) float64 {
 	return s
 }
 
-// WriteTable prints the evaluation as a small table.
-func (m Metrics) WriteTable(w io.Writer) error {
+// WriteTable prints the evaluation of m (warm and cold splits) as a small table, the one
+// `recstream train` prints. It returns the writer's error.
+func WriteTable(w io.Writer, m inference.Metrics) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	f := func(v float64) string { return fmt.Sprintf("%.4f", v) }
 	fmt.Fprintln(tw, "split\theld out\tRMSE model\tglobal mean\titem mean\tuser mean\tNDCG@5 model\tpopularity\t")
-	for _, e := range []Evaluation{m.Warm, m.Cold} {
+	for _, e := range []inference.Evaluation{m.Warm, m.Cold} {
 		held := fmt.Sprintf("%d ratings", e.TestRows)
 		user := "-"
 		if e.Split == PhaseCold {

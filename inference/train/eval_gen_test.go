@@ -1,4 +1,4 @@
-package inference_test
+package train_test
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
 )
 
 // TestSeedSpreadGenerated prints the evaluation over five seeds on generated data (the demo's
@@ -19,9 +20,9 @@ func TestSeedSpreadGenerated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ex []inference.Example
+	var ex []train.Example
 	_ = g.EachTrainingRow(context.Background(), func(r batch.TrainingRow) error {
-		ex = append(ex, inference.Example{CustomerNumber: int64(r.CustomerNumber),
+		ex = append(ex, train.Example{CustomerNumber: int64(r.CustomerNumber),
 			User:        inference.UserFeatures{City: r.City, Country: r.Country, CreditLimit: r.CreditLimit},
 			ProductCode: r.ProductCode,
 			Item: inference.ItemFeatures{ProductLine: r.ProductLine, ProductScale: r.ProductScale,
@@ -29,5 +30,5 @@ func TestSeedSpreadGenerated(t *testing.T) {
 			Rating: float64(r.ProductRating)})
 		return nil
 	})
-	inference.SeedSpread(t, ex, "generated data (batch seed --scale 150 --ratings-per-customer 20 --seed 42)")
+	SeedSpread(t, ex, "generated data (batch seed --scale 150 --ratings-per-customer 20 --seed 42)")
 }

@@ -1,4 +1,4 @@
-package inference
+package train_test
 
 import (
 	"context"
@@ -7,6 +7,10 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
+	"github.com/recstream/recstream/inference/train/traintest"
 )
 
 // The targets on the real data (testdata/lab, 2,532 ratings) for the shipped config: on the
@@ -21,23 +25,23 @@ const (
 )
 
 func TestTrainOnRealDataMeetsTargets(t *testing.T) {
-	ex := labExamples(t)
-	for _, seed := range []int64{DefaultConfig().Train.Seed, 7} {
+	ex := traintest.LabExamples(t)
+	for _, seed := range []int64{inference.DefaultConfig().Train.Seed, 7} {
 		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
-			var res *TrainResult
-			if seed == DefaultConfig().Train.Seed {
-				res = realModel(t)
+			var res *train.TrainResult
+			if seed == inference.DefaultConfig().Train.Seed {
+				res = traintest.RealModel(t)
 			} else {
-				cfg := DefaultConfig().Train
+				cfg := inference.DefaultConfig().Train
 				cfg.Seed = seed
 				var err error
-				if res, err = Train(context.Background(), ex, cfg, nil); err != nil {
+				if res, err = train.Train(context.Background(), ex, cfg, nil); err != nil {
 					t.Fatal(err)
 				}
 			}
 			m := res.Metrics
 			var b strings.Builder
-			_ = m.WriteTable(&b)
+			_ = train.WriteTable(&b, m)
 			t.Logf("seed %d:\n%s", seed, b.String())
 			w, c := m.Warm, m.Cold
 			if m.Rows != 2532 || w.TestRows != 506 || w.TrainRows != 2026 || c.TestUsers != 20 || c.TrainRows+c.TestRows != 2532 {
@@ -61,25 +65,25 @@ func TestTrainOnRealDataMeetsTargets(t *testing.T) {
 
 // TestSeedSpread prints the evaluation over five seeds (mean ± standard deviation), the
 // figures of the README. It trains 5 models and takes about 10 s, so it only runs with
-// RECSTREAM_SEED_SPREAD=1: go test ./inference -run SeedSpread -v
+// RECSTREAM_SEED_SPREAD=1: go test ./inference/train -run SeedSpread -v
 func TestSeedSpread(t *testing.T) {
 	if os.Getenv("RECSTREAM_SEED_SPREAD") == "" {
 		t.Skip("set RECSTREAM_SEED_SPREAD=1 to print the seed-to-seed spread")
 	}
-	SeedSpread(t, labExamples(t), "real data (testdata/lab)")
+	SeedSpread(t, traintest.LabExamples(t), "real data (testdata/lab)")
 }
 
 // SeedSpread trains with the shipped config and seeds 1..5 and logs the evaluation's mean and
 // standard deviation over the seeds.
-func SeedSpread(t *testing.T, ex []Example, what string) {
+func SeedSpread(t *testing.T, ex []train.Example, what string) {
 	const seeds = 5
 	names := []string{"warm model", "warm global mean", "warm item mean", "warm user mean", "warm model − user mean", "warm NDCG@5 model", "warm NDCG@5 popularity",
 		"cold model", "cold global mean", "cold item mean", "cold model − global mean", "cold NDCG@5 model", "cold NDCG@5 popularity", "train seconds"}
 	vals := make([][]float64, len(names))
 	for s := int64(1); s <= seeds; s++ {
-		cfg := DefaultConfig().Train
+		cfg := inference.DefaultConfig().Train
 		cfg.Seed = s
-		res, err := Train(context.Background(), ex, cfg, nil)
+		res, err := train.Train(context.Background(), ex, cfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,58 +113,28 @@ func SeedSpread(t *testing.T, ex []Example, what string) {
 	t.Log(b.String())
 }
 
-func TestNDCG(t *testing.T) {
-	rows := []scored{{item: "a", stars: 5, score: 0.1}, {item: "b", stars: 1, score: 0.9}, {item: "c", stars: 3, score: 0.5}}
-	byScore := func(a, b scored) int {
-		if a.score != b.score {
-			if a.score > b.score {
-				return -1
-			}
-			return 1
-		}
-		return strings.Compare(a.item, b.item)
-	}
-	// Ranked b(1), c(3), a(5); ideal a, c, b. Gains 2^r − 1: 1, 7, 31.
-	got := ndcg(rows, byScore)
-	want := (1 + 7/math.Log2(3) + 31/math.Log2(4)) / (31 + 7/math.Log2(3) + 1/math.Log2(4))
-	if math.Abs(got-want) > 1e-12 {
-		t.Fatalf("ndcg = %v, want %v", got, want)
-	}
-	if got := ndcg(rows, func(a, b scored) int { return int(b.stars - a.stars) }); got != 1 {
-		t.Fatalf("ideal ranking: ndcg = %v, want 1", got)
-	}
-	// Only the first NDCGDepth ranks count.
-	var many []scored
-	for k := 0; k < 8; k++ {
-		many = append(many, scored{item: fmt.Sprint(k), stars: float64(1 + k%5), score: float32(k)})
-	}
-	if got := ndcg(many, byScore); !(got > 0 && got < 1) {
-		t.Fatalf("ndcg over 8 = %v", got)
-	}
-}
-
 func TestPopularityPriors(t *testing.T) {
-	items := []Item{{ProductCode: "S2", Ratings: 3}, {ProductCode: "S1", Ratings: 3}, {ProductCode: "S3", Ratings: 9}, {ProductCode: "S4"}}
-	p := PopularityPriors(items)
+	items := []train.Item{{ProductCode: "S2", Ratings: 3}, {ProductCode: "S1", Ratings: 3}, {ProductCode: "S3", Ratings: 9}, {ProductCode: "S4"}}
+	p := train.PopularityPriors(items)
 	// Ranks: S3 (9), S1 (3, code first), S2 (3), S4 (0).
-	if !(p[2] > p[1] && p[1] > p[0] && p[0] > p[3] && p[3] > 0 && p[2] == PopularityWeight) {
+	if !(p[2] > p[1] && p[1] > p[0] && p[0] > p[3] && p[3] > 0 && p[2] == train.PopularityWeight) {
 		t.Fatalf("priors %v", p)
 	}
 	// In the published embeddings, two items the towers cannot tell apart rank by popularity.
-	m := realModel(t).Model
-	same := ItemFeatures{ProductLine: "Ships", ProductScale: "1:700", QuantityInStock: 10, BuyPrice: 50, MSRP: 80}
-	embs := m.PublishedItemEmbeddings([]Item{{ProductCode: "S9_1", Features: same, Ratings: 1}, {ProductCode: "S9_2", Features: same, Ratings: 2}})
-	u := m.UserEmbedding(realModel(t).Users[0].Features)
-	if !(dot(u, embs[1]) > dot(u, embs[0])) {
-		t.Fatalf("the more popular of two identical items does not rank first: %g, %g", dot(u, embs[1]), dot(u, embs[0]))
+	m := traintest.RealModel(t).Model
+	same := inference.ItemFeatures{ProductLine: "Ships", ProductScale: "1:700", QuantityInStock: 10, BuyPrice: 50, MSRP: 80}
+	embs := train.PublishedItemEmbeddings(m, []train.Item{{ProductCode: "S9_1", Features: same, Ratings: 1}, {ProductCode: "S9_2", Features: same, Ratings: 2}})
+	u := m.UserEmbedding(traintest.RealModel(t).Users[0].Features)
+	if !(inference.Dot(u, embs[1]) > inference.Dot(u, embs[0])) {
+		t.Fatalf("the more popular of two identical items does not rank first: %g, %g", inference.Dot(u, embs[1]), inference.Dot(u, embs[0]))
 	}
 }
 
 func TestWriteTable(t *testing.T) {
-	m := Metrics{Warm: Evaluation{Split: PhaseWarm, TestRows: 506, ModelRMSE: 1.04, GlobalMeanRMSE: 1.1, ItemMeanRMSE: 1.2, UserMeanRMSE: 1.05, ModelNDCG: 0.8, PopularityNDCG: 0.79},
-		Cold: Evaluation{Split: PhaseCold, TestUsers: 20, ModelRMSE: 1.07, GlobalMeanRMSE: 1.07, ItemMeanRMSE: 1.1}}
+	m := inference.Metrics{Warm: inference.Evaluation{Split: train.PhaseWarm, TestRows: 506, ModelRMSE: 1.04, GlobalMeanRMSE: 1.1, ItemMeanRMSE: 1.2, UserMeanRMSE: 1.05, ModelNDCG: 0.8, PopularityNDCG: 0.79},
+		Cold: inference.Evaluation{Split: train.PhaseCold, TestUsers: 20, ModelRMSE: 1.07, GlobalMeanRMSE: 1.07, ItemMeanRMSE: 1.1}}
 	var b strings.Builder
-	if err := m.WriteTable(&b); err != nil {
+	if err := train.WriteTable(&b, m); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")

@@ -1,4 +1,9 @@
-package inference
+// Package train is `recstream train`'s code: it fits the two-tower model of package inference
+// on the ETL's ratings (encoders, towers with a hand-written backward pass and Adam),
+// evaluates the procedure against baselines, and publishes a versioned artifacts set in the
+// layout of package internal/artifacts. It is a batch job's code; the stream worker serves
+// the published model through package inference, which does not import this one.
+package train
 
 import (
 	"cmp"
@@ -9,30 +14,23 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/recstream/recstream/inference"
 )
 
 // Example is one training rating: a customer's features, a product's features and the rating
-// in stars (1 to 5). It is one row of the ETL's ratings ⋈ products ⋈ customers join.
-type Example struct {
-	CustomerNumber int64
-	User           UserFeatures
-	ProductCode    string
-	Item           ItemFeatures
-	Rating         float64
-}
+// in stars (1 to 5). It is one row of the ETL's ratings ⋈ products ⋈ customers join, and what
+// ReadLabCSV returns.
+type Example = inference.Example
+
+// Item is a product and the features the item tower embeds, with its number of training
+// ratings; what ReadProductsCSV returns.
+type Item = inference.Item
 
 // User is a customer and the features the user tower embeds.
 type User struct {
 	CustomerNumber int64
-	Features       UserFeatures
-}
-
-// Item is a product and the features the item tower embeds.
-type Item struct {
-	ProductCode string
-	Features    ItemFeatures
-	// Ratings is the number of training ratings of the product (its popularity).
-	Ratings int
+	Features       inference.UserFeatures
 }
 
 // Hyper-parameters that are part of the model's definition rather than of the config.
@@ -79,8 +77,8 @@ const (
 
 // TrainResult is a trained model and what is needed to publish it.
 type TrainResult struct {
-	Model   *Model
-	Metrics Metrics
+	Model   *inference.Model
+	Metrics inference.Metrics
 	// Users and Items are the distinct customers and products of the training data, sorted by
 	// id; publishing embeds exactly these.
 	Users []User
@@ -98,7 +96,7 @@ type TrainResult struct {
 // fitted on the fit's own ratings, embeddings from the model) against baselines; then the
 // published model on all ratings. progress, if not nil, is called after each epoch on the
 // calling goroutine. Train returns ctx.Err() if ctx ends.
-func Train(ctx context.Context, examples []Example, cfg TrainConfig, progress func(Progress)) (*TrainResult, error) {
+func Train(ctx context.Context, examples []Example, cfg inference.TrainConfig, progress func(Progress)) (*TrainResult, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("train config: %w", err)
 	}
@@ -120,11 +118,11 @@ func Train(ctx context.Context, examples []Example, cfg TrainConfig, progress fu
 		}
 		return func(p Progress) { p.Phase = phase; progress(p) }
 	}
-	var m Metrics
+	var m inference.Metrics
 	for _, ev := range []struct {
 		phase       string
 		train, test []Example
-		dst         *Evaluation
+		dst         *inference.Evaluation
 	}{
 		{PhaseWarm, warmTrain, warmTest, &m.Warm},
 		{PhaseCold, coldTrain, coldTest, &m.Cold},
@@ -179,7 +177,7 @@ func prepare(examples []Example) ([]Example, []User, []Item, error) {
 		return cmp.Or(cmp.Compare(a.CustomerNumber, b.CustomerNumber), cmp.Compare(a.ProductCode, b.ProductCode))
 	})
 	var users []User
-	itemSet := map[string]ItemFeatures{}
+	itemSet := map[string]inference.ItemFeatures{}
 	itemN := map[string]int{}
 	for i, e := range ex {
 		if i > 0 && e.CustomerNumber == ex[i-1].CustomerNumber && e.ProductCode == ex[i-1].ProductCode {
@@ -233,7 +231,7 @@ func phaseStream(phase string) uint64 {
 }
 
 // warmSplit holds out cfg.ValidationShare of the ratings (seeded).
-func warmSplit(ex []Example, cfg TrainConfig) (train, test []Example, err error) {
+func warmSplit(ex []Example, cfg inference.TrainConfig) (train, test []Example, err error) {
 	n := int(math.Round(cfg.ValidationShare * float64(len(ex))))
 	if n < 1 || len(ex)-n < 2 {
 		return nil, nil, fmt.Errorf("train: %d ratings are too few to hold out %g of them for the warm evaluation", len(ex), cfg.ValidationShare)
@@ -250,7 +248,7 @@ func warmSplit(ex []Example, cfg TrainConfig) (train, test []Example, err error)
 }
 
 // coldSplit holds out cfg.ValidationShare of the customers (seeded) with all their ratings.
-func coldSplit(ex []Example, users []User, cfg TrainConfig) (train, test []Example, err error) {
+func coldSplit(ex []Example, users []User, cfg inference.TrainConfig) (train, test []Example, err error) {
 	n := int(math.Round(cfg.ValidationShare * float64(len(users))))
 	if n < 1 || len(users)-n < 1 {
 		return nil, nil, fmt.Errorf("train: %d customers are too few to hold out %g of them for the cold evaluation", len(users), cfg.ValidationShare)
@@ -282,7 +280,7 @@ type row struct {
 // dataset is one fit's encoded training data: the encoders fitted on its ratings, every
 // distinct user and item encoded once, and the ratings as rows of indexes.
 type dataset struct {
-	userEnc, itemEnc Encoder
+	userEnc, itemEnc inference.Encoder
 	xu, xi           []float32 // encoded distinct users / items, row-major
 	wu, wi           int       // input widths
 	nUsers, nItems   int
@@ -297,31 +295,31 @@ func newDataset(ex []Example) (*dataset, error) {
 	userCat, userNum := make([][]string, len(ex)), make([][]float64, len(ex))
 	itemCat, itemNum := make([][]string, len(ex)), make([][]float64, len(ex))
 	for i, e := range ex {
-		userCat[i], userNum[i] = e.User.categorical(), e.User.numeric()
-		itemCat[i], itemNum[i] = e.Item.categorical(), e.Item.numeric()
+		userCat[i], userNum[i] = e.User.Categorical(), e.User.Numeric()
+		itemCat[i], itemNum[i] = e.Item.Categorical(), e.Item.Numeric()
 	}
-	uohe, err := FitOneHot(UserCategorical, userCat)
+	uohe, err := inference.FitOneHot(inference.UserCategorical, userCat)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	if err := capCategories(uohe, slices.Index(UserCategorical, ProfileFeature), userCat, MaxProfiles); err != nil {
+	if err := uohe.CapCategories(slices.Index(inference.UserCategorical, inference.ProfileFeature), userCat, MaxProfiles); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	iohe, err := FitOneHot(ItemCategorical, itemCat)
+	iohe, err := inference.FitOneHot(inference.ItemCategorical, itemCat)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	userEnc, err := newEncoder("user", uohe, FitStandard(UserNumeric, userNum), UserCategorical, UserNumeric)
+	userEnc, err := inference.NewEncoder("user", uohe, inference.FitStandard(inference.UserNumeric, userNum), inference.UserCategorical, inference.UserNumeric)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	itemEnc, err := newEncoder("item", iohe, FitStandard(ItemNumeric, itemNum), ItemCategorical, ItemNumeric)
+	itemEnc, err := inference.NewEncoder("item", iohe, inference.FitStandard(inference.ItemNumeric, itemNum), inference.ItemCategorical, inference.ItemNumeric)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
 	uIdx, iIdx := map[int64]int{}, map[string]int{}
-	var uf []UserFeatures
-	var itf []ItemFeatures
+	var uf []inference.UserFeatures
+	var itf []inference.ItemFeatures
 	var items []string
 	for _, e := range ex {
 		if _, ok := uIdx[e.CustomerNumber]; !ok {
@@ -334,7 +332,7 @@ func newDataset(ex []Example) (*dataset, error) {
 		}
 	}
 	slices.Sort(items)
-	itemFeat := map[string]ItemFeatures{}
+	itemFeat := map[string]inference.ItemFeatures{}
 	for _, e := range ex {
 		if _, ok := itemFeat[e.ProductCode]; !ok {
 			itemFeat[e.ProductCode] = e.Item
@@ -367,34 +365,15 @@ func newDataset(ex []Example) (*dataset, error) {
 }
 
 // identityFeature is the user one-hot feature that recognises a known customer.
-const identityFeature = ProfileFeature
+const identityFeature = inference.ProfileFeature
 
 // MaxProfiles bounds the profile categories (and so the user tower's input width): beyond it,
 // the profiles with the most ratings are kept (ties by profile) and the other customers are
 // served by the content sub-network alone.
 const MaxProfiles = 10000
 
-// capCategories keeps at most max categories of column c, those of the most rows.
-func capCategories(e *OneHotEncoder, c int, rows [][]string, max int) error {
-	if len(e.Categories[c]) <= max {
-		return nil
-	}
-	n := map[string]int{}
-	for _, r := range rows {
-		if v := NormalizeCategory(r[c]); v != "" {
-			n[v]++
-		}
-	}
-	cats := slices.Clone(e.Categories[c])
-	slices.SortFunc(cats, func(a, b string) int { return cmp.Or(cmp.Compare(n[b], n[a]), cmp.Compare(a, b)) })
-	cats = cats[:max]
-	slices.Sort(cats)
-	e.Categories[c] = cats
-	return e.init()
-}
-
 // fitExamples fits a model on ex (sorted by customer and product).
-func fitExamples(ctx context.Context, ex []Example, cfg TrainConfig, phase string, progress func(Progress)) (*Model, *fitted, error) {
+func fitExamples(ctx context.Context, ex []Example, cfg inference.TrainConfig, phase string, progress func(Progress)) (*inference.Model, *fitted, error) {
 	d, err := newDataset(ex)
 	if err != nil {
 		return nil, nil, err
@@ -403,7 +382,7 @@ func fitExamples(ctx context.Context, ex []Example, cfg TrainConfig, phase strin
 	if err != nil {
 		return nil, nil, err
 	}
-	model, err := NewModel(f.user, f.item, d.userEnc, d.itemEnc)
+	model, err := inference.NewModel(f.user, f.item, d.userEnc, d.itemEnc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("train: %w", err)
 	}
@@ -412,7 +391,7 @@ func fitExamples(ctx context.Context, ex []Example, cfg TrainConfig, phase strin
 
 // fitted is one fit's weights and how its two stages went.
 type fitted struct {
-	user, item        *Tower
+	user, item        *inference.Tower
 	trainRows         int
 	content, personal stageResult
 }
@@ -425,12 +404,12 @@ type stageResult struct {
 
 // fit trains towers on the dataset in two stages.
 //
-// Content: both towers, except the user tower's identity sub-network (IdentityHidden1), learn
-// what generalises to customers they have not seen: from city, country and the standardised
-// credit limit, and from the product's features. Its epoch is picked on the ratings of
-// earlyStoppingShare of the customers, held out whole, and only a significant gain counts
-// (see run): on data where the features say nothing about new customers, the content model
-// stays at (or near) its start, the mean rating.
+// Content: both towers, except the user tower's identity sub-network
+// (inference.IdentityHidden1), learn what generalises to customers they have not seen: from
+// city, country and the standardised credit limit, and from the product's features. Its epoch
+// is picked on the ratings of earlyStoppingShare of the customers, held out whole, and only a
+// significant gain counts (see run): on data where the features say nothing about new
+// customers, the content model stays at (or near) its start, the mean rating.
 //
 // Personal: only the identity sub-network trains, on all ratings, and only into the user bias
 // output: the model recognises the customers it was trained on by their profile and learns
@@ -441,7 +420,7 @@ type stageResult struct {
 //
 // Both stages minimise the mean squared error of the scaled rating plus penalties (see
 // trainer.gradients) and L2 weight decay, with Adam.
-func (d *dataset) fit(ctx context.Context, cfg TrainConfig, phase string, progress func(Progress)) (*fitted, error) {
+func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase string, progress func(Progress)) (*fitted, error) {
 	rng := seeded(cfg.Seed, phaseStream(phase))
 	// Hold out customers for the content stage (when there are at least two), then ratings.
 	seen := make([]bool, d.nUsers)
@@ -478,8 +457,8 @@ func (d *dataset) fit(ctx context.Context, cfg TrainConfig, phase string, progre
 	}
 
 	tr := newTrainer(d, cfg)
-	tr.user.initUniform(rng)
-	tr.item.initUniform(rng)
+	tr.user.InitUniform(rng)
+	tr.item.InitUniform(rng)
 	// The zeros of the block structure; the identity sub-network's readout starts at zero, so
 	// the personal stage starts from the content model.
 	for p, param := range towerSlices(tr.user) {
@@ -493,17 +472,17 @@ func (d *dataset) fit(ctx context.Context, cfg TrainConfig, phase string, progre
 	// start at zero (its bias output at the mean), and so does the item bias. The item tower's
 	// interaction outputs keep their random start, so the interaction gradients are not zero.
 	// Outputs the bias head does not read stay zero.
-	for o := 0; o < EmbeddingDim; o++ {
-		tr.user.zeroOutput(o)
+	for o := 0; o < inference.EmbeddingDim; o++ {
+		zeroOutput(tr.user, o)
 	}
-	tr.item.zeroOutput(ItemBiasIndex)
-	tr.item.zeroOutput(UserBiasIndex)
+	zeroOutput(tr.item, inference.ItemBiasIndex)
+	zeroOutput(tr.item, inference.UserBiasIndex)
 	var mean float64
 	for _, r := range train {
 		mean += float64(r.y)
 	}
 	tr.mean = float32(mean / float64(len(train)))
-	tr.user.Layers[2].B[UserBiasIndex] = tr.mean
+	tr.user.Layers[2].B[inference.UserBiasIndex] = tr.mean
 
 	f := &fitted{trainRows: len(train)}
 	var err error
@@ -530,7 +509,7 @@ func (d *dataset) fit(ctx context.Context, cfg TrainConfig, phase string, progre
 // Without (the personal stage, whose penalty is its regulariser) it trains until the training
 // loss has not fallen by plateauTolerance (relative) for cfg.Patience epochs, and keeps the
 // last weights.
-func (tr *trainer) run(ctx context.Context, train, stop []row, cfg TrainConfig, name string, rng *rand.Rand, progress func(Progress)) (stageResult, error) {
+func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.TrainConfig, name string, rng *rand.Rand, progress func(Progress)) (stageResult, error) {
 	d := tr.d
 	var bestErr []float64
 	res := stageResult{rmse: math.Inf(1), loss: math.Inf(1)}
@@ -538,7 +517,7 @@ func (tr *trainer) run(ctx context.Context, train, stop []row, cfg TrainConfig, 
 		bestErr = d.sqErrors(tr.user, tr.item, stop)
 		res.rmse = rmsOf(bestErr)
 	}
-	best := [2]*Tower{tr.user.clone(), tr.item.clone()}
+	best := [2]*inference.Tower{tr.user.Clone(), tr.item.Clone()}
 	order := slices.Clone(train)
 	for epoch := 1; epoch <= cfg.Epochs; epoch++ {
 		start := time.Now()
@@ -558,7 +537,7 @@ func (tr *trainer) run(ctx context.Context, train, stop []row, cfg TrainConfig, 
 			rmse = rmsOf(errs)
 			if better(errs, bestErr) {
 				res.rmse, res.best, res.loss = rmse, epoch, loss
-				best = [2]*Tower{tr.user.clone(), tr.item.clone()}
+				best = [2]*inference.Tower{tr.user.Clone(), tr.item.Clone()}
 				bestErr = errs
 			}
 		} else if loss < res.loss*(1-plateauTolerance) {
@@ -616,18 +595,18 @@ func rmsOf(sq []float64) float64 {
 }
 
 // sqErrors returns the squared errors in stars of the towers on rows.
-func (d *dataset) sqErrors(user, item *Tower, rows []row) []float64 {
+func (d *dataset) sqErrors(user, item *inference.Tower, rows []row) []float64 {
 	ue, ie := d.embedUsed(user, item, rows)
 	out := make([]float64, len(rows))
 	for k, r := range rows {
-		p := scaledToStars(dot(ue[r.u], ie[r.i]))
+		p := inference.Stars(inference.Dot(ue[r.u], ie[r.i]))
 		out[k] = (p - r.stars) * (p - r.stars)
 	}
 	return out
 }
 
 // embedUsed returns the embeddings of the users and items rows refer to (nil for the others).
-func (d *dataset) embedUsed(user, item *Tower, rows []row) (ue, ie [][]float32) {
+func (d *dataset) embedUsed(user, item *inference.Tower, rows []row) (ue, ie [][]float32) {
 	ue, ie = make([][]float32, d.nUsers), make([][]float32, d.nItems)
 	var us, is []int
 	for _, r := range rows {
@@ -647,13 +626,13 @@ func (d *dataset) embedUsed(user, item *Tower, rows []row) (ue, ie [][]float32) 
 		}
 		return out
 	}
-	eu := user.embed(gather(d.xu, d.wu, us), len(us), HeadBias, userSide)
-	ei := item.embed(gather(d.xi, d.wi, is), len(is), HeadBias, itemSide)
+	eu := user.Embed(gather(d.xu, d.wu, us), len(us), inference.HeadBias, inference.UserSide)
+	ei := item.Embed(gather(d.xi, d.wi, is), len(is), inference.HeadBias, inference.ItemSide)
 	for n, k := range us {
-		ue[k] = eu[n*EmbeddingDim : (n+1)*EmbeddingDim]
+		ue[k] = eu[n*inference.EmbeddingDim : (n+1)*inference.EmbeddingDim]
 	}
 	for n, k := range is {
-		ie[k] = ei[n*EmbeddingDim : (n+1)*EmbeddingDim]
+		ie[k] = ei[n*inference.EmbeddingDim : (n+1)*inference.EmbeddingDim]
 	}
 	return ue, ie
 }
@@ -669,7 +648,7 @@ const (
 // trainer holds the towers being trained and the optimiser state.
 type trainer struct {
 	d          *dataset
-	user, item *Tower
+	user, item *inference.Tower
 	stage      stage
 
 	lr, wd float32
@@ -696,20 +675,20 @@ type trainer struct {
 	uSlot, iSlot   []int // slot of a user / item in the batch, -1 if absent
 	uCount, iCount []int // rows of a slot in the batch
 	uList, iList   []int
-	uState, iState []*rowState
+	uState, iState []*inference.RowState
 	du, dv         []float32 // len(list)*EmbeddingDim
 }
 
 // shard accumulates the gradients of its part of a batch.
 type shard struct {
-	gu, gi *Tower
+	gu, gi *inference.Tower
 	grads  [][]float32 // views of gu and gi, parallel to trainer.params
 	dz     []float32
 	dh2    []float32
 	dh1    []float32
 }
 
-func towerSlices(t *Tower) [][]float32 {
+func towerSlices(t *inference.Tower) [][]float32 {
 	var s [][]float32
 	for l := range t.Layers {
 		s = append(s, t.Layers[l].W, t.Layers[l].B)
@@ -717,8 +696,8 @@ func towerSlices(t *Tower) [][]float32 {
 	return s
 }
 
-func newTrainer(d *dataset, cfg TrainConfig) *trainer {
-	tr := &trainer{d: d, user: NewTower(d.wu), item: NewTower(d.wi),
+func newTrainer(d *dataset, cfg inference.TrainConfig) *trainer {
+	tr := &trainer{d: d, user: inference.NewTower(d.wu), item: inference.NewTower(d.wi),
 		lr: float32(cfg.LearningRate), wd: float32(cfg.WeightDecay),
 		biasPenalty: float32(cfg.BiasPenalty), embedPenalty: float32(cfg.EmbeddingPenalty),
 		uSlot: make([]int, d.nUsers), iSlot: make([]int, d.nItems)}
@@ -737,10 +716,10 @@ func newTrainer(d *dataset, cfg TrainConfig) *trainer {
 	}
 	for s := range tr.shards {
 		sh := &tr.shards[s]
-		sh.gu, sh.gi = NewTower(d.wu), NewTower(d.wi)
+		sh.gu, sh.gi = inference.NewTower(d.wu), inference.NewTower(d.wi)
 		sh.grads = append(towerSlices(sh.gu), towerSlices(sh.gi)...)
-		sh.dz = make([]float32, EmbeddingDim)
-		sh.dh2, sh.dh1 = make([]float32, Hidden2), make([]float32, Hidden1)
+		sh.dz = make([]float32, inference.EmbeddingDim)
+		sh.dh2, sh.dh1 = make([]float32, inference.Hidden2), make([]float32, inference.Hidden1)
 	}
 	return tr
 }
@@ -815,14 +794,14 @@ func (tr *trainer) gradients(batch []row) float64 {
 		}
 	}
 	for len(tr.uState) < len(tr.uList) {
-		tr.uState = append(tr.uState, newRowState())
+		tr.uState = append(tr.uState, inference.NewRowState())
 	}
 	for len(tr.iState) < len(tr.iList) {
-		tr.iState = append(tr.iState, newRowState())
+		tr.iState = append(tr.iState, inference.NewRowState())
 	}
 	nu, ni := len(tr.uList), len(tr.iList)
-	tr.du = grow(tr.du, nu*EmbeddingDim)
-	tr.dv = grow(tr.dv, ni*EmbeddingDim)
+	tr.du = grow(tr.du, nu*inference.EmbeddingDim)
+	tr.dv = grow(tr.dv, ni*inference.EmbeddingDim)
 	tr.uCount = growInt(tr.uCount, nu)
 	tr.iCount = growInt(tr.iCount, ni)
 
@@ -830,13 +809,13 @@ func (tr *trainer) gradients(batch []row) float64 {
 	tr.parallel(func(s int) {
 		for k := s * nu / gradShards; k < (s+1)*nu/gradShards; k++ {
 			st, u := tr.uState[k], tr.uList[k]
-			tr.user.forwardRow(d.xu[u*d.wu:(u+1)*d.wu], st)
-			HeadBias.apply(userSide, st)
+			tr.user.ForwardRow(d.xu[u*d.wu:(u+1)*d.wu], st)
+			inference.HeadBias.Apply(inference.UserSide, st)
 		}
 		for k := s * ni / gradShards; k < (s+1)*ni/gradShards; k++ {
 			st, i := tr.iState[k], tr.iList[k]
-			tr.item.forwardRow(d.xi[i*d.wi:(i+1)*d.wi], st)
-			HeadBias.apply(itemSide, st)
+			tr.item.ForwardRow(d.xi[i*d.wi:(i+1)*d.wi], st)
+			inference.HeadBias.Apply(inference.ItemSide, st)
 		}
 	})
 
@@ -846,44 +825,44 @@ func (tr *trainer) gradients(batch []row) float64 {
 	var sse float64
 	for _, r := range batch {
 		ku := tr.uSlot[r.u]
-		u := tr.uState[ku].u
+		u := tr.uState[ku].U
 		var v []float32
 		ki := -1
 		if personal {
 			v = tr.itemEmb[r.i]
 		} else {
 			ki = tr.iSlot[r.i]
-			v = tr.iState[ki].u
+			v = tr.iState[ki].U
 		}
-		diff := dot(u, v) - r.y
+		diff := inference.Dot(u, v) - r.y
 		sse += float64(diff) * float64(diff)
 		dp := scale * diff
-		axpy(dp, v, tr.du[ku*EmbeddingDim:(ku+1)*EmbeddingDim])
+		axpy(dp, v, tr.du[ku*inference.EmbeddingDim:(ku+1)*inference.EmbeddingDim])
 		tr.uCount[ku]++
 		if ki >= 0 {
-			axpy(dp, u, tr.dv[ki*EmbeddingDim:(ki+1)*EmbeddingDim])
+			axpy(dp, u, tr.dv[ki*inference.EmbeddingDim:(ki+1)*inference.EmbeddingDim])
 			tr.iCount[ki]++
 		}
 	}
 	for k, u := range tr.uList {
 		w := scale * float32(tr.uCount[k]) / float32(tr.nu[u])
-		e, g := tr.uState[k].u, tr.du[k*EmbeddingDim:(k+1)*EmbeddingDim]
+		e, g := tr.uState[k].U, tr.du[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim]
 		if personal {
 			a := tr.anchor[u]
-			for o := 0; o < InteractionDim; o++ {
+			for o := 0; o < inference.InteractionDim; o++ {
 				g[o] += w * tr.embedPenalty * (e[o] - a[o])
 			}
-			g[UserBiasIndex] += w * tr.biasPenalty * (e[UserBiasIndex] - a[UserBiasIndex])
+			g[inference.UserBiasIndex] += w * tr.biasPenalty * (e[inference.UserBiasIndex] - a[inference.UserBiasIndex])
 			continue
 		}
-		axpy(w*tr.embedPenalty, e[:InteractionDim], g[:InteractionDim])
-		g[UserBiasIndex] += w * tr.biasPenalty * (e[UserBiasIndex] - tr.mean)
+		axpy(w*tr.embedPenalty, e[:inference.InteractionDim], g[:inference.InteractionDim])
+		g[inference.UserBiasIndex] += w * tr.biasPenalty * (e[inference.UserBiasIndex] - tr.mean)
 	}
 	for k, i := range tr.iList {
 		w := scale * float32(tr.iCount[k]) / float32(tr.ni[i])
-		e, g := tr.iState[k].u, tr.dv[k*EmbeddingDim:(k+1)*EmbeddingDim]
-		axpy(w*tr.embedPenalty, e[:InteractionDim], g[:InteractionDim])
-		g[ItemBiasIndex] += w * tr.biasPenalty * ItemBiasWeight * ItemBiasWeight * e[ItemBiasIndex]
+		e, g := tr.iState[k].U, tr.dv[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim]
+		axpy(w*tr.embedPenalty, e[:inference.InteractionDim], g[:inference.InteractionDim])
+		g[inference.ItemBiasIndex] += w * tr.biasPenalty * inference.ItemBiasWeight * inference.ItemBiasWeight * e[inference.ItemBiasIndex]
 	}
 
 	// Backward, split by slot ranges; each shard sums into its own gradients.
@@ -894,12 +873,12 @@ func (tr *trainer) gradients(batch []row) float64 {
 		}
 		for k := s * nu / gradShards; k < (s+1)*nu/gradShards; k++ {
 			st, u := tr.uState[k], tr.uList[k]
-			HeadBias.backward(userSide, st, tr.du[k*EmbeddingDim:(k+1)*EmbeddingDim], sh.dz)
+			headBackward(inference.UserSide, st, tr.du[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim], sh.dz)
 			sh.backward(tr.user, sh.gu, st, d.xu[u*d.wu:(u+1)*d.wu])
 		}
 		for k := s * ni / gradShards; k < (s+1)*ni/gradShards; k++ {
 			st, i := tr.iState[k], tr.iList[k]
-			HeadBias.backward(itemSide, st, tr.dv[k*EmbeddingDim:(k+1)*EmbeddingDim], sh.dz)
+			headBackward(inference.ItemSide, st, tr.dv[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim], sh.dz)
 			sh.backward(tr.item, sh.gi, st, d.xi[i*d.wi:(i+1)*d.wi])
 		}
 	})
@@ -956,20 +935,65 @@ func (tr *trainer) parallel(fn func(s int)) {
 	wg.Wait()
 }
 
+// starsToScaled maps a rating in [1, 5] to the training target in [-1, 1] (inference.Stars
+// maps back).
+func starsToScaled(r float64) float32 { return float32((r-1)/2 - 1) }
+
+// zeroOutput clears output o of the tower's last layer (weights and bias).
+func zeroOutput(t *inference.Tower, o int) {
+	d := &t.Layers[2]
+	clear(d.W[o*d.In : (o+1)*d.In])
+	d.B[o] = 0
+}
+
+// axpy computes y += alpha * x.
+func axpy(alpha float32, x, y []float32) {
+	y = y[:len(x)]
+	for i, v := range x {
+		y[i] += alpha * v
+	}
+}
+
+// headBackward turns dL/du (the embedding's gradient) into dL/dz (the raw output's) for the
+// bias head (inference.HeadBias.Apply), the only head that is trained.
+func headBackward(sd inference.Side, s *inference.RowState, du, dz []float32) {
+	if sd == inference.ItemSide {
+		copy(dz, du)
+		dz[inference.UserBiasIndex] = 0 // the constant 1
+		return
+	}
+	dz[inference.ItemBiasIndex] = 0 // the constant c
+	w, g := s.Z[:inference.UserBiasIndex+1], du[:inference.UserBiasIndex+1]
+	if s.N <= inference.UserRadius {
+		copy(dz, g)
+		return
+	}
+	// u = r·w/|w|  ⇒  dw = r/|w| · (du − ŵ (ŵ·du)), ŵ = w/|w|
+	var c float64
+	for o := range w {
+		c += float64(w[o]) * float64(g[o])
+	}
+	c /= s.N * s.N
+	k := inference.UserRadius / s.N
+	for o := range w {
+		dz[o] = float32(k * (float64(g[o]) - float64(w[o])*c))
+	}
+}
+
 // backward adds the gradient of one row to g, given sh.dz = dL/dz for the tower's raw output.
 // (adam updates only what the stage trains.)
-func (sh *shard) backward(t, g *Tower, s *rowState, x []float32) {
+func (sh *shard) backward(t, g *inference.Tower, s *inference.RowState, x []float32) {
 	d2, g2 := &t.Layers[2], &g.Layers[2]
 	clear(sh.dh2)
 	for o, d := range sh.dz {
 		if d == 0 {
 			continue
 		}
-		axpy(d, s.h2, g2.W[o*d2.In:(o+1)*d2.In])
+		axpy(d, s.H2, g2.W[o*d2.In:(o+1)*d2.In])
 		g2.B[o] += d
 		axpy(d, d2.W[o*d2.In:(o+1)*d2.In], sh.dh2)
 	}
-	for i, h := range s.h2 {
+	for i, h := range s.H2 {
 		if h <= 0 {
 			sh.dh2[i] = 0
 		}
@@ -980,19 +1004,19 @@ func (sh *shard) backward(t, g *Tower, s *rowState, x []float32) {
 		if d == 0 {
 			continue
 		}
-		axpy(d, s.h1, g1.W[o*d1.In:(o+1)*d1.In])
+		axpy(d, s.H1, g1.W[o*d1.In:(o+1)*d1.In])
 		g1.B[o] += d
 		axpy(d, d1.W[o*d1.In:(o+1)*d1.In], sh.dh1)
 	}
 	g0 := &g.Layers[0]
 	in := g0.In
 	for o, d := range sh.dh1 {
-		if d == 0 || s.h1[o] <= 0 {
+		if d == 0 || s.H1[o] <= 0 {
 			continue
 		}
 		g0.B[o] += d
 		w := g0.W[o*in : (o+1)*in]
-		for _, j := range s.nz {
+		for _, j := range s.NZ {
 			w[j] += d * x[j]
 		}
 	}
@@ -1033,18 +1057,18 @@ func (tr *trainer) adam() {
 	}
 }
 
-// buildMasks lays out the user tower's two sub-networks (see IdentityHidden1).
+// buildMasks lays out the user tower's two sub-networks (see inference.IdentityHidden1).
 func (tr *trainer) buildMasks() {
 	d := tr.d
-	c1, c2 := Hidden1-IdentityHidden1, Hidden2-IdentityHidden2 // content units
-	shapes := [6][2]int{{Hidden1, d.wu}, {Hidden1, 1}, {Hidden2, Hidden1}, {Hidden2, 1}, {EmbeddingDim, Hidden2}, {EmbeddingDim, 1}}
+	c1, c2 := inference.Hidden1-inference.IdentityHidden1, inference.Hidden2-inference.IdentityHidden2 // content units
+	shapes := [6][2]int{{inference.Hidden1, d.wu}, {inference.Hidden1, 1}, {inference.Hidden2, inference.Hidden1}, {inference.Hidden2, 1}, {inference.EmbeddingDim, inference.Hidden2}, {inference.EmbeddingDim, 1}}
 	for s := range tr.userMask {
 		for p, sh := range shapes {
 			tr.userMask[s][p] = make([]bool, sh[0]*sh[1])
 		}
 	}
 	content, personal := &tr.userMask[stageContent], &tr.userMask[stagePersonal]
-	for o := 0; o < Hidden1; o++ {
+	for o := 0; o < inference.Hidden1; o++ {
 		for j := 0; j < d.wu; j++ {
 			if o < c1 {
 				content[0][o*d.wu+j] = !d.identity[j]
@@ -1054,20 +1078,20 @@ func (tr *trainer) buildMasks() {
 		}
 		content[1][o] = o < c1
 	}
-	for o := 0; o < Hidden2; o++ {
-		for j := 0; j < Hidden1; j++ {
+	for o := 0; o < inference.Hidden2; o++ {
+		for j := 0; j < inference.Hidden1; j++ {
 			if o < c2 {
-				content[2][o*Hidden1+j] = j < c1
+				content[2][o*inference.Hidden1+j] = j < c1
 			} else {
-				personal[2][o*Hidden1+j] = j >= c1
+				personal[2][o*inference.Hidden1+j] = j >= c1
 			}
 		}
 		content[3][o] = o < c2
 	}
-	for o := 0; o < EmbeddingDim; o++ {
-		for j := 0; j < Hidden2; j++ {
-			content[4][o*Hidden2+j] = j < c2
-			personal[4][o*Hidden2+j] = j >= c2 && o == UserBiasIndex
+	for o := 0; o < inference.EmbeddingDim; o++ {
+		for j := 0; j < inference.Hidden2; j++ {
+			content[4][o*inference.Hidden2+j] = j < c2
+			personal[4][o*inference.Hidden2+j] = j >= c2 && o == inference.UserBiasIndex
 		}
 		content[5][o] = true
 	}
