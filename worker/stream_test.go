@@ -82,9 +82,17 @@ func newTestEnv(t testing.TB, shards int) *testEnv {
 		t.Fatal(err)
 	}
 	e.store = e.openStore(t)
-	if _, err := e.kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(e.Stream), ShardCount: aws.Int32(int32(shards))}); err != nil {
-		t.Fatalf("create stream: %v", err)
-	}
+	// kinesalite caps the open shards of all streams together (--shardLimit), which tests of
+	// other packages running at the same time share: wait for room rather than fail.
+	var createErr error
+	stacktest.Eventually(t, 2*time.Minute, 500*time.Millisecond, func() bool {
+		_, createErr = e.kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(e.Stream), ShardCount: aws.Int32(int32(shards))})
+		var limit *ktypes.LimitExceededException
+		if createErr != nil && !errors.As(createErr, &limit) {
+			t.Fatalf("create stream: %v", createErr)
+		}
+		return createErr == nil
+	}, "no room in kinesalite for a stream of %d shards", shards)
 	t.Cleanup(func() {
 		ctx := context.Background()
 		_, _ = e.kc.DeleteStream(ctx, &kinesis.DeleteStreamInput{StreamName: aws.String(e.Stream)})
