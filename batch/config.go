@@ -1,85 +1,64 @@
-// Package batch holds the cron-run jobs: seeding the classicmodels source database, the ETL
-// that turns ratings ⋈ products ⋈ customers into Hive-partitioned Snappy Parquet, and the
-// loader that puts model embeddings into PostgreSQL + pgvector.
+// Package batch is the `batch` config section of the cron-run jobs. The jobs are its
+// sub-packages, one per job and data store:
+//
+//   - seed: `batch seed`, the classicmodels schema and its loaders (CSV folder or generator)
+//     into the MySQL source database;
+//   - etl: `batch etl`, ratings ⋈ products ⋈ customers from MySQL to the S3 datalake as
+//     Hive-partitioned Snappy Parquet, published through a manifest;
+//   - embeddings: `batch embeddings`, a model version's embeddings from the artifacts store
+//     into PostgreSQL + pgvector;
+//
+// and dataset is the published training dataset that etl writes and train reads. Each job
+// takes only its own settings from Config (SeedConfig, ETLConfig).
 package batch
 
 import (
-	"errors"
-	"fmt"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
+	"github.com/recstream/recstream/batch/etl"
+	"github.com/recstream/recstream/batch/seed"
 )
 
-// MySQLConfig is the `mysql` config section (the classicmodels source database).
-type MySQLConfig struct {
-	// DSN in go-sql-driver form without the password: user@tcp(host:3306)/classicmodels.
-	DSN string `yaml:"dsn"`
-	// Password comes only from RECSTREAM_MYSQL_PASSWORD.
-	Password     string `yaml:"password" secret:"true"`
-	MaxOpenConns int    `yaml:"max_open_conns"`
-}
-
-// DefaultMySQLConfig matches the local stack.
-func DefaultMySQLConfig() MySQLConfig {
-	return MySQLConfig{DSN: "recstream@tcp(127.0.0.1:3306)/classicmodels", MaxOpenConns: 4}
-}
-
-// Validate reports the first invalid field.
-func (c MySQLConfig) Validate() error {
-	if c.DSN == "" {
-		return errors.New("dsn: must not be empty")
-	}
-	if _, err := mysql.ParseDSN(c.DSN); err != nil {
-		return errors.New("dsn: cannot parse (value not shown: it may hold credentials)")
-	}
-	if c.MaxOpenConns < 1 {
-		return fmt.Errorf("max_open_conns: must be >= 1, got %d", c.MaxOpenConns)
-	}
-	return nil
-}
-
-// Config is the `batch` config section.
+// Config is the `batch` config section. It stays one flat section (config.yaml and the
+// RECSTREAM_BATCH_* variables name its keys) although its keys belong to different jobs.
 type Config struct {
 	// Seed drives the deterministic data generator (batch seed --scale).
 	Seed int64 `yaml:"seed"`
-	// LockTimeout is how long batch etl waits for the run lock before giving up (0: do not wait).
+	// LockTimeout is how long batch etl waits for the run lock (etl.Config.LockTimeout).
 	LockTimeout time.Duration `yaml:"lock_timeout"`
 	// InsertBatchRows is the number of rows per multi-row INSERT when seeding.
 	InsertBatchRows int `yaml:"insert_batch_rows"`
-	// RowGroupRows bounds a Parquet row group (and so the ETL's memory per open partition).
-	// The ETL also starts a new file in a partition after this many rows, so one file is one
-	// row group and memory stays bounded however many ratings one customer has.
+	// RowGroupRows bounds a Parquet row group and a data file (etl.Config.RowGroupRows).
 	RowGroupRows int `yaml:"row_group_rows"`
 	// UploadConcurrency is how many finished Parquet files batch etl uploads at once.
 	UploadConcurrency int `yaml:"upload_concurrency"`
-	// OrphanGrace protects the files of an unfinished sharded run (n > 1) from orphan cleanup
-	// for this long after its last shard marker; it must exceed the time between the first and
-	// the last shard task of one run.
+	// OrphanGrace protects an unfinished sharded run's files from cleanup
+	// (etl.Config.OrphanGrace).
 	OrphanGrace time.Duration `yaml:"orphan_grace"`
 }
 
-// DefaultConfig matches config.yaml.
+// DefaultConfig matches config.yaml: the jobs' defaults and generator seed 42.
 func DefaultConfig() Config {
-	return Config{Seed: 42, LockTimeout: 0, InsertBatchRows: 2000, RowGroupRows: 50000, UploadConcurrency: 8, OrphanGrace: 6 * time.Hour}
+	e, s := etl.DefaultConfig(), seed.DefaultConfig()
+	return Config{Seed: 42, LockTimeout: e.LockTimeout, InsertBatchRows: s.InsertBatchRows, RowGroupRows: e.RowGroupRows,
+		UploadConcurrency: e.UploadConcurrency, OrphanGrace: e.OrphanGrace}
 }
 
-// Validate reports the first invalid field.
+// Validate reports the first invalid field: the ETL's settings are checked first, then
+// seeding's.
 func (c Config) Validate() error {
-	if c.LockTimeout < 0 {
-		return fmt.Errorf("lock_timeout: must be >= 0, got %s", c.LockTimeout)
+	if err := c.ETLConfig().Validate(); err != nil {
+		return err
 	}
-	if c.InsertBatchRows < 1 || c.InsertBatchRows > 100000 {
-		return fmt.Errorf("insert_batch_rows: must be between 1 and 100000, got %d", c.InsertBatchRows)
-	}
-	if c.RowGroupRows < 1 {
-		return fmt.Errorf("row_group_rows: must be >= 1, got %d", c.RowGroupRows)
-	}
-	if c.UploadConcurrency < 1 || c.UploadConcurrency > 256 {
-		return fmt.Errorf("upload_concurrency: must be between 1 and 256, got %d", c.UploadConcurrency)
-	}
-	if c.OrphanGrace < 0 {
-		return fmt.Errorf("orphan_grace: must be >= 0, got %s", c.OrphanGrace)
-	}
-	return nil
+	return c.SeedConfig().Validate()
+}
+
+// SeedConfig is the part of c that `batch seed` uses.
+func (c Config) SeedConfig() seed.Config {
+	return seed.Config{InsertBatchRows: c.InsertBatchRows}
+}
+
+// ETLConfig is the part of c that `batch etl` uses.
+func (c Config) ETLConfig() etl.Config {
+	return etl.Config{LockTimeout: c.LockTimeout, RowGroupRows: c.RowGroupRows, UploadConcurrency: c.UploadConcurrency, OrphanGrace: c.OrphanGrace}
 }

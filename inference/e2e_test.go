@@ -15,7 +15,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/embeddings"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/inference/train/traintest"
@@ -107,12 +107,12 @@ func TestEndToEndTrainPublishLoadQuery(t *testing.T) {
 	pool := connect(t, cfg)
 	idx := newIndex(t, pool, cfg)
 	ctx := context.Background()
-	loader, err := batch.NewEmbeddingsLoader(pool, cfg, zaptest.NewLogger(t))
+	loader, err := embeddings.NewLoader(pool, cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	loadLatest := func() string {
-		src, err := batch.ResolveArtifactsVersion(ctx, store, "latest")
+		src, err := embeddings.ResolveArtifactsVersion(ctx, store, "latest")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/embeddings"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/inference/train/traintest"
@@ -61,7 +61,7 @@ func TestServiceLiveVersionWithoutModelRecovers(t *testing.T) {
 	cfg := testSchema(t, 100)
 	pool := connect(t, cfg)
 	ctx := context.Background()
-	loader, err := batch.NewEmbeddingsLoader(pool, cfg, zaptest.NewLogger(t))
+	loader, err := embeddings.NewLoader(pool, cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestServiceLiveVersionWithoutModelRecovers(t *testing.T) {
 	tcfg := inference.DefaultConfig().Train
 	tcfg.Epochs = 1
 	a := trainAndPublish(t, arts, ex, tcfg)
-	src, err := batch.ResolveArtifactsVersion(ctx, arts, artifacts.LatestName)
+	src, err := embeddings.ResolveArtifactsVersion(ctx, arts, artifacts.LatestName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestServiceLiveVersionWithoutModelRecovers(t *testing.T) {
 	}
 
 	// B's embeddings go live without B's model.
-	if _, err := loader.Load(ctx, batch.EmbeddingsSource{Store: staging, Prefix: artifacts.VersionPrefix(b.version), Version: b.version, WithoutModel: true}, false); err != nil {
+	if _, err := loader.Load(ctx, embeddings.Source{Store: staging, Prefix: artifacts.VersionPrefix(b.version), Version: b.version, WithoutModel: true}, false); err != nil {
 		t.Fatal(err)
 	}
 	// No traffic: the reload check alone turns readiness red.

@@ -19,7 +19,7 @@ import (
 	"github.com/pgvector/pgvector-go"
 	"go.uber.org/zap"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/embeddings"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
@@ -142,7 +142,7 @@ func connect(t testing.TB, cfg pg.Config) *pgxpool.Pool {
 
 // load loads generated vectors with the embeddings loader; they have no model, which these
 // index tests do not need (WithoutModel).
-func load(t testing.TB, pool *pgxpool.Pool, cfg pg.Config, s vecData, version string) batch.LoadResult {
+func load(t testing.TB, pool *pgxpool.Pool, cfg pg.Config, s vecData, version string) embeddings.LoadResult {
 	t.Helper()
 	dir := t.TempDir()
 	writeCSVs(t, dir, s)
@@ -150,11 +150,11 @@ func load(t testing.TB, pool *pgxpool.Pool, cfg pg.Config, s vecData, version st
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := batch.NewEmbeddingsLoader(pool, cfg, zap.NewNop())
+	l, err := embeddings.NewLoader(pool, cfg, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := l.Load(context.Background(), batch.EmbeddingsSource{Store: st, Version: version, WithoutModel: true}, false)
+	res, err := l.Load(context.Background(), embeddings.Source{Store: st, Version: version, WithoutModel: true}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

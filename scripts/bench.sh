@@ -17,7 +17,7 @@ if has worker; then
   RECSTREAM_WORKER_BENCH=1 go test -run '^$' -bench 'EndToEnd|Latency|PeakRSS' -benchtime 1x -timeout 30m ./worker
 fi
 if has etl; then
-  go test -run '^$' -bench 'ETL' -benchtime 1x -timeout 60m ./batch
+  go test -run '^$' -bench 'ETL' -benchtime 1x -timeout 60m ./batch/etl
 fi
 if has embeddings; then
   RECSTREAM_BENCH_1M=1 go test -run TestBench1M -v -timeout 90m ./inference

@@ -13,7 +13,7 @@ import (
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 	"go.uber.org/zap"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/embeddings"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/internal/objstore"
@@ -119,11 +119,11 @@ func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalo
 		b.Fatal(err)
 	}
 	b.Cleanup(pool.Close)
-	loader, err := batch.NewEmbeddingsLoader(pool, pcfg, zap.NewNop())
+	loader, err := embeddings.NewLoader(pool, pcfg, zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
 	}
-	src, err := batch.ResolveArtifactsVersion(ctx, arts, "latest")
+	src, err := embeddings.ResolveArtifactsVersion(ctx, arts, "latest")
 	if err != nil {
 		b.Fatal(err)
 	}

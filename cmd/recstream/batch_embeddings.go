@@ -9,7 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/embeddings"
 	"github.com/recstream/recstream/internal/pg"
 )
 
@@ -59,26 +59,26 @@ func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 		return err
 	}
 	defer pool.Close()
-	loader, err := batch.NewEmbeddingsLoader(pool, app.Config.Postgres, app.Log)
+	loader, err := embeddings.NewLoader(pool, app.Config.Postgres, app.Log)
 	if err != nil {
 		return err
 	}
 
-	var res batch.LoadResult
+	var res embeddings.LoadResult
 	if *rollback {
 		res, err = loader.Rollback(ctx)
 	} else {
-		var src batch.EmbeddingsSource
+		var src embeddings.Source
 		src, err = embeddingsSource(ctx, app, *from, *version, *withoutModel)
 		if err != nil {
 			return err
 		}
 		res, err = loader.Load(ctx, src, *force)
 	}
-	if errors.Is(err, batch.ErrLoadInProgress) {
+	if errors.Is(err, embeddings.ErrLoadInProgress) {
 		return exitCodeError{exitLocked, err}
 	}
-	if errors.Is(err, batch.ErrNoModel) || errors.Is(err, batch.ErrEmbeddingsNotOfModel) {
+	if errors.Is(err, embeddings.ErrNoModel) || errors.Is(err, embeddings.ErrNotOfModel) {
 		// No retry fixes this: load another version, publish the model, or say --without-model.
 		return exitCodeError{exitUsage, fmt.Errorf("%w; nothing was swapped in (--without-model loads it anyway, for embeddings no worker serves)", err)}
 	}
@@ -104,25 +104,25 @@ func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 
 // embeddingsSource opens --from as one version's root, or the artifacts location at version;
 // the model is checked in the artifacts location unless withoutModel.
-func embeddingsSource(ctx context.Context, app *App, from, version string, withoutModel bool) (batch.EmbeddingsSource, error) {
+func embeddingsSource(ctx context.Context, app *App, from, version string, withoutModel bool) (embeddings.Source, error) {
 	if from != "" {
 		store, err := openStore(ctx, app, from)
 		if err != nil {
-			return batch.EmbeddingsSource{}, err
+			return embeddings.Source{}, err
 		}
-		src := batch.EmbeddingsSource{Store: store, WithoutModel: withoutModel}
+		src := embeddings.Source{Store: store, WithoutModel: withoutModel}
 		if !withoutModel {
 			if src.Models, err = openStore(ctx, app, app.Config.S3.Buckets.Artifacts); err != nil {
-				return batch.EmbeddingsSource{}, err
+				return embeddings.Source{}, err
 			}
 		}
 		return src, nil
 	}
 	arts, err := openStore(ctx, app, app.Config.S3.Buckets.Artifacts)
 	if err != nil {
-		return batch.EmbeddingsSource{}, err
+		return embeddings.Source{}, err
 	}
-	src, err := batch.ResolveArtifactsVersion(ctx, arts, version)
+	src, err := embeddings.ResolveArtifactsVersion(ctx, arts, version)
 	src.WithoutModel = withoutModel
 	return src, err
 }

@@ -13,8 +13,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"go.uber.org/zap"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/etl"
 	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/mysqldb"
 	"github.com/recstream/recstream/internal/objstore"
 )
 
@@ -48,35 +49,35 @@ func runBatchETL(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, err := batch.OpenMySQL(app.Config.MySQL)
+	db, err := mysqldb.Open(app.Config.MySQL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	opts := batch.ETLOptions{RunID: *runID, Shard: shard, Shards: shards}
-	etl, err := batch.NewETL(db, store, app.Config.Batch, opts, app.Log)
+	opts := etl.Options{RunID: *runID, Shard: shard, Shards: shards}
+	job, err := etl.New(db, store, app.Config.Batch.ETLConfig(), opts, app.Log)
 	if err != nil {
 		return usageError{err.Error()}
 	}
 	if *dryRun {
-		plan, err := etl.Plan(ctx)
+		plan, err := job.Plan(ctx)
 		if err != nil {
 			return err
 		}
 		return plan.Write(app.Stdout)
 	}
 	if bar := progressBar(app, 0, "exporting"); bar != nil {
-		if total, err := etl.CountSourceRows(ctx); err == nil {
+		if total, err := job.CountSourceRows(ctx); err == nil {
 			bar.ChangeMax64(total)
 		}
-		etl, err = batch.NewETL(db, store, app.Config.Batch, batch.ETLOptions{RunID: etl.RunID(), Shard: shard, Shards: shards, Progress: func(n int64) { _ = bar.Set64(n) }}, app.Log)
+		job, err = etl.New(db, store, app.Config.Batch.ETLConfig(), etl.Options{RunID: job.RunID(), Shard: shard, Shards: shards, Progress: func(n int64) { _ = bar.Set64(n) }}, app.Log)
 		if err != nil {
 			return err
 		}
 		defer bar.Finish() //nolint:errcheck
 	}
-	res, err := etl.Run(ctx)
-	var locked *batch.LockedError
+	res, err := job.Run(ctx)
+	var locked *etl.LockedError
 	if errors.As(err, &locked) {
 		return exitCodeError{exitLocked, err}
 	}

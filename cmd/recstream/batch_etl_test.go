@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/dataset"
+	"github.com/recstream/recstream/batch/etl"
+	"github.com/recstream/recstream/internal/mysqldb"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -28,10 +30,10 @@ func batchCLI(env []string, args ...string) (int, string, string) {
 
 // testMySQL returns the local stack's MySQL config for a database of its own (created by the
 // first `batch seed`, dropped on cleanup) and a pool for it.
-func testMySQL(t *testing.T, prefix string) (batch.MySQLConfig, *sql.DB) {
+func testMySQL(t *testing.T, prefix string) (mysqldb.Config, *sql.DB) {
 	t.Helper()
 	stacktest.MySQLAddr(t)
-	cfg := batch.DefaultMySQLConfig()
+	cfg := mysqldb.DefaultConfig()
 	cfg.DSN = stacktest.Value(t, "mysql.dsn")
 	cfg.Password = stacktest.DBPassword("RECSTREAM_MYSQL_PASSWORD")
 	name := stacktest.UniqueName(prefix)
@@ -39,7 +41,7 @@ func testMySQL(t *testing.T, prefix string) (batch.MySQLConfig, *sql.DB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := batch.OpenMySQL(cfg)
+	db, err := mysqldb.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,9 +54,9 @@ func testMySQL(t *testing.T, prefix string) (batch.MySQLConfig, *sql.DB) {
 	return cfg, db
 }
 
-func mustDatabase(t *testing.T, cfg batch.MySQLConfig) string {
+func mustDatabase(t *testing.T, cfg mysqldb.Config) string {
 	t.Helper()
-	name, err := batch.MySQLDatabase(cfg)
+	name, err := mysqldb.Database(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestBatchSeedAndETLCommands(t *testing.T) {
 	if code != exitOK || !strings.Contains(final, `"msg":"etl finished"`) || !strings.Contains(final, `"rows":2532`) || !strings.Contains(final, `"partitions":98`) || !strings.Contains(final, `"bytes":`) || !strings.Contains(final, `"duration":`) {
 		t.Fatalf("etl: exit %d, final line %s", code, final)
 	}
-	if _, err := os.Stat(filepath.Join(lake, batch.ManifestKey)); err != nil {
+	if _, err := os.Stat(filepath.Join(lake, dataset.ManifestKey)); err != nil {
 		t.Fatalf("no manifest: %v", err)
 	}
 
@@ -113,7 +115,7 @@ func TestBatchSeedAndETLCommands(t *testing.T) {
 	}
 	defer conn.Close()
 	var got int
-	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", batch.LockName(mustDatabase(t, cfg), store, 0, 1)).Scan(&got); err != nil || got != 1 {
+	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", etl.LockName(mustDatabase(t, cfg), store, 0, 1)).Scan(&got); err != nil || got != 1 {
 		t.Fatalf("take lock: %d %v", got, err)
 	}
 	code, _, stderr = batchCLI(env, "batch", "etl", "--location", loc)

@@ -13,7 +13,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/term"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/seed"
+	"github.com/recstream/recstream/internal/mysqldb"
 )
 
 func init() {
@@ -25,7 +26,7 @@ func runBatchSeed(ctx context.Context, app *App, args []string) error {
 	from := fs.String("from", "", "folder of classicmodels CSVs (customers.csv, …, ratings.csv) in the classicmodels CSV format (testdata/README.md)")
 	scale := fs.Int("scale", 0, "generate N customers (deterministic; see --seed, --ratings-per-customer)")
 	perCustomer := fs.Int("ratings-per-customer", 100, "average bought-and-rated products per generated customer")
-	seed := fs.Int64("seed", app.Config.Batch.Seed, "generator seed (default: config batch.seed)")
+	genSeed := fs.Int64("seed", app.Config.Batch.Seed, "generator seed (default: config batch.seed)")
 	replace := fs.Bool("replace", false, "drop the classicmodels tables and reload them")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -33,9 +34,9 @@ func runBatchSeed(ctx context.Context, app *App, args []string) error {
 	if (*from == "") == (*scale == 0) {
 		return usageError{"give exactly one of --from DIR or --scale N"}
 	}
-	var gen *batch.Generator
+	var gen *seed.Generator
 	if *scale != 0 {
-		g, err := batch.NewGenerator(*seed, *scale, *perCustomer)
+		g, err := seed.NewGenerator(*genSeed, *scale, *perCustomer)
 		if err != nil {
 			return usageError{err.Error()}
 		}
@@ -44,25 +45,25 @@ func runBatchSeed(ctx context.Context, app *App, args []string) error {
 		return usageError{fmt.Sprintf("--from %s: not a directory", *from)}
 	}
 
-	if err := batch.EnsureDatabase(ctx, app.Config.MySQL); err != nil {
+	if err := mysqldb.EnsureDatabase(ctx, app.Config.MySQL); err != nil {
 		return err
 	}
-	db, err := batch.OpenMySQL(app.Config.MySQL)
+	db, err := mysqldb.Open(app.Config.MySQL)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	seeder, err := batch.NewSeeder(db, app.Config.Batch, app.Log)
+	seeder, err := seed.NewSeeder(db, app.Config.Batch.SeedConfig(), app.Log)
 	if err != nil {
 		return err
 	}
 	if err := seeder.CreateSchema(ctx, *replace); err != nil {
-		if errors.Is(err, batch.ErrAlreadySeeded) {
+		if errors.Is(err, seed.ErrAlreadySeeded) {
 			return usageError{err.Error()}
 		}
 		return err
 	}
-	var st batch.SeedStats
+	var st seed.Stats
 	if gen != nil {
 		var progress func(int64)
 		if bar := progressBar(app, int64(gen.NumCustomers())*int64(*perCustomer), "seeding ratings"); bar != nil {

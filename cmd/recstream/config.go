@@ -9,13 +9,14 @@ import (
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/logging"
+	"github.com/recstream/recstream/internal/mysqldb"
 	"github.com/recstream/recstream/internal/pg"
 	"github.com/recstream/recstream/worker"
 )
 
 // Config is config.yaml. Each section is owned by the package that uses it.
 type Config struct {
-	MySQL     batch.MySQLConfig     `yaml:"mysql"`
+	MySQL     mysqldb.Config        `yaml:"mysql"`
 	Postgres  pg.Config             `yaml:"postgres"`
 	Kinesis   awsenv.KinesisConfig  `yaml:"kinesis"`
 	DynamoDB  awsenv.DynamoDBConfig `yaml:"dynamodb"`
@@ -55,7 +56,7 @@ func (c Config) Validate() error {
 // shipped config.yaml so that a minimal file works against the local stack.
 func DefaultConfig() Config {
 	return Config{
-		MySQL:    batch.DefaultMySQLConfig(),
+		MySQL:    mysqldb.DefaultConfig(),
 		Postgres: pg.Config{DSN: "postgres://recstream@127.0.0.1:5432/recstream?sslmode=disable", Schema: "public", MaxConns: 8, MinConns: 1, EfSearch: 100, MaintenanceWorkMem: "256MB"},
 		Kinesis:  awsenv.KinesisConfig{Stream: "recstream-user-activity", Shards: 4, Region: "us-east-1", Endpoint: "http://127.0.0.1:4567"},
 		DynamoDB: awsenv.DynamoDBConfig{LeaseTable: "recstream-worker", Region: "us-east-1", Endpoint: "http://127.0.0.1:4568"},

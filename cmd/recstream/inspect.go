@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/internal/mysqldb"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/worker"
 )
@@ -159,7 +159,7 @@ func inspect(ctx context.Context, store objstore.Store, format string, samples i
 // (the summary then shows codes only).
 func productNames(ctx context.Context, app *App) map[string]string {
 	names := map[string]string{}
-	db, err := batch.OpenMySQL(app.Config.MySQL)
+	db, err := mysqldb.Open(app.Config.MySQL)
 	if err != nil {
 		return names
 	}

@@ -8,8 +8,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/recstream/recstream/batch"
 	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/mysqldb"
 	"github.com/recstream/recstream/produce"
 )
 
@@ -39,7 +39,7 @@ func runProduce(ctx context.Context, app *App, args []string) error {
 		return usageError{err.Error()}
 	}
 
-	db, err := batch.OpenMySQL(app.Config.MySQL)
+	db, err := mysqldb.Open(app.Config.MySQL)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package batch_test
+package embeddings_test
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ import (
 	"github.com/pgvector/pgvector-go"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/embeddings"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/objstore"
@@ -93,7 +93,7 @@ func (s embSet) csvs() (items, users []byte) {
 
 // writeDir writes the two CSVs under dir/embeddings/ and returns a file:// source. Generated
 // vectors have no model: the source says so (WithoutModel), like `--from DIR --without-model`.
-func writeDir(t *testing.T, dir string, items, users []byte) batch.EmbeddingsSource {
+func writeDir(t *testing.T, dir string, items, users []byte) embeddings.Source {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Join(dir, "embeddings"), 0o755); err != nil {
 		t.Fatal(err)
@@ -108,7 +108,7 @@ func writeDir(t *testing.T, dir string, items, users []byte) batch.EmbeddingsSou
 	if err != nil {
 		t.Fatal(err)
 	}
-	return batch.EmbeddingsSource{Store: st, WithoutModel: true}
+	return embeddings.Source{Store: st, WithoutModel: true}
 }
 
 // testPG creates a unique schema, migrates it, and returns its config and a pool.
@@ -123,9 +123,9 @@ func testPG(t *testing.T) (pg.Config, *pgxpool.Pool) {
 	return cfg, pool
 }
 
-func newLoader(t *testing.T, pool *pgxpool.Pool, cfg pg.Config) *batch.EmbeddingsLoader {
+func newLoader(t *testing.T, pool *pgxpool.Pool, cfg pg.Config) *embeddings.Loader {
 	t.Helper()
-	l, err := batch.NewEmbeddingsLoader(pool, cfg, zaptest.NewLogger(t))
+	l, err := embeddings.NewLoader(pool, cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestLoadRoundTripNoOpForceAndRollback(t *testing.T) {
 func TestRollbackWithoutPrevious(t *testing.T) {
 	cfg, pool := testPG(t)
 	l := newLoader(t, pool, cfg)
-	if _, err := l.Rollback(context.Background()); !errors.Is(err, batch.ErrNoPreviousVersion) {
+	if _, err := l.Rollback(context.Background()); !errors.Is(err, embeddings.ErrNoPreviousVersion) {
 		t.Fatalf("rollback on a fresh schema: %v, want ErrNoPreviousVersion", err)
 	}
 	v1 := genEmbeddings(1, 5, 5, 4, 0)
@@ -284,7 +284,7 @@ func TestRollbackWithoutPrevious(t *testing.T) {
 	if _, err := l.Load(context.Background(), writeDir(t, t.TempDir(), items, users), false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Rollback(context.Background()); !errors.Is(err, batch.ErrNoPreviousVersion) {
+	if _, err := l.Rollback(context.Background()); !errors.Is(err, embeddings.ErrNoPreviousVersion) {
 		t.Fatalf("rollback after the first load: %v, want ErrNoPreviousVersion", err)
 	}
 	equalSets(t, readBack(t, pool), v1)
@@ -324,9 +324,9 @@ func TestLoadRejectsBadInput(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := l.Load(ctx, writeDir(t, t.TempDir(), tc.items, tc.users), false)
-			var ie *batch.EmbeddingsInputError
+			var ie *embeddings.InputError
 			if !errors.As(err, &ie) {
-				t.Fatalf("load: %v, want *EmbeddingsInputError", err)
+				t.Fatalf("load: %v, want *InputError", err)
 			}
 			if !strings.HasSuffix(ie.File, tc.file) || ie.Line != tc.line || !strings.Contains(ie.Reason, tc.reason) {
 				t.Fatalf("load: %v, want %s line %d: %s", err, tc.file, tc.line, tc.reason)
@@ -364,7 +364,7 @@ func TestLoadInProgress(t *testing.T) {
 	defer conn.Exec(ctx, "SELECT pg_advisory_unlock_all()")
 	g := genEmbeddings(1, 3, 3, 2, 0)
 	gi, gu := g.csvs()
-	if _, err := l.Load(ctx, writeDir(t, t.TempDir(), gi, gu), false); !errors.Is(err, batch.ErrLoadInProgress) {
+	if _, err := l.Load(ctx, writeDir(t, t.TempDir(), gi, gu), false); !errors.Is(err, embeddings.ErrLoadInProgress) {
 		t.Fatalf("load while locked: %v, want ErrLoadInProgress", err)
 	}
 }
@@ -412,11 +412,11 @@ func TestEmbeddingsLoadFromS3LatestPointer(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	src, err := batch.ResolveArtifactsVersion(ctx, root, "latest")
+	src, err := embeddings.ResolveArtifactsVersion(ctx, root, "latest")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Load(ctx, src, false); !errors.Is(err, batch.ErrNoModel) || !errors.Is(err, artifacts.ErrNoModel) ||
+	if _, err := l.Load(ctx, src, false); !errors.Is(err, embeddings.ErrNoModel) || !errors.Is(err, artifacts.ErrNoModel) ||
 		!strings.Contains(err.Error(), root.URL(artifacts.Key("v20261125-1", artifacts.ModelKey))) {
 		t.Fatalf("load of a version without its model: %v, want ErrNoModel naming the weights", err)
 	}
@@ -440,11 +440,11 @@ func TestEmbeddingsLoadFromS3LatestPointer(t *testing.T) {
 		t.Fatalf("item_source = %q, want %q", itemSource, want)
 	}
 	// A named version resolves without the pointer; a missing one fails naming the version.
-	if _, err := batch.ResolveArtifactsVersion(ctx, root, "../x"); err == nil {
+	if _, err := embeddings.ResolveArtifactsVersion(ctx, root, "../x"); err == nil {
 		t.Fatal("version ../x accepted")
 	}
-	missing, _ := batch.ResolveArtifactsVersion(ctx, root, "v-missing")
-	if _, err := l.Load(ctx, missing, false); !errors.Is(err, batch.ErrNoModel) || !strings.Contains(err.Error(), "v-missing") {
+	missing, _ := embeddings.ResolveArtifactsVersion(ctx, root, "v-missing")
+	if _, err := l.Load(ctx, missing, false); !errors.Is(err, embeddings.ErrNoModel) || !strings.Contains(err.Error(), "v-missing") {
 		t.Fatalf("load of a missing version: %v", err)
 	}
 	missing.WithoutModel = true
@@ -484,7 +484,7 @@ func TestEmbeddingsLoadRefusesVersionWithoutModel(t *testing.T) {
 	bare.Models = root
 	_, err = l.Load(ctx, bare, false)
 	want := artifacts.ChecksumVersion(sha256Hex(gi2), sha256Hex(gu2))
-	if !errors.Is(err, batch.ErrNoModel) || !strings.Contains(err.Error(), want) {
+	if !errors.Is(err, embeddings.ErrNoModel) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("bare CSVs with the model check: %v, want ErrNoModel naming %s", err, want)
 	}
 
@@ -495,12 +495,12 @@ func TestEmbeddingsLoadRefusesVersionWithoutModel(t *testing.T) {
 		}
 	}
 	putModel(t, root, "v2", map[string]string{artifacts.ItemEmbeddingsKey: sha256Hex(gi), artifacts.UserEmbeddingsKey: sha256Hex(gu2)})
-	src, err := batch.ResolveArtifactsVersion(ctx, root, "v2")
+	src, err := embeddings.ResolveArtifactsVersion(ctx, root, "v2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Load(ctx, src, false); !errors.Is(err, batch.ErrEmbeddingsNotOfModel) || !strings.Contains(err.Error(), "item_embeddings.csv") {
-		t.Fatalf("embeddings not of the model: %v, want ErrEmbeddingsNotOfModel naming the item file", err)
+	if _, err := l.Load(ctx, src, false); !errors.Is(err, embeddings.ErrNotOfModel) || !strings.Contains(err.Error(), "item_embeddings.csv") {
+		t.Fatalf("embeddings not of the model: %v, want ErrNotOfModel naming the item file", err)
 	}
 	if vs := versions(t, pool); len(vs) != 1 || vs[0].Version != live.Version || vs[0].State != "live" {
 		t.Fatalf("refused loads changed the versions: %+v", vs)

@@ -1,4 +1,4 @@
-package batch
+package seed
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/recstream/recstream/batch/dataset"
 )
 
 // Generated data shapes. Nullable columns are pointers; amounts are DECIMAL(10,2) in hundredths.
@@ -448,7 +450,7 @@ func (g *Generator) Each(ctx context.Context, fn func(CustomerData) error) error
 // EachTrainingRow calls fn for every rating of the generated data joined with its customer
 // and product, as the ETL's training dataset holds it (customers in order, then products by
 // code), without a database: what `batch seed --scale` and `batch etl` would publish.
-func (g *Generator) EachTrainingRow(ctx context.Context, fn func(TrainingRow) error) error {
+func (g *Generator) EachTrainingRow(ctx context.Context, fn func(dataset.TrainingRow) error) error {
 	for i := 0; i < g.customers; i++ {
 		if i%1024 == 0 && ctx.Err() != nil {
 			return ctx.Err()
@@ -457,7 +459,7 @@ func (g *Generator) EachTrainingRow(ctx context.Context, fn func(TrainingRow) er
 		c := d.Customer
 		for _, r := range d.Ratings {
 			p := g.productByCode(r.ProductCode)
-			row := TrainingRow{
+			row := dataset.TrainingRow{
 				CustomerNumber: c.Number, City: c.City, State: c.State, PostalCode: c.PostalCode, Country: c.Country,
 				CreditLimit: float64(c.CreditLimitCents) / 100, CreditLimitCents: c.CreditLimitCents,
 				ProductCode: p.Code, ProductLine: p.Line, ProductScale: p.Scale, QuantityInStock: p.QuantityInStock,

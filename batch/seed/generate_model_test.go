@@ -1,24 +1,25 @@
-package batch_test
+package seed_test
 
 import (
 	"context"
 	"strings"
 	"testing"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/dataset"
+	"github.com/recstream/recstream/batch/seed"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/inference/train"
 )
 
 // generatedExamples is the training data `batch seed --scale n` and `batch etl` would publish.
-func generatedExamples(t testing.TB, seed int64, n, perCustomer int) []train.Example {
+func generatedExamples(t testing.TB, genSeed int64, n, perCustomer int) []train.Example {
 	t.Helper()
-	g, err := batch.NewGenerator(seed, n, perCustomer)
+	g, err := seed.NewGenerator(genSeed, n, perCustomer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ex []train.Example
-	err = g.EachTrainingRow(context.Background(), func(r batch.TrainingRow) error {
+	err = g.EachTrainingRow(context.Background(), func(r dataset.TrainingRow) error {
 		ex = append(ex, train.Example{
 			CustomerNumber: int64(r.CustomerNumber),
 			User:           inference.UserFeatures{City: r.City, Country: r.Country, CreditLimit: r.CreditLimit},

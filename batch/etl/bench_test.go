@@ -1,4 +1,4 @@
-package batch
+package etl
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/recstream/recstream/batch/seed/seedtest"
+	"github.com/recstream/recstream/internal/mysqldb"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -14,13 +16,13 @@ import (
 // BenchmarkETLSharedData is the real dataset end to end: seed once, then one full ETL run
 // (query, encode, upload, publish, cleanup) per iteration to file://.
 func BenchmarkETLSharedData(b *testing.B) {
-	db, _ := testMySQL(b)
-	seedShared(b, db)
+	db, _ := seedtest.DB(b)
+	seedtest.Shared(b, db)
 	store := fileStore(b)
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		e, err := NewETL(db, store, DefaultConfig(), ETLOptions{}, nil)
+		e, err := New(db, store, DefaultConfig(), Options{}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -42,11 +44,11 @@ func BenchmarkETLExistingDB(b *testing.B) {
 		b.Skip("RECSTREAM_BENCH_DB not set")
 	}
 	stacktest.MySQLAddr(b)
-	cfg := DefaultMySQLConfig()
+	cfg := mysqldb.DefaultConfig()
 	cfg.DSN = stacktest.Value(b, "mysql.dsn")
 	cfg.Password = stacktest.DBPassword("RECSTREAM_MYSQL_PASSWORD")
 	cfg, _ = cfg.WithDatabase(name)
-	db, err := OpenMySQL(cfg)
+	db, err := mysqldb.Open(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,7 +67,7 @@ func BenchmarkETLExistingDB(b *testing.B) {
 	var rows int64
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
-		e, err := NewETL(db, store, DefaultConfig(), ETLOptions{}, nil)
+		e, err := New(db, store, DefaultConfig(), Options{}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package batch
+package embeddings
 
 import (
 	"bufio"
@@ -9,48 +9,52 @@ import (
 	"math"
 	"regexp"
 	"strconv"
+
+	"github.com/pgvector/pgvector-go"
 )
 
-// EmbeddingKind says which of the two embeddings files a CSV is.
-type EmbeddingKind int
+// Kind says which of the two embeddings files a CSV is.
+type Kind int
 
 const (
-	// ItemEmbeddings is embeddings/item_embeddings.csv: id is a productCode such as S10_1678.
-	ItemEmbeddings EmbeddingKind = iota
-	// UserEmbeddings is embeddings/user_embeddings.csv: id is a customerNumber (positive int32).
-	UserEmbeddings
+	// Items is embeddings/item_embeddings.csv: id is a productCode such as S10_1678.
+	Items Kind = iota
+	// Users is embeddings/user_embeddings.csv: id is a customerNumber (positive int32).
+	Users
 )
 
-func (k EmbeddingKind) String() string {
-	if k == UserEmbeddings {
+// String names the kind in messages: "item" or "user".
+func (k Kind) String() string {
+	if k == Users {
 		return "user"
 	}
 	return "item"
 }
 
-// MaxEmbeddingDimension is the largest accepted vector length: pgvector's HNSW index limit.
-const MaxEmbeddingDimension = 2000
+// MaxDimension is the largest accepted vector length: pgvector's HNSW index limit.
+const MaxDimension = 2000
 
-// embMaxLineBytes bounds one CSV line (2,000 values of up to ~25 characters fit easily).
-const embMaxLineBytes = 1 << 20
+// maxLineBytes bounds one CSV line (2,000 values of up to ~25 characters fit easily).
+const maxLineBytes = 1 << 20
 
 // ProductCodeRe is the accepted form of an item id: classicmodels product codes (S10_1678,
 // S700_2824) and the generator's longer ones (S10_0001234); at most 15 characters
 // (products.productCode is varchar(15)).
 var ProductCodeRe = regexp.MustCompile(`^S[0-9]{1,4}_[0-9]{1,10}$`)
 
-var embCustomerNumberRe = regexp.MustCompile(`^[1-9][0-9]{0,9}$`)
+var customerNumberRe = regexp.MustCompile(`^[1-9][0-9]{0,9}$`)
 
-// EmbeddingsInputError is a rejected embeddings file: which file, which line (1-based; the
+// InputError is a rejected embeddings file: which file, which line (1-based; the
 // header is line 1; 0 when the problem is not tied to a line) and why. Loads that fail on input
 // return it (wrapped); nothing live changes.
-type EmbeddingsInputError struct {
+type InputError struct {
 	File   string // object URL, e.g. s3://bucket/versions/v1/embeddings/item_embeddings.csv
 	Line   int
 	Reason string
 }
 
-func (e *EmbeddingsInputError) Error() string {
+// Error names the file, the line when there is one, and the reason.
+func (e *InputError) Error() string {
 	if e.Line > 0 {
 		return fmt.Sprintf("%s line %d: %s", e.File, e.Line, e.Reason)
 	}
@@ -60,7 +64,7 @@ func (e *EmbeddingsInputError) Error() string {
 // embeddingsHeader is the only accepted header (after an optional UTF-8 BOM and CR).
 const embeddingsHeader = "id,embedding"
 
-var embUTF8BOM = []byte{0xEF, 0xBB, 0xBF}
+var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
 
 // parseEmbeddingRow splits one data line (without its line ending) into the raw id and the
 // vector's values, appended to vec[:0]. Accepted forms, as pandas and pgvector write them:
@@ -130,12 +134,12 @@ func parseEmbeddingRow(line []byte, vec []float32) ([]byte, []float32, error) {
 		if len(tok) == 0 {
 			return nil, vec, fmt.Errorf("embedding: value %d: empty", i+1)
 		}
-		if len(vec) >= MaxEmbeddingDimension {
-			return nil, vec, fmt.Errorf("embedding: more than %d values", MaxEmbeddingDimension)
+		if len(vec) >= MaxDimension {
+			return nil, vec, fmt.Errorf("embedding: more than %d values", MaxDimension)
 		}
 		f, err := strconv.ParseFloat(string(tok), 32)
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-			return nil, vec, fmt.Errorf("embedding: value %d: %q is not a finite float32", i+1, embTruncate(tok, 32))
+			return nil, vec, fmt.Errorf("embedding: value %d: %q is not a finite float32", i+1, truncate(tok, 32))
 		}
 		vec = append(vec, float32(f))
 	}
@@ -171,7 +175,7 @@ func isProductCode(b []byte) bool {
 	return true
 }
 
-func embTruncate(b []byte, n int) string {
+func truncate(b []byte, n int) string {
 	if len(b) > n {
 		return string(b[:n]) + "…"
 	}
@@ -182,7 +186,7 @@ func embTruncate(b []byte, n int) string {
 // form, dimension, finiteness, duplicates) and keeps only the current row and the set of ids.
 // It implements pgx.CopyFromSource for the staging table (id, embedding).
 type embeddingsReader struct {
-	kind EmbeddingKind
+	kind Kind
 	file string
 	br   *bufio.Reader
 	line int // number of the line last read
@@ -204,28 +208,28 @@ type embeddingsReader struct {
 
 // newEmbeddingsReader reads the header and the first row (so Dim is known before the COPY
 // starts). wantDim > 0 requires that dimension (the user file must match the item file).
-func newEmbeddingsReader(r io.Reader, file string, kind EmbeddingKind, wantDim int) (*embeddingsReader, error) {
+func newEmbeddingsReader(r io.Reader, file string, kind Kind, wantDim int) (*embeddingsReader, error) {
 	er := &embeddingsReader{kind: kind, file: file, br: bufio.NewReaderSize(r, 64<<10), dim: wantDim}
-	if kind == ItemEmbeddings {
+	if kind == Items {
 		er.seenItems = map[string]int{}
 	} else {
 		er.seenUsers = map[int32]int{}
 	}
 	head, err := er.readLine()
 	if err == io.EOF {
-		return nil, &EmbeddingsInputError{File: file, Line: 1, Reason: "empty file: want header " + embeddingsHeader}
+		return nil, &InputError{File: file, Line: 1, Reason: "empty file: want header " + embeddingsHeader}
 	}
 	if err != nil {
 		return nil, err
 	}
 	// A UTF-8 BOM (Excel, pandas' utf-8-sig) is accepted and ignored.
-	head = bytes.TrimPrefix(head, embUTF8BOM)
+	head = bytes.TrimPrefix(head, utf8BOM)
 	if string(head) != embeddingsHeader {
-		return nil, &EmbeddingsInputError{File: file, Line: 1, Reason: fmt.Sprintf("header must be %q, got %q", embeddingsHeader, embTruncate(head, 60))}
+		return nil, &InputError{File: file, Line: 1, Reason: fmt.Sprintf("header must be %q, got %q", embeddingsHeader, truncate(head, 60))}
 	}
 	if !er.advance() {
 		if er.err == nil {
-			return nil, &EmbeddingsInputError{File: file, Line: er.line + 1, Reason: "no data rows after the header"}
+			return nil, &InputError{File: file, Line: er.line + 1, Reason: "no data rows after the header"}
 		}
 		return nil, er.err
 	}
@@ -240,8 +244,8 @@ func (er *embeddingsReader) readLine() ([]byte, error) {
 	if err == bufio.ErrBufferFull {
 		er.long = append(er.long[:0], b...)
 		for err == bufio.ErrBufferFull {
-			if len(er.long) > embMaxLineBytes {
-				return nil, &EmbeddingsInputError{File: er.file, Line: er.line + 1, Reason: fmt.Sprintf("line longer than %d bytes", embMaxLineBytes)}
+			if len(er.long) > maxLineBytes {
+				return nil, &InputError{File: er.file, Line: er.line + 1, Reason: fmt.Sprintf("line longer than %d bytes", maxLineBytes)}
 			}
 			b, err = er.br.ReadSlice('\n')
 			er.long = append(er.long, b...)
@@ -275,7 +279,7 @@ func (er *embeddingsReader) advance() bool {
 		return false
 	}
 	fail := func(format string, args ...any) bool {
-		er.err = &EmbeddingsInputError{File: er.file, Line: er.line, Reason: fmt.Sprintf(format, args...)}
+		er.err = &InputError{File: er.file, Line: er.line, Reason: fmt.Sprintf(format, args...)}
 		return false
 	}
 	if len(line) == 0 {
@@ -295,9 +299,9 @@ func (er *embeddingsReader) advance() bool {
 		}
 		return fail("embedding has %d values, want %d (the dimension of the item embeddings)", len(vec), er.dim)
 	}
-	if er.kind == ItemEmbeddings {
+	if er.kind == Items {
 		if !isProductCode(id) {
-			return fail("id %q is not a product code like S10_1678", embTruncate(id, 32))
+			return fail("id %q is not a product code like S10_1678", truncate(id, 32))
 		}
 		s := string(id)
 		if first, dup := er.seenItems[s]; dup {
@@ -306,12 +310,12 @@ func (er *embeddingsReader) advance() bool {
 		er.seenItems[s] = er.line
 		er.id = s
 	} else {
-		if !embCustomerNumberRe.Match(id) {
-			return fail("id %q is not a customer number (a positive integer)", embTruncate(id, 32))
+		if !customerNumberRe.Match(id) {
+			return fail("id %q is not a customer number (a positive integer)", truncate(id, 32))
 		}
 		n, err := strconv.ParseInt(string(id), 10, 32)
 		if err != nil {
-			return fail("id %q is out of integer range", embTruncate(id, 32))
+			return fail("id %q is out of integer range", truncate(id, 32))
 		}
 		if first, dup := er.seenUsers[int32(n)]; dup {
 			return fail("duplicate id %d (first at line %d)", n, first)
@@ -335,10 +339,10 @@ func (er *embeddingsReader) Next() bool {
 // Values implements pgx.CopyFromSource. The vector's slice is reused for the next row: pgx
 // encodes each row before it calls Next again.
 func (er *embeddingsReader) Values() ([]any, error) {
-	if er.kind == ItemEmbeddings {
-		return []any{er.id, embVector(er.vec)}, nil
+	if er.kind == Items {
+		return []any{er.id, pgvector.NewVector(er.vec)}, nil
 	}
-	return []any{er.userID, embVector(er.vec)}, nil
+	return []any{er.userID, pgvector.NewVector(er.vec)}, nil
 }
 
 // Err implements pgx.CopyFromSource.

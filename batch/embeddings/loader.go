@@ -1,4 +1,8 @@
-package batch
+// Package embeddings is `recstream batch embeddings`: it loads one artifacts version's item and
+// user embeddings (two CSVs, validated as they stream) into PostgreSQL + pgvector, builds the
+// HNSW indexes off to the side and swaps the new tables in atomically, keeping the previous
+// version for Rollback.
+package embeddings
 
 import (
 	"context"
@@ -14,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/pgvector/pgvector-go"
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/internal/artifacts"
@@ -37,21 +40,21 @@ var ErrLoadInProgress = errors.New("another embeddings load or rollback is runni
 var ErrNoPreviousVersion = errors.New("no previous embeddings version to roll back to")
 
 // ErrNoModel means Load refused a version that has no model in the artifacts location (see
-// EmbeddingsSource.Models): a worker serving it could not answer. It wraps
+// Source.Models): a worker serving it could not answer. It wraps
 // artifacts.ErrNoModel when the model is missing or unusable.
 var ErrNoModel = errors.New("version has no model")
 
-// ErrEmbeddingsNotOfModel means the embeddings files are not the ones the version's model card
+// ErrNotOfModel means the embeddings files are not the ones the version's model card
 // records: loading them would pair that model with another model's embeddings.
-var ErrEmbeddingsNotOfModel = errors.New("the embeddings are not the ones the version's model was published with")
+var ErrNotOfModel = errors.New("the embeddings are not the ones the version's model was published with")
 
 // loaderLockKey is the first key of the loader's two-key advisory lock ("embd"); the second is
 // hashtext(schema).
 const loaderLockKey = 0x656d6264
 
-// EmbeddingsSource is where one embeddings version is read from: Store holds
+// Source is where one embeddings version is read from: Store holds
 // <Prefix>/embeddings/item_embeddings.csv and <Prefix>/embeddings/user_embeddings.csv.
-type EmbeddingsSource struct {
+type Source struct {
 	Store  objstore.Store
 	Prefix string // "" or a key prefix without trailing slash, e.g. versions/v20260101
 	// Version is the artifacts version recorded in embedding_versions; "" derives a name from
@@ -72,17 +75,17 @@ type EmbeddingsSource struct {
 // ResolveArtifactsVersion returns the source for one version of the artifacts store root:
 // version "latest" follows <root>/latest.json, any other name means <root>/versions/<name>.
 // The model is checked in the same root. It reads only the pointer object.
-func ResolveArtifactsVersion(ctx context.Context, root objstore.Store, version string) (EmbeddingsSource, error) {
+func ResolveArtifactsVersion(ctx context.Context, root objstore.Store, version string) (Source, error) {
 	v, err := artifacts.Resolve(ctx, root, version)
 	if err != nil {
-		return EmbeddingsSource{}, fmt.Errorf("resolve artifacts version %s: %w", version, err)
+		return Source{}, fmt.Errorf("resolve artifacts version %s: %w", version, err)
 	}
-	return EmbeddingsSource{Store: root, Prefix: artifacts.VersionPrefix(v), Version: v, Models: root}, nil
+	return Source{Store: root, Prefix: artifacts.VersionPrefix(v), Version: v, Models: root}, nil
 }
 
 // checkModel checks that version has a model in src.Models and returns the checksums its card
 // records.
-func checkModel(ctx context.Context, src EmbeddingsSource, version string) (map[string]string, error) {
+func checkModel(ctx context.Context, src Source, version string) (map[string]string, error) {
 	sums, err := artifacts.CheckModel(ctx, src.Models, version)
 	if errors.Is(err, artifacts.ErrNoModel) {
 		return nil, fmt.Errorf("%w, a worker serving it could not answer: %w", ErrNoModel, err)
@@ -104,24 +107,24 @@ type LoadResult struct {
 	Swap      time.Duration // the renaming transaction (readers wait at most this long)
 }
 
-// EmbeddingsLoader loads embeddings versions into PostgreSQL + pgvector and swaps them in
+// Loader loads embeddings versions into PostgreSQL + pgvector and swaps them in
 // atomically. Methods are safe to call from several goroutines and processes: each takes a
 // per-schema advisory lock and fails with ErrLoadInProgress when it is held elsewhere.
-type EmbeddingsLoader struct {
+type Loader struct {
 	pool *pgxpool.Pool
 	cfg  pg.Config
 	log  *zap.Logger
 	// swapLockTimeout bounds how long the swap waits for readers' locks per attempt; the swap
-	// is retried up to embSwapAttempts times. Tests may lower it.
+	// is retried up to swapAttempts times. Tests may lower it.
 	swapLockTimeout time.Duration
 }
 
-const embSwapAttempts = 5
+const swapAttempts = 5
 
-// NewEmbeddingsLoader returns a loader using pool (opened with pg.Connect on a migrated schema,
+// NewLoader returns a loader using pool (opened with pg.Connect on a migrated schema,
 // see schema.MigratePostgres) and cfg's schema, HNSW and maintenance_work_mem settings. It does
 // no I/O.
-func NewEmbeddingsLoader(pool *pgxpool.Pool, cfg pg.Config, log *zap.Logger) (*EmbeddingsLoader, error) {
+func NewLoader(pool *pgxpool.Pool, cfg pg.Config, log *zap.Logger) (*Loader, error) {
 	if pool == nil {
 		return nil, errors.New("embeddings loader: nil pool")
 	}
@@ -131,15 +134,15 @@ func NewEmbeddingsLoader(pool *pgxpool.Pool, cfg pg.Config, log *zap.Logger) (*E
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &EmbeddingsLoader{pool: pool, cfg: cfg, log: log.With(zap.String("component", "embeddings")), swapLockTimeout: 5 * time.Second}, nil
+	return &Loader{pool: pool, cfg: cfg, log: log.With(zap.String("component", "embeddings")), swapLockTimeout: 5 * time.Second}, nil
 }
 
-func (l *EmbeddingsLoader) ident(name string) string {
+func (l *Loader) ident(name string) string {
 	return pgx.Identifier{l.cfg.Schema, name}.Sanitize()
 }
 
 // lockedConn acquires a connection holding the loader's advisory lock.
-func (l *EmbeddingsLoader) lockedConn(ctx context.Context) (*pgxpool.Conn, func(), error) {
+func (l *Loader) lockedConn(ctx context.Context) (*pgxpool.Conn, func(), error) {
 	conn, err := l.pool.Acquire(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("acquire connection: %w", err)
@@ -166,7 +169,7 @@ func (l *EmbeddingsLoader) lockedConn(ctx context.Context) (*pgxpool.Conn, func(
 	return conn, release, nil
 }
 
-type embLiveVersion struct {
+type liveVersion struct {
 	id               int64
 	version          string
 	itemSHA, userSHA string
@@ -177,9 +180,9 @@ type embLiveVersion struct {
 // keys and HNSW indexes, ANALYZEs, and swaps the staging tables in as item_emb / user_emb in
 // one short transaction; the replaced version becomes item_emb_previous / user_emb_previous
 // (for Rollback) and the one before it is dropped. Any invalid row aborts before the swap with
-// an *EmbeddingsInputError naming file, line and reason, and nothing live changes. When the
+// an *InputError naming file, line and reason, and nothing live changes. When the
 // files' checksums and version name equal the live version's, Load returns NoOp unless force.
-func (l *EmbeddingsLoader) Load(ctx context.Context, src EmbeddingsSource, force bool) (LoadResult, error) {
+func (l *Loader) Load(ctx context.Context, src Source, force bool) (LoadResult, error) {
 	if src.Store == nil {
 		return LoadResult{}, errors.New("load embeddings: source has no store")
 	}
@@ -225,12 +228,12 @@ func (l *EmbeddingsLoader) Load(ctx context.Context, src EmbeddingsSource, force
 	res := LoadResult{}
 	start := time.Now()
 	itemKey, userKey := objstore.Join(src.Prefix, ItemEmbeddingsKey), objstore.Join(src.Prefix, UserEmbeddingsKey)
-	itemRes, err := l.copyFile(ctx, c, src.Store, itemKey, ItemEmbeddings, 0, "item_emb_staging", "varchar")
+	itemRes, err := l.copyFile(ctx, c, src.Store, itemKey, Items, 0, "item_emb_staging", "varchar")
 	if err != nil {
 		dropStaging()
 		return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
 	}
-	userRes, err := l.copyFile(ctx, c, src.Store, userKey, UserEmbeddings, itemRes.dim, "user_emb_staging", "integer")
+	userRes, err := l.copyFile(ctx, c, src.Store, userKey, Users, itemRes.dim, "user_emb_staging", "integer")
 	if err != nil {
 		dropStaging()
 		return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
@@ -255,7 +258,7 @@ func (l *EmbeddingsLoader) Load(ctx context.Context, src EmbeddingsSource, force
 			if want, ok := recorded[key]; ok && want != got {
 				dropStaging()
 				return LoadResult{}, fmt.Errorf("load embeddings %s: %s has sha256 %s, the model card records %s: %w",
-					res.Version, src.Store.URL(objstore.Join(src.Prefix, key)), got, want, ErrEmbeddingsNotOfModel)
+					res.Version, src.Store.URL(objstore.Join(src.Prefix, key)), got, want, ErrNotOfModel)
 			}
 		}
 	}
@@ -312,9 +315,9 @@ func (l *EmbeddingsLoader) Load(ctx context.Context, src EmbeddingsSource, force
 // swap runs fn in a transaction whose lock waits are bounded, retrying when a long reader
 // holds a lock: a waiting ACCESS EXCLUSIVE request queues every new reader behind it, so the
 // swap gives up quickly and tries again rather than stall the worker.
-func (l *EmbeddingsLoader) swap(ctx context.Context, c *pgx.Conn, fn func(pgx.Tx) error) error {
+func (l *Loader) swap(ctx context.Context, c *pgx.Conn, fn func(pgx.Tx) error) error {
 	var err error
-	for attempt := 1; attempt <= embSwapAttempts; attempt++ {
+	for attempt := 1; attempt <= swapAttempts; attempt++ {
 		err = pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", fmt.Sprintf("%dms", l.swapLockTimeout.Milliseconds())); err != nil {
 				return err
@@ -335,7 +338,7 @@ func (l *EmbeddingsLoader) swap(ctx context.Context, c *pgx.Conn, fn func(pgx.Tx
 	return err
 }
 
-func (l *EmbeddingsLoader) swapIn(ctx context.Context, tx pgx.Tx, live *embLiveVersion, id int64, res LoadResult, itemURL, userURL string) error {
+func (l *Loader) swapIn(ctx context.Context, tx pgx.Tx, live *liveVersion, id int64, res LoadResult, itemURL, userURL string) error {
 	item, user := l.ident("item_emb"), l.ident("user_emb")
 	itemPrev, userPrev := l.ident("item_emb_previous"), l.ident("user_emb_previous")
 	stmts := []string{
@@ -369,8 +372,8 @@ func (l *EmbeddingsLoader) swapIn(ctx context.Context, tx pgx.Tx, live *embLiveV
 	return err
 }
 
-func (l *EmbeddingsLoader) live(ctx context.Context, c *pgx.Conn) (*embLiveVersion, error) {
-	var v embLiveVersion
+func (l *Loader) live(ctx context.Context, c *pgx.Conn) (*liveVersion, error) {
+	var v liveVersion
 	err := c.QueryRow(ctx, "SELECT id, version, item_sha256, user_sha256, dimension FROM "+l.ident("embedding_versions")+" WHERE state = 'live'").
 		Scan(&v.id, &v.version, &v.itemSHA, &v.userSHA, &v.dim)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -382,51 +385,49 @@ func (l *EmbeddingsLoader) live(ctx context.Context, c *pgx.Conn) (*embLiveVersi
 	return &v, nil
 }
 
-type embCopied struct {
+type copied struct {
 	dim, rows int
 	sha       string
 }
 
 // copyFile streams one CSV from store into a new staging table (no indexes yet, so COPY runs
 // at full speed), hashing the raw bytes on the way.
-func (l *EmbeddingsLoader) copyFile(ctx context.Context, c *pgx.Conn, store objstore.Store, key string, kind EmbeddingKind, wantDim int, table, idType string) (embCopied, error) {
+func (l *Loader) copyFile(ctx context.Context, c *pgx.Conn, store objstore.Store, key string, kind Kind, wantDim int, table, idType string) (copied, error) {
 	url := store.URL(key)
 	body, err := store.Get(ctx, key)
 	if err != nil {
-		return embCopied{}, fmt.Errorf("open %s: %w", url, err)
+		return copied{}, fmt.Errorf("open %s: %w", url, err)
 	}
 	defer body.Close()
 	h := sha256.New()
 	er, err := newEmbeddingsReader(io.TeeReader(body, h), url, kind, wantDim)
 	if err != nil {
-		return embCopied{}, err
+		return copied{}, err
 	}
 	if _, err := c.Exec(ctx, fmt.Sprintf("CREATE TABLE %s (id %s NOT NULL, embedding vector(%d) NOT NULL)", l.ident(table), idType, er.dim)); err != nil {
-		return embCopied{}, fmt.Errorf("create %s: %w", table, err)
+		return copied{}, fmt.Errorf("create %s: %w", table, err)
 	}
 	n, err := c.CopyFrom(ctx, pgx.Identifier{l.cfg.Schema, table}, []string{"id", "embedding"}, er)
 	if err != nil {
 		// pgx reports a source error as the server's COPY failure; the reader still has it.
-		var ie *EmbeddingsInputError
+		var ie *InputError
 		if errors.As(er.Err(), &ie) {
-			return embCopied{}, ie
+			return copied{}, ie
 		}
-		return embCopied{}, fmt.Errorf("copy %s into %s: %w", url, table, err)
+		return copied{}, fmt.Errorf("copy %s into %s: %w", url, table, err)
 	}
 	if int(n) != er.rows {
-		return embCopied{}, fmt.Errorf("copy %s into %s: %d rows embCopied, %d read", url, table, n, er.rows)
+		return copied{}, fmt.Errorf("copy %s into %s: %d rows copied, %d read", url, table, n, er.rows)
 	}
-	return embCopied{dim: er.dim, rows: er.rows, sha: embHexSum(h)}, nil
+	return copied{dim: er.dim, rows: er.rows, sha: hexSum(h)}, nil
 }
 
-func embHexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
-
-func embVector(v []float32) pgvector.Vector { return pgvector.NewVector(v) }
+func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
 
 // Rollback swaps the previous version back in (item_emb ↔ item_emb_previous, user_emb ↔
 // user_emb_previous) in one short transaction; the replaced live version becomes the previous
 // one, so a second Rollback undoes the first. ErrNoPreviousVersion when there is none.
-func (l *EmbeddingsLoader) Rollback(ctx context.Context) (LoadResult, error) {
+func (l *Loader) Rollback(ctx context.Context) (LoadResult, error) {
 	conn, release, err := l.lockedConn(ctx)
 	if err != nil {
 		return LoadResult{}, fmt.Errorf("roll back embeddings: %w", err)

@@ -1,4 +1,4 @@
-package batch
+package seed
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"math"
 	"reflect"
 	"testing"
+
+	"github.com/recstream/recstream/batch/dataset"
 )
 
 func TestGeneratorIsDeterministic(t *testing.T) {
@@ -99,7 +101,7 @@ func TestGeneratorMarginalAcrossSeedsAndSizes(t *testing.T) {
 		}
 		count := make([]int, 6)
 		total := 0
-		_ = g.EachTrainingRow(context.Background(), func(r TrainingRow) error {
+		_ = g.EachTrainingRow(context.Background(), func(r dataset.TrainingRow) error {
 			count[r.ProductRating]++
 			total++
 			return nil
@@ -123,7 +125,7 @@ func TestGeneratorRatingsFollowTheLatentModel(t *testing.T) {
 	type acc struct{ sum, n float64 }
 	var rich, poor, richLarge, richSmall, poorLarge, poorSmall acc
 	add := func(a *acc, r int) { a.sum += float64(r); a.n++ }
-	_ = g.EachTrainingRow(context.Background(), func(r TrainingRow) error {
+	_ = g.EachTrainingRow(context.Background(), func(r dataset.TrainingRow) error {
 		large := r.ProductScale == "1:10" || r.ProductScale == "1:12" || r.ProductScale == "1:18"
 		small := r.ProductScale == "1:50" || r.ProductScale == "1:72" || r.ProductScale == "1:700"
 		switch {

@@ -1,4 +1,4 @@
-package batch
+package embeddings
 
 import (
 	"errors"
@@ -74,7 +74,7 @@ func TestIsProductCodeMatchesRegexp(t *testing.T) {
 }
 
 // drain reads a whole embeddings CSV the way the COPY does and returns the rows or the error.
-func drain(kind EmbeddingKind, body string) (int, int, error) {
+func drain(kind Kind, body string) (int, int, error) {
 	er, err := newEmbeddingsReader(strings.NewReader(body), "test.csv", kind, 0)
 	if err != nil {
 		return 0, 0, err
@@ -91,33 +91,33 @@ func TestEmbeddingsReader(t *testing.T) {
 	good := "id,embedding\nS10_1678,\"[1,2,3]\"\nS10_1949,\"[4,5,6]\"\n"
 	cases := []struct {
 		name     string
-		kind     EmbeddingKind
+		kind     Kind
 		body     string
 		wantRows int
 		wantLine int    // 0: no error expected
 		wantErr  string // part of the reason
 	}{
-		{"good", ItemEmbeddings, good, 2, 0, ""},
-		{"no final newline", ItemEmbeddings, strings.TrimSuffix(good, "\n"), 2, 0, ""},
-		{"UTF-8 BOM accepted", ItemEmbeddings, "\xEF\xBB\xBF" + good, 2, 0, ""},
-		{"CR LF accepted", ItemEmbeddings, strings.ReplaceAll(good, "\n", "\r\n"), 2, 0, ""},
-		{"users", UserEmbeddings, "id,embedding\n103,\"[1,2]\"\n112,\"[3,4]\"\n", 2, 0, ""},
-		{"empty file", ItemEmbeddings, "", 0, 1, "empty file"},
-		{"header only", ItemEmbeddings, "id,embedding\n", 0, 2, "no data rows"},
-		{"wrong header", ItemEmbeddings, "productCode,embedding\nS10_1678,\"[1]\"\n", 0, 1, "header must be"},
-		{"BOM not at start", ItemEmbeddings, "id,embedding\n\xEF\xBB\xBFS10_1678,\"[1]\"\n", 0, 2, "not a product code"},
-		{"short vector", ItemEmbeddings, good + "S10_2016,\"[1,2]\"\n", 0, 4, "has 2 values, want 3 (the dimension of line 2)"},
-		{"long vector", ItemEmbeddings, good + "S10_2016,\"[1,2,3,4]\"\n", 0, 4, "has 4 values, want 3"},
-		{"NaN", ItemEmbeddings, good + "S10_2016,\"[1,NaN,3]\"\n", 0, 4, "not a finite float32"},
-		{"Inf", ItemEmbeddings, good + "S10_2016,\"[1,-Inf,3]\"\n", 0, 4, "not a finite float32"},
-		{"text in vector", ItemEmbeddings, good + "S10_2016,\"[1,x,3]\"\n", 0, 4, "not a finite float32"},
-		{"duplicate item", ItemEmbeddings, good + "S10_1678,\"[1,2,3]\"\n", 0, 4, `duplicate id "S10_1678" (first at line 2)`},
-		{"duplicate user", UserEmbeddings, "id,embedding\n103,\"[1]\"\n103,\"[2]\"\n", 0, 3, "duplicate id 103 (first at line 2)"},
-		{"bad product code", ItemEmbeddings, "id,embedding\nProduct1,\"[1]\"\n", 0, 2, "not a product code"},
-		{"user id not int", UserEmbeddings, "id,embedding\nS10_1678,\"[1]\"\n", 0, 2, "not a customer number"},
-		{"user id out of range", UserEmbeddings, "id,embedding\n9999999999,\"[1]\"\n", 0, 2, "out of integer range"},
-		{"blank line", ItemEmbeddings, "id,embedding\nS10_1678,\"[1]\"\n\nS10_1949,\"[1]\"\n", 0, 3, "empty line"},
-		{"lone CR", ItemEmbeddings, "id,embedding\nS10_1678,\"[1]\"\rS10_1949,\"[1]\"\n", 0, 2, "stray quote"},
+		{"good", Items, good, 2, 0, ""},
+		{"no final newline", Items, strings.TrimSuffix(good, "\n"), 2, 0, ""},
+		{"UTF-8 BOM accepted", Items, "\xEF\xBB\xBF" + good, 2, 0, ""},
+		{"CR LF accepted", Items, strings.ReplaceAll(good, "\n", "\r\n"), 2, 0, ""},
+		{"users", Users, "id,embedding\n103,\"[1,2]\"\n112,\"[3,4]\"\n", 2, 0, ""},
+		{"empty file", Items, "", 0, 1, "empty file"},
+		{"header only", Items, "id,embedding\n", 0, 2, "no data rows"},
+		{"wrong header", Items, "productCode,embedding\nS10_1678,\"[1]\"\n", 0, 1, "header must be"},
+		{"BOM not at start", Items, "id,embedding\n\xEF\xBB\xBFS10_1678,\"[1]\"\n", 0, 2, "not a product code"},
+		{"short vector", Items, good + "S10_2016,\"[1,2]\"\n", 0, 4, "has 2 values, want 3 (the dimension of line 2)"},
+		{"long vector", Items, good + "S10_2016,\"[1,2,3,4]\"\n", 0, 4, "has 4 values, want 3"},
+		{"NaN", Items, good + "S10_2016,\"[1,NaN,3]\"\n", 0, 4, "not a finite float32"},
+		{"Inf", Items, good + "S10_2016,\"[1,-Inf,3]\"\n", 0, 4, "not a finite float32"},
+		{"text in vector", Items, good + "S10_2016,\"[1,x,3]\"\n", 0, 4, "not a finite float32"},
+		{"duplicate item", Items, good + "S10_1678,\"[1,2,3]\"\n", 0, 4, `duplicate id "S10_1678" (first at line 2)`},
+		{"duplicate user", Users, "id,embedding\n103,\"[1]\"\n103,\"[2]\"\n", 0, 3, "duplicate id 103 (first at line 2)"},
+		{"bad product code", Items, "id,embedding\nProduct1,\"[1]\"\n", 0, 2, "not a product code"},
+		{"user id not int", Users, "id,embedding\nS10_1678,\"[1]\"\n", 0, 2, "not a customer number"},
+		{"user id out of range", Users, "id,embedding\n9999999999,\"[1]\"\n", 0, 2, "out of integer range"},
+		{"blank line", Items, "id,embedding\nS10_1678,\"[1]\"\n\nS10_1949,\"[1]\"\n", 0, 3, "empty line"},
+		{"lone CR", Items, "id,embedding\nS10_1678,\"[1]\"\rS10_1949,\"[1]\"\n", 0, 2, "stray quote"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -131,9 +131,9 @@ func TestEmbeddingsReader(t *testing.T) {
 				}
 				return
 			}
-			var ie *EmbeddingsInputError
+			var ie *InputError
 			if !errors.As(err, &ie) {
-				t.Fatalf("error = %v, want *EmbeddingsInputError", err)
+				t.Fatalf("error = %v, want *InputError", err)
 			}
 			if ie.Line != tc.wantLine || !strings.Contains(ie.Reason, tc.wantErr) || ie.File != "test.csv" {
 				t.Fatalf("error = %v, want test.csv line %d containing %q", err, tc.wantLine, tc.wantErr)
@@ -145,23 +145,23 @@ func TestEmbeddingsReader(t *testing.T) {
 func TestEmbeddingsReaderLongLine(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("id,embedding\nS10_1678,\"[")
-	for i := range MaxEmbeddingDimension {
+	for i := range MaxDimension {
 		if i > 0 {
 			b.WriteString(",")
 		}
 		b.WriteString("-0.123456789012345678901234567890")
 	}
 	b.WriteString("]\"\n")
-	rows, dim, err := drain(ItemEmbeddings, b.String())
-	if err != nil || rows != 1 || dim != MaxEmbeddingDimension {
-		t.Fatalf("rows, dim, err = %d, %d, %v; want 1, %d, nil", rows, dim, err, MaxEmbeddingDimension)
+	rows, dim, err := drain(Items, b.String())
+	if err != nil || rows != 1 || dim != MaxDimension {
+		t.Fatalf("rows, dim, err = %d, %d, %v; want 1, %d, nil", rows, dim, err, MaxDimension)
 	}
 	b.Reset()
 	b.WriteString("id,embedding\nS10_1678,\"[")
-	b.WriteString(strings.Repeat("1 ", embMaxLineBytes))
+	b.WriteString(strings.Repeat("1 ", maxLineBytes))
 	b.WriteString("]\"\n")
-	_, _, err = drain(ItemEmbeddings, b.String())
-	var ie *EmbeddingsInputError
+	_, _, err = drain(Items, b.String())
+	var ie *InputError
 	if !errors.As(err, &ie) || ie.Line != 2 || !strings.Contains(ie.Reason, "line longer than") {
 		t.Fatalf("error = %v, want line 2 too long", err)
 	}
@@ -181,7 +181,7 @@ func FuzzParseEmbeddingRow(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(id) == 0 || len(vec) == 0 || len(vec) > MaxEmbeddingDimension {
+		if len(id) == 0 || len(vec) == 0 || len(vec) > MaxDimension {
 			t.Fatalf("accepted id %q with %d values", id, len(vec))
 		}
 		parts := make([]string, len(vec))
@@ -223,7 +223,7 @@ func BenchmarkEmbeddingsReader(b *testing.B) {
 	body := sb.String()
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
-		n, _, err := drain(ItemEmbeddings, body)
+		n, _, err := drain(Items, body)
 		if err != nil || n != rows {
 			b.Fatal(n, err)
 		}

@@ -1,4 +1,10 @@
-package batch
+// Package csvio reads the one CSV dialect the project's CSV inputs share: the classicmodels
+// CSV format of testdata/README.md, which the lab's Glue export follows too. RFC 4180 quoting,
+// LF or CR LF after each record, CR LF allowed inside quoted values, and one NULL rule: an empty
+// unquoted field is SQL NULL, a quoted empty field ("") is the empty string. The Glue export
+// quotes every non-NULL value, so the rule reads it right; encoding/csv cannot tell the two
+// apart, which is why this package exists.
+package csvio
 
 import (
 	"bufio"
@@ -8,73 +14,71 @@ import (
 	"io"
 )
 
-// Field is one CSV field. The classicmodels CSV format (testdata/README.md) writes SQL NULL as an empty unquoted field;
-// a quoted empty field ("") is an empty string.
+// Field is one CSV field: SQL NULL (an empty unquoted field) or a value, possibly "".
 type Field struct {
 	Value string
 	Null  bool
 }
 
-// CSVError names the file and the line (1-based, where the record starts) of a bad record.
-type CSVError struct {
+// Error names the file and the line (1-based, where the record starts) of a bad record.
+type Error struct {
 	File string
 	Line int
 	Err  error
 }
 
-func (e *CSVError) Error() string { return fmt.Sprintf("%s:%d: %v", e.File, e.Line, e.Err) }
+// Error reads "file:line: reason".
+func (e *Error) Error() string { return fmt.Sprintf("%s:%d: %v", e.File, e.Line, e.Err) }
 
 // Unwrap returns the underlying reason.
-func (e *CSVError) Unwrap() error { return e.Err }
+func (e *Error) Unwrap() error { return e.Err }
 
-// Reasons a record is malformed (wrapped in *CSVError).
+// Reasons a record is malformed (wrapped in *Error).
 var (
-	ErrBareQuote        = errors.New(`bare " in unquoted field`)
-	ErrQuoteEnd         = errors.New(`unexpected character after closing "`)
-	ErrUnterminated     = errors.New(`quoted field not terminated before end of file`)
-	errFieldCount       = errors.New("wrong number of fields")
-	maxCSVRecordBytes   = 16 << 20
-	errRecordTooLong    = fmt.Errorf("record longer than %d bytes", maxCSVRecordBytes)
-	errEmptyFileHeader  = errors.New("empty file: missing header row")
-	errDuplicateColumns = errors.New("duplicate column in header")
+	ErrBareQuote    = errors.New(`bare " in unquoted field`)
+	ErrQuoteEnd     = errors.New(`unexpected character after closing "`)
+	ErrUnterminated = errors.New(`quoted field not terminated before end of file`)
+	// ErrFieldCount is for callers that check a record's width against the header's.
+	ErrFieldCount    = errors.New("wrong number of fields")
+	maxRecordBytes   = 16 << 20
+	errRecordTooLong = fmt.Errorf("record longer than %d bytes", maxRecordBytes)
 )
 
-// CSVReader reads records in the classicmodels CSV format (testdata/README.md): RFC 4180 quoting, LF (or CR LF) after
-// each record, CR LF allowed inside quoted values, NULL as an empty unquoted field. It streams:
-// memory is bounded by the longest record. Not safe for concurrent use.
-type CSVReader struct {
+// Reader reads records in the package's dialect. It streams: memory is bounded by the longest
+// record. Not safe for concurrent use.
+type Reader struct {
 	r    *bufio.Reader
 	name string
 	line int // physical line the next record starts on
 	buf  []byte
 }
 
-// NewCSVReader reads from r; name appears in errors (usually the file name).
-func NewCSVReader(r io.Reader, name string) *CSVReader {
-	return &CSVReader{r: bufio.NewReaderSize(r, 64<<10), name: name, line: 1}
+// NewReader reads from r; name appears in errors (usually the file name).
+func NewReader(r io.Reader, name string) *Reader {
+	return &Reader{r: bufio.NewReaderSize(r, 64<<10), name: name, line: 1}
 }
 
-// Read returns the next record, io.EOF after the last one, or a *CSVError naming the line.
+// Read returns the next record, io.EOF after the last one, or an *Error naming the line.
 // The returned slice is freshly allocated.
-func (c *CSVReader) Read() ([]Field, error) {
+func (c *Reader) Read() ([]Field, error) {
 	start := c.line
-	fields, lines, err := readCSVRecord(c.r, &c.buf)
+	fields, lines, err := readRecord(c.r, &c.buf)
 	c.line += lines
 	if err != nil {
 		if err == io.EOF {
 			return nil, io.EOF
 		}
-		return nil, &CSVError{File: c.name, Line: start, Err: err}
+		return nil, &Error{File: c.name, Line: start, Err: err}
 	}
 	return fields, nil
 }
 
 // Line is the line number where the next record starts.
-func (c *CSVReader) Line() int { return c.line }
+func (c *Reader) Line() int { return c.line }
 
-// readCSVRecord parses one record. It returns io.EOF only when no byte was left. lines counts
+// readRecord parses one record. It returns io.EOF only when no byte was left. lines counts
 // the newlines consumed, so the caller can keep line numbers right across quoted CR LF.
-func readCSVRecord(r io.ByteReader, scratch *[]byte) (fields []Field, lines int, err error) {
+func readRecord(r io.ByteReader, scratch *[]byte) (fields []Field, lines int, err error) {
 	b, err := r.ReadByte()
 	if err == io.EOF {
 		return nil, 0, io.EOF
@@ -107,7 +111,7 @@ func readCSVRecord(r io.ByteReader, scratch *[]byte) (fields []Field, lines int,
 				if b == '\n' {
 					lines++
 				}
-				if len(buf) >= maxCSVRecordBytes {
+				if len(buf) >= maxRecordBytes {
 					return nil, lines, errRecordTooLong
 				}
 				buf = append(buf, b)
@@ -150,7 +154,7 @@ func readCSVRecord(r io.ByteReader, scratch *[]byte) (fields []Field, lines int,
 			case '"':
 				return nil, lines, ErrBareQuote
 			default:
-				if len(buf) >= maxCSVRecordBytes {
+				if len(buf) >= maxRecordBytes {
 					return nil, lines, errRecordTooLong
 				}
 				buf = append(buf, b)
@@ -186,25 +190,4 @@ func unquoted(b []byte) Field {
 		return Field{Null: true}
 	}
 	return Field{Value: string(b)}
-}
-
-// appendCSVRecord encodes fields in the classicmodels CSV format (quoting only when needed) followed
-// by LF. It is the inverse of readCSVRecord and exists for tests and the fuzz target.
-func appendCSVRecord(dst []byte, fields []Field) []byte {
-	for i, f := range fields {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		if f.Null {
-			continue
-		}
-		if f.Value == "" || bytes.ContainsAny([]byte(f.Value), "\",\r\n") {
-			dst = append(dst, '"')
-			dst = append(dst, bytes.ReplaceAll([]byte(f.Value), []byte{'"'}, []byte{'"', '"'})...)
-			dst = append(dst, '"')
-			continue
-		}
-		dst = append(dst, f.Value...)
-	}
-	return append(dst, '\n')
 }

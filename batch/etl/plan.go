@@ -1,4 +1,4 @@
-package batch
+package etl
 
 import (
 	"context"
@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/recstream/recstream/batch/dataset"
 )
 
-// ETLPlan is what `batch etl --dry-run` prints: what a run would read, write and replace.
-type ETLPlan struct {
+// Plan is what `batch etl --dry-run` prints: what a run would read, write and replace.
+type Plan struct {
 	Location     string // dataset URL
 	RunID        string
 	Shard        int
@@ -19,19 +21,19 @@ type ETLPlan struct {
 	Queries      []string // products (into memory), ratings and customers (streamed, merge-joined)
 	SourceRows   int64
 	Customers    int64 // partitions the run would write (customers with ratings in the shard)
-	Published    *Manifest
+	Published    *dataset.Manifest
 	RowGroupRows int
 }
 
 // Plan inspects the source and the datalake without writing or locking anything.
-func (e *ETL) Plan(ctx context.Context) (ETLPlan, error) {
-	p := ETLPlan{Location: e.store.URL(DatasetPrefix), RunID: e.opts.RunID, Shard: e.opts.Shard, Shards: e.opts.Shards, Queries: e.sourceQueries(), RowGroupRows: e.cfg.RowGroupRows}
-	conn, err := e.db.Conn(ctx)
+func (j *Job) Plan(ctx context.Context) (Plan, error) {
+	p := Plan{Location: j.store.URL(dataset.Prefix), RunID: j.opts.RunID, Shard: j.opts.Shard, Shards: j.opts.Shards, Queries: j.sourceQueries(), RowGroupRows: j.cfg.RowGroupRows}
+	conn, err := j.db.Conn(ctx)
 	if err != nil {
 		return p, fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close()
-	if p.Lock, _, err = e.lockNames(ctx, conn); err != nil {
+	if p.Lock, _, err = j.lockNames(ctx, conn); err != nil {
 		return p, err
 	}
 	var free int
@@ -39,22 +41,22 @@ func (e *ETL) Plan(ctx context.Context) (ETLPlan, error) {
 		return p, fmt.Errorf("check lock: %w", err)
 	}
 	if free != 1 {
-		p.LockHolder = describeHolder(ctx, conn, e.store, p.Lock)
+		p.LockHolder = describeHolder(ctx, conn, j.store, p.Lock)
 	}
-	if p.SourceRows, err = e.CountSourceRows(ctx); err != nil {
+	if p.SourceRows, err = j.CountSourceRows(ctx); err != nil {
 		return p, err
 	}
 	cq := "SELECT COUNT(DISTINCT r.customerNumber) FROM ratings r"
 	var args []any
-	if e.sharded() {
+	if j.sharded() {
 		cq += " WHERE CRC32(r.customerNumber) % ? = ?"
-		args = append(args, e.opts.Shards, e.opts.Shard)
+		args = append(args, j.opts.Shards, j.opts.Shard)
 	}
 	if err := conn.QueryRowContext(ctx, cq, args...).Scan(&p.Customers); err != nil {
 		return p, fmt.Errorf("count customers: %w", err)
 	}
-	m, err := ReadManifest(ctx, e.store)
-	if err != nil && !errors.Is(err, ErrNoDataset) {
+	m, err := dataset.ReadManifest(ctx, j.store)
+	if err != nil && !errors.Is(err, dataset.ErrNoDataset) {
 		return p, err
 	}
 	p.Published = m
@@ -62,10 +64,10 @@ func (e *ETL) Plan(ctx context.Context) (ETLPlan, error) {
 }
 
 // Write prints the plan for a human.
-func (p ETLPlan) Write(w io.Writer) error {
+func (p Plan) Write(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "batch etl plan (dry run: nothing is written)\n")
-	fmt.Fprintf(&b, "  destination:   %s/%s=<N>/part-%s_s%dof%d_<seq>.snappy.parquet\n", p.Location, PartitionColumn, p.RunID, p.Shard, p.Shards)
+	fmt.Fprintf(&b, "  destination:   %s/%s=<N>/part-%s_s%dof%d_<seq>.snappy.parquet\n", p.Location, dataset.PartitionColumn, p.RunID, p.Shard, p.Shards)
 	fmt.Fprintf(&b, "  run id:        %s (shard %d of %d)\n", p.RunID, p.Shard, p.Shards)
 	if p.LockHolder == "" {
 		fmt.Fprintf(&b, "  lock:          %s (free)\n", p.Lock)

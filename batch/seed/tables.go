@@ -1,9 +1,12 @@
-package batch
+package seed
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
+
+	"github.com/recstream/recstream/batch/dataset"
+	"github.com/recstream/recstream/internal/csvio"
+	"github.com/recstream/recstream/internal/mysqldb"
 )
 
 // colKind is how a CSV value is checked before it goes to MySQL, so that a bad value is reported
@@ -55,20 +58,14 @@ var tableSpecs = []tableSpec{
 
 func checkRating(values []any) error {
 	r, _ := strconv.Atoi(values[2].(string))
-	if r < MinRating || r > MaxRating {
-		return fmt.Errorf("productRating: must be between %d and %d, got %d", MinRating, MaxRating, r)
+	if r < dataset.MinRating || r > dataset.MaxRating {
+		return fmt.Errorf("productRating: must be between %d and %d, got %d", dataset.MinRating, dataset.MaxRating, r)
 	}
 	return nil
 }
 
-// Rating bounds: the source's ratings.productRating CHECK constraint and the ETL's row check.
-const (
-	MinRating = 1
-	MaxRating = 5
-)
-
 // convert checks one CSV field against its column and returns the INSERT argument (nil = NULL).
-func (c column) convert(f Field) (any, error) {
+func (c column) convert(f csvio.Field) (any, error) {
 	if f.Null {
 		if !c.nullable {
 			return nil, fmt.Errorf("%s: must not be NULL (empty field)", c.name)
@@ -81,7 +78,7 @@ func (c column) convert(f Field) (any, error) {
 			return nil, fmt.Errorf("%s: not an integer: %q", c.name, clip(f.Value))
 		}
 	case kindDecimal:
-		if _, err := parseDecimal2(f.Value); err != nil {
+		if _, err := mysqldb.ParseDecimal2(f.Value); err != nil {
 			return nil, fmt.Errorf("%s: %w", c.name, err)
 		}
 	case kindDate:
@@ -92,6 +89,7 @@ func (c column) convert(f Field) (any, error) {
 	return f.Value, nil
 }
 
+// clip shortens a value quoted in an error message.
 func clip(s string) string {
 	if len(s) > 40 {
 		return s[:40] + "…"
@@ -112,68 +110,4 @@ func isDate(s string) bool {
 		}
 	}
 	return true
-}
-
-// maxDecimal10_2 is the largest unscaled value of a DECIMAL(10,2): 99,999,999.99.
-const maxDecimal10_2 = 9_999_999_999
-
-var errDecimal = errors.New("not a DECIMAL(10,2)")
-
-// parseDecimal2 parses a DECIMAL(10,2) text value ("21000.00", "-5", "3.5") into hundredths.
-func parseDecimal2(s string) (int64, error) {
-	neg := false
-	i := 0
-	if i < len(s) && (s[i] == '-' || s[i] == '+') {
-		neg = s[i] == '-'
-		i++
-	}
-	var v int64
-	digits, frac := 0, -1
-	for ; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case ch == '.' && frac < 0:
-			frac = 0
-		case ch >= '0' && ch <= '9':
-			if frac >= 0 {
-				if frac == 2 {
-					return 0, fmt.Errorf("%w: %q has more than 2 decimals", errDecimal, clip(s))
-				}
-				frac++
-			}
-			digits++
-			v = v*10 + int64(ch-'0')
-			if v > maxDecimal10_2*10 {
-				return 0, fmt.Errorf("%w: %q out of range", errDecimal, clip(s))
-			}
-		default:
-			return 0, fmt.Errorf("%w: %q", errDecimal, clip(s))
-		}
-	}
-	if digits == 0 {
-		return 0, fmt.Errorf("%w: %q", errDecimal, clip(s))
-	}
-	for f := max(frac, 0); f < 2; f++ {
-		v *= 10
-	}
-	if v > maxDecimal10_2 {
-		return 0, fmt.Errorf("%w: %q out of range", errDecimal, clip(s))
-	}
-	if neg {
-		v = -v
-	}
-	return v, nil
-}
-
-// formatDecimal2 formats hundredths as DECIMAL(10,2) text: 2100000 → "21000.00".
-func formatDecimal2(v int64) string {
-	neg := v < 0
-	if neg {
-		v = -v
-	}
-	s := strconv.FormatInt(v/100, 10) + "." + strconv.FormatInt(100+v%100, 10)[1:]
-	if neg {
-		return "-" + s
-	}
-	return s
 }

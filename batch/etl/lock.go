@@ -1,4 +1,4 @@
-package batch
+package etl
 
 import (
 	"context"
@@ -13,10 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/recstream/recstream/batch/dataset"
 	"github.com/recstream/recstream/internal/objstore"
 )
 
-// LockedError is returned by ETL.Run when another run holds the lock for the same dataset and
+// LockedError is returned by Job.Run when another run holds the lock for the same dataset and
 // shard. Holder says who (MySQL connection, its host, and the run id, host and pid that run
 // recorded); cmd maps it to exit code 3.
 type LockedError struct {
@@ -24,6 +25,7 @@ type LockedError struct {
 	Holder string
 }
 
+// Error says which lock is held and by whom.
 func (e *LockedError) Error() string {
 	return fmt.Sprintf("another batch etl run holds lock %q: %s", e.Lock, e.Holder)
 }
@@ -50,11 +52,9 @@ func lockNames(db, storeURL string, shard, shards int) (run, publish string) {
 // runs against database db and the datalake store; operators can ask who holds it with
 // SELECT IS_USED_LOCK('<name>').
 func LockName(db string, store objstore.Store, shard, shards int) string {
-	run, _ := lockNames(db, store.URL(DatasetPrefix), shard, shards)
+	run, _ := lockNames(db, store.URL(dataset.Prefix), shard, shards)
 	return run
 }
-
-func lockHolderKey(lock string) string { return DatasetPrefix + "/_locks/" + lock + ".json" }
 
 // getLock takes a MySQL named lock on conn, waiting up to timeout. The server frees it when
 // the connection ends, so it never outlives a crashed holder.
@@ -70,6 +70,8 @@ func getLock(ctx context.Context, conn *sql.Conn, name string, timeout time.Dura
 	return got.Int64 == 1, nil
 }
 
+// releaseLock frees a lock taken by getLock, best effort: the server frees it with the
+// connection anyway.
 func releaseLock(ctx context.Context, conn *sql.Conn, name string) {
 	_, _ = conn.ExecContext(ctx, "DO RELEASE_LOCK(?)", name)
 }
@@ -96,6 +98,8 @@ func describeHolder(ctx context.Context, conn *sql.Conn, store objstore.Store, n
 	return strings.Join(parts, ", ")
 }
 
+// recordHolder records beside the dataset that this process holds lock name, for
+// describeHolder.
 func recordHolder(ctx context.Context, conn *sql.Conn, store objstore.Store, name, runID string) error {
 	var id int64
 	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
@@ -110,3 +114,17 @@ func recordHolder(ctx context.Context, conn *sql.Conn, store objstore.Store, nam
 }
 
 var errNoDatabase = errors.New("mysql dsn names no database")
+
+// lockNames returns this run's shard lock and the dataset's publish lock, for the database
+// conn is connected to.
+func (j *Job) lockNames(ctx context.Context, conn *sql.Conn) (string, string, error) {
+	var db sql.NullString
+	if err := conn.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&db); err != nil {
+		return "", "", fmt.Errorf("current database: %w", err)
+	}
+	if !db.Valid {
+		return "", "", errNoDatabase
+	}
+	run, pub := lockNames(db.String, j.store.URL(dataset.Prefix), j.opts.Shard, j.opts.Shards)
+	return run, pub, nil
+}

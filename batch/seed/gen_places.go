@@ -1,4 +1,4 @@
-package batch
+package seed
 
 // place is a customer location as it occurs in the real classicmodels customers table; weight
 // is how many real customers live there, so generated countries and cities follow the real mix.

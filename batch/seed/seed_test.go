@@ -1,4 +1,4 @@
-package batch
+package seed_test
 
 import (
 	"context"
@@ -7,13 +7,23 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/recstream/recstream/batch/seed"
+	"github.com/recstream/recstream/batch/seed/seedtest"
 	"github.com/recstream/recstream/internal/stacktest"
+	mysqlsql "github.com/recstream/recstream/sql/mysql"
 )
 
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func TestSeedSharedDataKeepsValuesExact(t *testing.T) {
-	db, _ := testMySQL(t)
-	seedShared(t, db)
+	db, _ := seedtest.DB(t)
+	seedtest.Shared(t, db)
 	ctx := testCtx(t)
 	for _, tc := range []struct {
 		query string
@@ -47,8 +57,8 @@ func TestSeedSharedDataKeepsValuesExact(t *testing.T) {
 			t.Errorf("%s = %q, want %q", tc.query, got, tc.want)
 		}
 	}
-	s, _ := NewSeeder(db, DefaultConfig(), nil)
-	if err := s.CreateSchema(ctx, false); !errors.Is(err, ErrAlreadySeeded) {
+	s, _ := seed.NewSeeder(db, seed.DefaultConfig(), nil)
+	if err := s.CreateSchema(ctx, false); !errors.Is(err, seed.ErrAlreadySeeded) {
 		t.Fatalf("seeding a loaded database without replace: got %v, want ErrAlreadySeeded", err)
 	}
 }
@@ -71,26 +81,26 @@ func TestSeedBadCSVNamesFileAndLine(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			db, _ := testMySQL(t)
+			db, _ := seedtest.DB(t)
 			dir := t.TempDir()
-			for _, spec := range tableSpecs {
-				b, err := os.ReadFile(filepath.Join(shared, spec.name+".csv"))
+			for _, table := range mysqlsql.Tables {
+				b, err := os.ReadFile(filepath.Join(shared, table+".csv"))
 				if err != nil {
 					t.Fatal(err)
 				}
 				s := string(b)
-				if spec.name+".csv" == tc.file {
+				if table+".csv" == tc.file {
 					if s2 := tc.mutate(s); s2 != s {
 						s = s2
 					} else {
 						t.Fatal("mutation changed nothing")
 					}
 				}
-				if err := os.WriteFile(filepath.Join(dir, spec.name+".csv"), []byte(s), 0o644); err != nil {
+				if err := os.WriteFile(filepath.Join(dir, table+".csv"), []byte(s), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
-			s, _ := NewSeeder(db, DefaultConfig(), nil)
+			s, _ := seed.NewSeeder(db, seed.DefaultConfig(), nil)
 			ctx := testCtx(t)
 			if err := s.CreateSchema(ctx, false); err != nil {
 				t.Fatal(err)
@@ -101,70 +111,4 @@ func TestSeedBadCSVNamesFileAndLine(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestSeedGeneratedThenETL(t *testing.T) {
-	db, _ := testMySQL(t)
-	ctx := testCtx(t)
-	g, err := NewGenerator(7, 100, 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, _ := NewSeeder(db, DefaultConfig(), nil)
-	for _, replace := range []bool{false, true} {
-		if err := s.CreateSchema(ctx, replace); err != nil {
-			t.Fatal(err)
-		}
-		st, err := s.LoadGenerated(ctx, g, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Rows["ratings"] != 100*20 || st.Rows["orderdetails"] != 100*20 || st.Rows["customers"] != 100 || st.Rows["payments"] != st.Rows["orders"] {
-			t.Fatalf("loaded %v", st.Rows)
-		}
-	}
-	// The generator is consistent: every foreign key resolves (checks were off while loading).
-	for _, q := range []string{
-		"SELECT COUNT(*) FROM ratings r LEFT JOIN products p ON p.productCode = r.productCode WHERE p.productCode IS NULL",
-		"SELECT COUNT(*) FROM customers c LEFT JOIN employees e ON e.employeeNumber = c.salesRepEmployeeNumber WHERE c.salesRepEmployeeNumber IS NOT NULL AND e.employeeNumber IS NULL",
-		"SELECT COUNT(*) FROM orderdetails d LEFT JOIN orders o ON o.orderNumber = d.orderNumber WHERE o.orderNumber IS NULL",
-		"SELECT COUNT(*) FROM ratings r LEFT JOIN (SELECT DISTINCT o.customerNumber, d.productCode FROM orders o JOIN orderdetails d ON d.orderNumber = o.orderNumber) b ON b.customerNumber = r.customerNumber AND b.productCode = r.productCode WHERE b.productCode IS NULL",
-	} {
-		var n int
-		if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil || n != 0 {
-			t.Errorf("%s = %d (%v), want 0", q, n, err)
-		}
-	}
-	store := fileStore(t)
-	res := runETL(t, ctx, newETL(t, db, store, ETLOptions{}))
-	if res.Rows != 2000 || res.Partitions != 100 {
-		t.Fatalf("etl of generated data: %+v", res)
-	}
-	// The generator's own join is what the ETL published.
-	_, published := readAll(t, ctx, store)
-	var direct []TrainingRow
-	_ = g.EachTrainingRow(ctx, func(r TrainingRow) error { direct = append(direct, r); return nil })
-	if strings.Join(keys(direct), "\n") != strings.Join(keys(published), "\n") {
-		t.Fatal("EachTrainingRow differs from the ETL's dataset of the seeded data")
-	}
-	// Exercise the file roll-over: at most 7 rows per file.
-	cfg := DefaultConfig()
-	cfg.RowGroupRows = 7
-	e, err := NewETL(db, store, cfg, ETLOptions{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res = runETL(t, ctx, e)
-	m, rows := readAll(t, context.Background(), store)
-	if len(rows) != 2000 || res.Files <= 100 {
-		t.Fatalf("%d rows in %d files", len(rows), res.Files)
-	}
-	for _, p := range m.Partitions {
-		for _, f := range p.Files {
-			if f.Rows > 7 {
-				t.Fatalf("file %s has %d rows, row_group_rows is 7", f.Key, f.Rows)
-			}
-		}
-	}
-	assertExactlyManifest(t, ctx, store, m)
 }

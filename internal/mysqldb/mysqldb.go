@@ -1,4 +1,7 @@
-package batch
+// Package mysqldb opens the classicmodels source database (MySQL; MariaDB on the local stack)
+// that `batch seed` writes, `batch etl` reads and `produce` and `inspect` look products up in,
+// and holds the text form of its money type, DECIMAL(10,2).
+package mysqldb
 
 import (
 	"context"
@@ -10,16 +13,44 @@ import (
 	"github.com/go-sql-driver/mysql"
 )
 
-// OpenMySQL returns a pool for the source database of c, with password set from the caller
+// Config is the `mysql` config section (the classicmodels source database).
+type Config struct {
+	// DSN in go-sql-driver form without the password: user@tcp(host:3306)/classicmodels.
+	DSN string `yaml:"dsn"`
+	// Password comes only from RECSTREAM_MYSQL_PASSWORD.
+	Password     string `yaml:"password" secret:"true"`
+	MaxOpenConns int    `yaml:"max_open_conns"`
+}
+
+// DefaultConfig matches the local stack.
+func DefaultConfig() Config {
+	return Config{DSN: "recstream@tcp(127.0.0.1:3306)/classicmodels", MaxOpenConns: 4}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if c.DSN == "" {
+		return errors.New("dsn: must not be empty")
+	}
+	if _, err := mysql.ParseDSN(c.DSN); err != nil {
+		return errors.New("dsn: cannot parse (value not shown: it may hold credentials)")
+	}
+	if c.MaxOpenConns < 1 {
+		return fmt.Errorf("max_open_conns: must be >= 1, got %d", c.MaxOpenConns)
+	}
+	return nil
+}
+
+// Open returns a pool for the source database of c, with password set from the caller
 // (cmd reads RECSTREAM_MYSQL_PASSWORD into c.Password). It validates c and does no I/O: the
 // first query connects. Parameters are interpolated client-side (one round trip per statement,
 // which multi-row INSERT batches need); the driver's default handshake collation is utf8mb4. The caller
 // closes the pool.
-func OpenMySQL(c MySQLConfig) (*sql.DB, error) {
+func Open(c Config) (*sql.DB, error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("mysql config: %w", err)
 	}
-	dc, err := mysqlDriverConfig(c)
+	dc, err := driverConfig(c)
 	if err != nil {
 		return nil, err
 	}
@@ -34,8 +65,8 @@ func OpenMySQL(c MySQLConfig) (*sql.DB, error) {
 	return db, nil
 }
 
-// MySQLDatabase returns the database name of c's DSN ("" when the DSN names none).
-func MySQLDatabase(c MySQLConfig) (string, error) {
+// Database returns the database name of c's DSN ("" when the DSN names none).
+func Database(c Config) (string, error) {
 	dc, err := mysql.ParseDSN(c.DSN)
 	if err != nil {
 		return "", errors.New("mysql dsn: cannot parse (value not shown: it may hold credentials)")
@@ -44,7 +75,7 @@ func MySQLDatabase(c MySQLConfig) (string, error) {
 }
 
 // WithDatabase returns c with the DSN's database replaced by db.
-func (c MySQLConfig) WithDatabase(db string) (MySQLConfig, error) {
+func (c Config) WithDatabase(db string) (Config, error) {
 	dc, err := mysql.ParseDSN(c.DSN)
 	if err != nil {
 		return c, errors.New("mysql dsn: cannot parse (value not shown: it may hold credentials)")
@@ -56,8 +87,8 @@ func (c MySQLConfig) WithDatabase(db string) (MySQLConfig, error) {
 
 // EnsureDatabase creates the DSN's database when it does not exist yet, connecting without a
 // default database. Seeding calls it so a fresh server needs no manual step.
-func EnsureDatabase(ctx context.Context, c MySQLConfig) error {
-	name, err := MySQLDatabase(c)
+func EnsureDatabase(ctx context.Context, c Config) error {
+	name, err := Database(c)
 	if err != nil {
 		return err
 	}
@@ -68,18 +99,18 @@ func EnsureDatabase(ctx context.Context, c MySQLConfig) error {
 	if err != nil {
 		return err
 	}
-	db, err := OpenMySQL(noDB)
+	db, err := Open(noDB)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if _, err := db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+quoteIdent(name)+" CHARACTER SET utf8mb4"); err != nil {
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+QuoteIdent(name)+" CHARACTER SET utf8mb4"); err != nil {
 		return fmt.Errorf("create database %s: %w", name, err)
 	}
 	return nil
 }
 
-func mysqlDriverConfig(c MySQLConfig) (*mysql.Config, error) {
+func driverConfig(c Config) (*mysql.Config, error) {
 	dc, err := mysql.ParseDSN(c.DSN)
 	if err != nil {
 		return nil, errors.New("mysql dsn: cannot parse (value not shown: it may hold credentials)")
@@ -95,8 +126,9 @@ func mysqlDriverConfig(c MySQLConfig) (*mysql.Config, error) {
 	return dc, nil
 }
 
-// quoteIdent quotes a MySQL identifier with backticks.
-func quoteIdent(s string) string {
+// QuoteIdent quotes a MySQL identifier with backticks, for the table and database names that
+// statements cannot take as parameters.
+func QuoteIdent(s string) string {
 	out := make([]byte, 0, len(s)+2)
 	out = append(out, '`')
 	for i := 0; i < len(s); i++ {
