@@ -49,3 +49,26 @@ func FuzzReadLabCSV(f *testing.F) {
 		}
 	})
 }
+
+// TestReadLabCSVNullRule: the lab reader follows the project's one CSV NULL rule (package
+// csvio): only an empty unquoted field is NULL; a quoted "" is an empty string.
+func TestReadLabCSVNullRule(t *testing.T) {
+	const head = "customernumber,city,country,creditlimit,productcode,productline,productscale,quantityinstock,buyprice,msrp,productrating\n"
+	ex, err := inference.ReadLabCSV(strings.NewReader(head + `"1","a","b",,"S1","l","1:10","1","1","2","3"` + "\r\n\r\n" + `"2","a","b","5.50","S1","l","1:10","1","1","2","4"` + "\n\n"))
+	if err != nil || len(ex) != 2 || ex[0].User.CreditLimit != 0 || ex[1].User.CreditLimit != 5.5 {
+		t.Fatalf("got %+v, %v; want a NULL creditlimit read as 0 and blank lines skipped", ex, err)
+	}
+	for _, tc := range []struct{ name, row, want string }{
+		{"quoted empty is not NULL", `"1","a","b","","S1","l","1:10","1","1","2","3"`, `line 2: column creditlimit: "" is not a finite number`},
+		{"quoted empty string", `"1","","b",,"S1","l","1:10","1","1","2","3"`, "line 2: column city: empty"},
+		{"field count", `"1","a","b",,"S1"`, "line 2: wrong number of fields: got 5, header has 11"},
+		{"bad quoting", `"1","a"x,"b",,"S1","l","1:10","1","1","2","3"`, `training csv: line 2: unexpected character after closing "`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := inference.ReadLabCSV(strings.NewReader(head + tc.row + "\n"))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
