@@ -162,10 +162,7 @@ func TestETLMatchesLabOutput(t *testing.T) {
 	if len(want) != 2532 {
 		t.Fatalf("lab output has %d rows, want 2532", len(want))
 	}
-	for _, backend := range []struct {
-		name  string
-		store func(testing.TB) objstore.Store
-	}{{"file", fileStore}, {"s3", s3Store}} {
+	for _, backend := range backends {
 		t.Run(backend.name, func(t *testing.T) {
 			ctx := testCtx(t)
 			store := backend.store(t)
@@ -295,10 +292,7 @@ func TestETLRerunIsIdempotent(t *testing.T) {
 func TestETLKilledRunLeavesPublishedDatasetThenRerunCleansUp(t *testing.T) {
 	db, _ := seedtest.DB(t)
 	seedtest.Shared(t, db)
-	for _, backend := range []struct {
-		name  string
-		store func(testing.TB) objstore.Store
-	}{{"file", fileStore}, {"s3", s3Store}} {
+	for _, backend := range backends {
 		t.Run(backend.name, func(t *testing.T) {
 			ctx := testCtx(t)
 			store := backend.store(t)

@@ -89,10 +89,7 @@ func eraseCustomers(t *testing.T, ctx context.Context, db *sql.DB, numbers ...in
 // published.
 func TestETLPublishesExactlyTheCurrentJoin(t *testing.T) {
 	db, _ := seedtest.DB(t)
-	for _, backend := range []struct {
-		name  string
-		store func(testing.TB) objstore.Store
-	}{{"file", fileStore}, {"s3", s3Store}} {
+	for _, backend := range backends {
 		t.Run(backend.name, func(t *testing.T) {
 			ctx := testCtx(t)
 			store := backend.store(t)

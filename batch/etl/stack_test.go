@@ -23,3 +23,9 @@ func s3Store(t testing.TB) objstore.Store {
 	t.Helper()
 	return stacktest.S3Store(t, "datalake", "etltest-")
 }
+
+// backends are the two datalake kinds the ETL must behave the same on.
+var backends = []struct {
+	name  string
+	store func(testing.TB) objstore.Store
+}{{"file", fileStore}, {"s3", s3Store}}
