@@ -2,8 +2,9 @@
 // math, no I/O), the model card and weights formats, the model loader, the Service the stream
 // worker asks, and the pgvector queries that find items near a user and near an item.
 //
-// Training, evaluation and publishing are package inference/train, a batch job's code: it
-// imports this package for the model, and nothing on the serving path imports it.
+// Training, evaluation, publishing and the training data's CSV readers are package
+// inference/train, a batch job's code: it imports this package for the model, and nothing on
+// the serving path imports it.
 package inference
 
 import (

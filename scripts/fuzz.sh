@@ -11,7 +11,7 @@ targets=(
   "./internal/csvio FuzzCSVRecord"
   "./batch/embeddings FuzzParseEmbeddingRow"
   "./inference FuzzDecodeSafetensors"
-  "./inference FuzzReadLabCSV"
+  "./inference/train FuzzReadLabCSV"
   "./deploy FuzzParseExpression"
   "./deploy FuzzParseCrontab"
   "./deploy FuzzShellWords"

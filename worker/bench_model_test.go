@@ -94,7 +94,7 @@ func modelService(b *testing.B) (*inference.Service, *timedIndex, produce.Catalo
 	if err != nil {
 		b.Fatal(err)
 	}
-	ex, err := inference.ReadLabCSV(f)
+	ex, err := train.ReadLabCSV(f)
 	f.Close()
 	if err != nil {
 		b.Fatal(err)

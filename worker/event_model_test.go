@@ -30,7 +30,7 @@ func realModel(t testing.TB) *inference.Model {
 			return
 		}
 		defer f.Close()
-		ex, err := inference.ReadLabCSV(f)
+		ex, err := train.ReadLabCSV(f)
 		if err != nil {
 			fuzzModelErr = err
 			return

@@ -148,7 +148,7 @@ func readTrainingCSV(path string) ([]train.Example, error) {
 		return nil, usageError{fmt.Sprintf("--csv: %v", err)}
 	}
 	defer f.Close()
-	ex, err := inference.ReadLabCSV(f)
+	ex, err := train.ReadLabCSV(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -161,7 +161,7 @@ func readProductsCSV(path string) ([]train.Item, error) {
 		return nil, usageError{fmt.Sprintf("--products: %v", err)}
 	}
 	defer f.Close()
-	items, err := inference.ReadProductsCSV(f)
+	items, err := train.ReadProductsCSV(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

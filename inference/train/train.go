@@ -1,8 +1,9 @@
 // Package train is `recstream train`'s code: it fits the two-tower model of package inference
-// on the ETL's ratings (encoders, towers with a hand-written backward pass and Adam),
-// evaluates the procedure against baselines, and publishes a versioned artifacts set in the
-// layout of package internal/artifacts. It is a batch job's code; the stream worker serves
-// the published model through package inference, which does not import this one.
+// on ratings (the ETL's, or a CSV export that ReadLabCSV reads) with encoders, towers, a
+// hand-written backward pass and Adam, evaluates the procedure against baselines, and publishes
+// a versioned artifacts set in the layout of package internal/artifacts. It is a batch job's
+// code; the stream worker serves the published model through package inference, which does
+// not import this one.
 package train
 
 import (
@@ -19,18 +20,27 @@ import (
 )
 
 // Example is one training rating: a customer's features, a product's features and the rating
-// in stars (1 to 5). It is one row of the ETL's ratings ⋈ products ⋈ customers join, and what
-// ReadLabCSV returns.
-type Example = inference.Example
-
-// Item is a product and the features the item tower embeds, with its number of training
-// ratings; what ReadProductsCSV returns.
-type Item = inference.Item
+// in stars (1 to 5). It is one row of the ETL's ratings ⋈ products ⋈ customers join.
+type Example struct {
+	CustomerNumber int64
+	User           inference.UserFeatures
+	ProductCode    string
+	Item           inference.ItemFeatures
+	Rating         float64
+}
 
 // User is a customer and the features the user tower embeds.
 type User struct {
 	CustomerNumber int64
 	Features       inference.UserFeatures
+}
+
+// Item is a product and the features the item tower embeds.
+type Item struct {
+	ProductCode string
+	Features    inference.ItemFeatures
+	// Ratings is the number of training ratings of the product (its popularity).
+	Ratings int
 }
 
 // Hyper-parameters that are part of the model's definition rather than of the config.
@@ -802,8 +812,8 @@ func (tr *trainer) gradients(batch []row) float64 {
 	nu, ni := len(tr.uList), len(tr.iList)
 	tr.du = grow(tr.du, nu*inference.EmbeddingDim)
 	tr.dv = grow(tr.dv, ni*inference.EmbeddingDim)
-	tr.uCount = growInt(tr.uCount, nu)
-	tr.iCount = growInt(tr.iCount, ni)
+	tr.uCount = grow(tr.uCount, nu)
+	tr.iCount = grow(tr.iCount, ni)
 
 	// Forward, split by slot ranges.
 	tr.parallel(func(s int) {
@@ -902,19 +912,9 @@ func (tr *trainer) gradients(batch []row) float64 {
 }
 
 // grow returns s resized to n zeroed elements.
-func grow(s []float32, n int) []float32 {
+func grow[T float32 | int](s []T, n int) []T {
 	if cap(s) < n {
-		return make([]float32, n)
-	}
-	s = s[:n]
-	clear(s)
-	return s
-}
-
-// growInt returns s resized to n zeroed elements.
-func growInt(s []int, n int) []int {
-	if cap(s) < n {
-		return make([]int, n)
+		return make([]T, n)
 	}
 	s = s[:n]
 	clear(s)

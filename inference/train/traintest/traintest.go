@@ -26,7 +26,7 @@ func LabExamples(t testing.TB) []train.Example {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	ex, err := inference.ReadLabCSV(f)
+	ex, err := train.ReadLabCSV(f)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,11 @@
-package inference_test
+package train_test
 
 import (
 	"strings"
 	"testing"
 
 	"github.com/recstream/recstream/inference"
+	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/inference/train/traintest"
 )
 
@@ -20,7 +21,7 @@ func TestReadLabCSV(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := inference.ReadLabCSV(strings.NewReader(tc.in))
+			_, err := train.ReadLabCSV(strings.NewReader(tc.in))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
@@ -28,7 +29,7 @@ func TestReadLabCSV(t *testing.T) {
 	}
 	ex := traintest.LabExamples(t)
 	// First data row of the lab file: "London",,"WA1 1DP","UK","43300.00","S24_2887",...,"5","489"
-	want := inference.Example{CustomerNumber: 489, User: inference.UserFeatures{City: "London", Country: "UK", CreditLimit: 43300}, ProductCode: "S24_2887",
+	want := train.Example{CustomerNumber: 489, User: inference.UserFeatures{City: "London", Country: "UK", CreditLimit: 43300}, ProductCode: "S24_2887",
 		Item: inference.ItemFeatures{ProductLine: "Classic Cars", ProductScale: "1:24", QuantityInStock: 1452, BuyPrice: 72.82, MSRP: 117.44}, Rating: 5}
 	if ex[0] != want {
 		t.Fatalf("first row = %+v, want %+v", ex[0], want)
@@ -39,7 +40,7 @@ func FuzzReadLabCSV(f *testing.F) {
 	f.Add("customernumber,city,country,creditlimit,productcode,productline,productscale,quantityinstock,buyprice,msrp,productrating\n\"1\",\"a\",\"b\",,S1,l,1:10,1,1,2,3\n")
 	f.Add("city\n\"x")
 	f.Fuzz(func(t *testing.T, s string) {
-		ex, err := inference.ReadLabCSV(strings.NewReader(s))
+		ex, err := train.ReadLabCSV(strings.NewReader(s))
 		if err == nil {
 			for _, e := range ex {
 				if !(e.Rating >= 1 && e.Rating <= 5) {
@@ -54,7 +55,7 @@ func FuzzReadLabCSV(f *testing.F) {
 // csvio): only an empty unquoted field is NULL; a quoted "" is an empty string.
 func TestReadLabCSVNullRule(t *testing.T) {
 	const head = "customernumber,city,country,creditlimit,productcode,productline,productscale,quantityinstock,buyprice,msrp,productrating\n"
-	ex, err := inference.ReadLabCSV(strings.NewReader(head + `"1","a","b",,"S1","l","1:10","1","1","2","3"` + "\r\n\r\n" + `"2","a","b","5.50","S1","l","1:10","1","1","2","4"` + "\n\n"))
+	ex, err := train.ReadLabCSV(strings.NewReader(head + `"1","a","b",,"S1","l","1:10","1","1","2","3"` + "\r\n\r\n" + `"2","a","b","5.50","S1","l","1:10","1","1","2","4"` + "\n\n"))
 	if err != nil || len(ex) != 2 || ex[0].User.CreditLimit != 0 || ex[1].User.CreditLimit != 5.5 {
 		t.Fatalf("got %+v, %v; want a NULL creditlimit read as 0 and blank lines skipped", ex, err)
 	}
@@ -65,7 +66,7 @@ func TestReadLabCSVNullRule(t *testing.T) {
 		{"bad quoting", `"1","a"x,"b",,"S1","l","1:10","1","1","2","3"`, `training csv: line 2: unexpected character after closing "`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := inference.ReadLabCSV(strings.NewReader(head + tc.row + "\n"))
+			_, err := train.ReadLabCSV(strings.NewReader(head + tc.row + "\n"))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}

@@ -1,4 +1,4 @@
-package inference
+package train
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/internal/csvio"
 )
 
@@ -63,9 +64,9 @@ func ReadLabCSV(r io.Reader) ([]Example, error) {
 		}
 		e := Example{
 			CustomerNumber: cn,
-			User:           UserFeatures{City: str("city"), Country: str("country"), CreditLimit: num("creditlimit", true)},
+			User:           inference.UserFeatures{City: str("city"), Country: str("country"), CreditLimit: num("creditlimit", true)},
 			ProductCode:    strings.TrimSpace(str("productcode")),
-			Item: ItemFeatures{ProductLine: str("productline"), ProductScale: str("productscale"),
+			Item: inference.ItemFeatures{ProductLine: str("productline"), ProductScale: str("productscale"),
 				QuantityInStock: num("quantityinstock", false), BuyPrice: num("buyprice", false), MSRP: num("msrp", false)},
 			Rating: num("productrating", false),
 		}
@@ -100,7 +101,7 @@ func ReadProductsCSV(r io.Reader) ([]Item, error) {
 		if err != nil {
 			return nil, err
 		}
-		it := Item{ProductCode: strings.TrimSpace(rec[t.col["productcode"]].Value), Features: ItemFeatures{
+		it := Item{ProductCode: strings.TrimSpace(rec[t.col["productcode"]].Value), Features: inference.ItemFeatures{
 			ProductLine: rec[t.col["productline"]].Value, ProductScale: rec[t.col["productscale"]].Value}}
 		if it.ProductCode == "" {
 			return nil, fmt.Errorf("products csv: line %d: column productCode: empty", line)
