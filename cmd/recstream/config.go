@@ -52,20 +52,20 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// DefaultConfig holds the values a key takes when config.yaml leaves it out. They equal the
-// shipped config.yaml so that a minimal file works against the local stack.
+// DefaultConfig holds the values a key takes when config.yaml leaves it out: each section's
+// own DefaultConfig, which equals the shipped config.yaml, so a minimal file works against the
+// local stack.
 func DefaultConfig() Config {
 	return Config{
-		MySQL:    mysqldb.DefaultConfig(),
-		Postgres: pg.Config{DSN: "postgres://recstream@127.0.0.1:5432/recstream?sslmode=disable", Schema: "public", MaxConns: 8, MinConns: 1, EfSearch: 100, MaintenanceWorkMem: "256MB"},
-		Kinesis:  awsenv.KinesisConfig{Stream: "recstream-user-activity", Shards: 4, Region: "us-east-1", Endpoint: "http://127.0.0.1:4567"},
-		DynamoDB: awsenv.DynamoDBConfig{LeaseTable: "recstream-worker", Region: "us-east-1", Endpoint: "http://127.0.0.1:4568"},
-		S3: awsenv.S3Config{Endpoint: "http://127.0.0.1:7070", Region: "us-east-1", PathStyle: true, Buckets: awsenv.Buckets{
-			Datalake: "s3://recstream-datalake", Artifacts: "s3://recstream-artifacts", Recommendations: "s3://recstream-recommendations"}},
+		MySQL:     mysqldb.DefaultConfig(),
+		Postgres:  pg.DefaultConfig(),
+		Kinesis:   awsenv.DefaultKinesisConfig(),
+		DynamoDB:  awsenv.DefaultDynamoDBConfig(),
+		S3:        awsenv.DefaultS3Config(),
 		Worker:    worker.DefaultConfig(),
 		Batch:     batch.DefaultConfig(),
 		Inference: inference.DefaultConfig(),
-		Log:       logging.Config{Level: "info", Format: "auto"},
+		Log:       logging.DefaultConfig(),
 		Metrics:   MetricsConfig{Listen: "127.0.0.1:9108"},
 	}
 }

@@ -25,6 +25,11 @@ type KinesisConfig struct {
 	Endpoint string `yaml:"endpoint"` // "" for AWS; http://127.0.0.1:4567 for kinesalite
 }
 
+// DefaultKinesisConfig is the kinesis section of the shipped config.yaml: the local stack.
+func DefaultKinesisConfig() KinesisConfig {
+	return KinesisConfig{Stream: "recstream-user-activity", Shards: 4, Region: "us-east-1", Endpoint: "http://127.0.0.1:4567"}
+}
+
 // Validate reports the first invalid field.
 func (c KinesisConfig) Validate() error {
 	if c.Stream == "" {
@@ -44,6 +49,11 @@ type DynamoDBConfig struct {
 	LeaseTable string `yaml:"lease_table"` // KCL lease + checkpoint table (also the KCL application name)
 	Region     string `yaml:"region"`
 	Endpoint   string `yaml:"endpoint"`
+}
+
+// DefaultDynamoDBConfig is the dynamodb section of the shipped config.yaml: the local stack.
+func DefaultDynamoDBConfig() DynamoDBConfig {
+	return DynamoDBConfig{LeaseTable: "recstream-worker", Region: "us-east-1", Endpoint: "http://127.0.0.1:4568"}
 }
 
 // Validate reports the first invalid field.
@@ -70,6 +80,13 @@ type S3Config struct {
 	Region    string  `yaml:"region"`     // AWS region
 	PathStyle bool    `yaml:"path_style"` // path-style addressing (needed by most gateways)
 	Buckets   Buckets `yaml:"buckets"`
+}
+
+// DefaultS3Config is the s3 section of the shipped config.yaml: the local stack's gateway and
+// buckets.
+func DefaultS3Config() S3Config {
+	return S3Config{Endpoint: "http://127.0.0.1:7070", Region: "us-east-1", PathStyle: true, Buckets: Buckets{
+		Datalake: "s3://recstream-datalake", Artifacts: "s3://recstream-artifacts", Recommendations: "s3://recstream-recommendations"}}
 }
 
 // Validate reports the first invalid field.

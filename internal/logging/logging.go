@@ -18,6 +18,9 @@ type Config struct {
 	Format string `yaml:"format"` // json, console, or auto (console when stderr is a terminal)
 }
 
+// DefaultConfig is the log section of the shipped config.yaml.
+func DefaultConfig() Config { return Config{Level: "info", Format: "auto"} }
+
 // Validate reports the first invalid field.
 func (c Config) Validate() error {
 	if _, err := zapcore.ParseLevel(c.Level); err != nil {

@@ -36,6 +36,12 @@ type Config struct {
 	HNSWEfConstruction int `yaml:"hnsw_ef_construction"`
 }
 
+// DefaultConfig is the postgres section of the shipped config.yaml: the local stack.
+func DefaultConfig() Config {
+	return Config{DSN: "postgres://recstream@127.0.0.1:5432/recstream?sslmode=disable", Schema: "public", MaxConns: 8, MinConns: 1,
+		EfSearch: 100, MaintenanceWorkMem: "256MB"}
+}
+
 // IndexParams returns the HNSW m and ef_construction to build with, defaults filled in.
 func (c Config) IndexParams() (m, efConstruction int) {
 	m, efConstruction = c.HNSWM, c.HNSWEfConstruction
