@@ -20,14 +20,7 @@ func generatedExamples(t testing.TB, genSeed int64, n, perCustomer int) []train.
 	}
 	var ex []train.Example
 	err = g.EachTrainingRow(context.Background(), func(r dataset.TrainingRow) error {
-		ex = append(ex, train.Example{
-			CustomerNumber: int64(r.CustomerNumber),
-			User:           inference.UserFeatures{City: r.City, Country: r.Country, CreditLimit: r.CreditLimit},
-			ProductCode:    r.ProductCode,
-			Item: inference.ItemFeatures{ProductLine: r.ProductLine, ProductScale: r.ProductScale,
-				QuantityInStock: float64(r.QuantityInStock), BuyPrice: r.BuyPrice, MSRP: r.MSRP},
-			Rating: float64(r.ProductRating),
-		})
+		ex = append(ex, train.ExampleFromRow(r))
 		return nil
 	})
 	if err != nil {

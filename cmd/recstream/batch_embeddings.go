@@ -13,10 +13,6 @@ import (
 	"github.com/recstream/recstream/internal/pg"
 )
 
-func init() {
-	register(command{name: "batch embeddings", summary: "load item and user embeddings into PostgreSQL + pgvector (atomic swap; --rollback)", run: runBatchEmbeddings})
-}
-
 // errFromNeedsWithoutModel explains why `--from DIR` alone is refused.
 const errFromNeedsWithoutModel = "--from loads bare embeddings CSVs as a version named after their checksums (sha-<12 hex>), " +
 	"and no model is ever published under such a name: a worker serving a version without its model cannot answer " +
@@ -31,7 +27,7 @@ func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 	force := fs.Bool("force", false, "load even when the files' checksums equal the live version's")
 	rollback := fs.Bool("rollback", false, "swap the previous version back in instead of loading")
 	withoutModel := fs.Bool("without-model", false, "load even though the version has no model in the artifacts location (workers cannot serve it: for pgvector tests and benchmarks)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	versionSet := false
@@ -106,19 +102,19 @@ func runBatchEmbeddings(ctx context.Context, app *App, args []string) error {
 // the model is checked in the artifacts location unless withoutModel.
 func embeddingsSource(ctx context.Context, app *App, from, version string, withoutModel bool) (embeddings.Source, error) {
 	if from != "" {
-		store, err := openStore(ctx, app, from)
+		store, err := openStore(ctx, app, "--from", from)
 		if err != nil {
 			return embeddings.Source{}, err
 		}
 		src := embeddings.Source{Store: store, WithoutModel: withoutModel}
 		if !withoutModel {
-			if src.Models, err = openStore(ctx, app, app.Config.S3.Buckets.Artifacts); err != nil {
+			if src.Models, err = openStore(ctx, app, "s3.buckets.artifacts", app.Config.S3.Buckets.Artifacts); err != nil {
 				return embeddings.Source{}, err
 			}
 		}
 		return src, nil
 	}
-	arts, err := openStore(ctx, app, app.Config.S3.Buckets.Artifacts)
+	arts, err := openStore(ctx, app, "s3.buckets.artifacts", app.Config.S3.Buckets.Artifacts)
 	if err != nil {
 		return embeddings.Source{}, err
 	}

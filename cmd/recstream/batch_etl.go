@@ -4,24 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/batch/etl"
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/mysqldb"
-	"github.com/recstream/recstream/internal/objstore"
 )
-
-func init() {
-	register(command{name: "batch etl", summary: "export ratings ⋈ products ⋈ customers to Hive-partitioned Snappy Parquet (manifest publish; exit 3 if locked)", run: runBatchETL})
-}
 
 func runBatchETL(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "batch etl")
@@ -29,7 +21,7 @@ func runBatchETL(ctx context.Context, app *App, args []string) error {
 	shardFlag := fs.String("shard", "0/1", "i/n: export only customers with crc32(customerNumber) % n == i; publish when all n shards of --run-id are in")
 	runID := fs.String("run-id", "", "run id (required with --shard i/n, n > 1: the same for the n tasks of one run; default: generated)")
 	location := fs.String("location", app.Config.S3.Buckets.Datalake, "datalake location: s3://bucket[/prefix] or file:///dir (default: config s3.buckets.datalake)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	// Memory is bounded by design (one partition open, row_group_rows per file); a soft limit
@@ -45,7 +37,7 @@ func runBatchETL(ctx context.Context, app *App, args []string) error {
 	if shards > 1 && *runID == "" {
 		return usageError{"--shard i/n with n > 1 needs --run-id, shared by the n tasks of the run"}
 	}
-	store, err := openDatalake(ctx, app, *location)
+	store, err := openStore(ctx, app, "--location", *location)
 	if err != nil {
 		return err
 	}
@@ -66,7 +58,7 @@ func runBatchETL(ctx context.Context, app *App, args []string) error {
 		}
 		return plan.Write(app.Stdout)
 	}
-	if bar := progressBar(app, 0, "exporting"); bar != nil {
+	if bar := progressBar(app, 0, "exporting", "rows"); bar != nil {
 		if total, err := job.CountSourceRows(ctx); err == nil {
 			bar.ChangeMax64(total)
 		}
@@ -111,19 +103,4 @@ func parseShard(s string) (int, int, error) {
 		return 0, 0, fmt.Errorf("--shard %q: want i/n with 0 <= i < n <= 4096", s)
 	}
 	return i, n, nil
-}
-
-// openDatalake opens the datalake store; an S3 client is built only for s3:// locations.
-func openDatalake(ctx context.Context, app *App, location string) (objstore.Store, error) {
-	u, err := url.Parse(location)
-	if err != nil || (u.Scheme != "s3" && u.Scheme != "file") {
-		return nil, usageError{fmt.Sprintf("--location must be an s3://bucket[/prefix] or file:///dir URL, got %q", location)}
-	}
-	var client *s3.Client
-	if u.Scheme == "s3" {
-		if client, err = awsenv.S3(ctx, app.Config.S3); err != nil {
-			return nil, err
-		}
-	}
-	return objstore.Open(location, client)
 }

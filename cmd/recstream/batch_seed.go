@@ -4,22 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sort"
-	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"go.uber.org/zap"
-	"golang.org/x/term"
 
 	"github.com/recstream/recstream/batch/seed"
 	"github.com/recstream/recstream/internal/mysqldb"
 )
-
-func init() {
-	register(command{name: "batch seed", summary: "create the classicmodels source schema and load it (--from CSV dir or --scale N generated)", run: runBatchSeed})
-}
 
 func runBatchSeed(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "batch seed")
@@ -28,7 +20,7 @@ func runBatchSeed(ctx context.Context, app *App, args []string) error {
 	perCustomer := fs.Int("ratings-per-customer", 100, "average bought-and-rated products per generated customer")
 	genSeed := fs.Int64("seed", app.Config.Batch.Seed, "generator seed (default: config batch.seed)")
 	replace := fs.Bool("replace", false, "drop the classicmodels tables and reload them")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if (*from == "") == (*scale == 0) {
@@ -66,7 +58,7 @@ func runBatchSeed(ctx context.Context, app *App, args []string) error {
 	var st seed.Stats
 	if gen != nil {
 		var progress func(int64)
-		if bar := progressBar(app, int64(gen.NumCustomers())*int64(*perCustomer), "seeding ratings"); bar != nil {
+		if bar := progressBar(app, int64(gen.NumCustomers())*int64(*perCustomer), "seeding ratings", "rows"); bar != nil {
 			progress = func(n int64) { _ = bar.Set64(n) }
 			defer bar.Finish() //nolint:errcheck
 		}
@@ -88,21 +80,4 @@ func runBatchSeed(ctx context.Context, app *App, args []string) error {
 	}
 	app.Log.Info("seeded source database", fields...)
 	return nil
-}
-
-// progressBar returns a bar on app.Stderr when it is a terminal, else nil (cron, logs, CI).
-func progressBar(app *App, total int64, what string) *progressbar.ProgressBar {
-	f, ok := app.Stderr.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
-		return nil
-	}
-	return progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(io.Writer(f)),
-		progressbar.OptionSetDescription(what),
-		progressbar.OptionShowCount(),
-		progressbar.OptionShowIts(),
-		progressbar.OptionSetItsString("rows"),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionClearOnFinish(),
-	)
 }

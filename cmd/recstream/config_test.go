@@ -58,11 +58,9 @@ func TestRunExitCodes(t *testing.T) {
 		}
 		return p
 	}
-	register(command{name: "noop-test", summary: "test only", run: func(ctx context.Context, app *App, args []string) error {
-		fs := newFlagSet(app, "noop-test")
-		return parseFlags(fs, args)
+	table := append(commands(), command{name: "noop-test", summary: "test only", run: func(ctx context.Context, app *App, args []string) error {
+		return newFlagSet(app, "noop-test").parse(args)
 	}})
-	defer delete(commands, "noop-test")
 
 	for _, tc := range []struct {
 		name     string
@@ -82,7 +80,7 @@ func TestRunExitCodes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
-			code := run(context.Background(), tc.args, tc.env, &out, &errb)
+			code := runCommands(context.Background(), table, tc.args, tc.env, &out, &errb)
 			if code != tc.wantCode {
 				t.Fatalf("exit code %d, want %d; stderr:\n%s", code, tc.wantCode, errb.String())
 			}

@@ -12,10 +12,6 @@ import (
 	"github.com/recstream/recstream/worker"
 )
 
-func init() {
-	register(command{name: "inspect", summary: "summarise the worker's output: objects, records, errors, sample recommendations", run: runInspect})
-}
-
 // InspectReport summarises the recommendations location.
 type InspectReport struct {
 	Location     string         `json:"location"`
@@ -46,10 +42,10 @@ func runInspect(ctx context.Context, app *App, args []string) error {
 	location := fs.String("location", app.Config.S3.Buckets.Recommendations, "recommendations location (s3://bucket/prefix or file:///dir)")
 	samples := fs.Int("samples", 3, "sample events to show with product names")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
-	store, err := openStore(ctx, app, *location)
+	store, err := openStore(ctx, app, "--location", *location)
 	if err != nil {
 		return err
 	}

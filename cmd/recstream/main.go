@@ -11,9 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
-	"sync"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -38,10 +36,21 @@ type command struct {
 	run     func(ctx context.Context, app *App, args []string) error
 }
 
-var commands = map[string]command{}
-
-// register is called from each command file's init.
-func register(c command) { commands[c.name] = c }
+// commands is the command table: every subcommand, in the order `recstream -h` lists them.
+func commands() []command {
+	return []command{
+		{name: "batch seed", summary: "create the classicmodels source schema and load it (--from CSV dir or --scale N generated)", run: runBatchSeed},
+		{name: "batch etl", summary: "export ratings ⋈ products ⋈ customers to Hive-partitioned Snappy Parquet (manifest publish; exit 3 if locked)", run: runBatchETL},
+		{name: "train", summary: "train the two-tower model on the ETL's dataset and publish a new artifacts version", run: runTrain},
+		{name: "batch embeddings", summary: "load item and user embeddings into PostgreSQL + pgvector (atomic swap; --rollback)", run: runBatchEmbeddings},
+		{name: "migrate", summary: "apply the PostgreSQL schema migrations (pgvector tables)", run: runMigrate},
+		{name: "worker", summary: "consume the user-activity stream and write exactly-once recommendations to S3 (long-running)", run: runWorker},
+		{name: "replay", summary: "reprocess a time range of the stream, rewriting its output objects in place (e.g. after a bad model)", run: runReplay},
+		{name: "produce", summary: "simulate the sales platform: write user-activity events to the stream", run: runProduce},
+		{name: "status", summary: "show shard leases, checkpoints, lag and the live model/embeddings versions", run: runStatus},
+		{name: "inspect", summary: "summarise the worker's output: objects, records, errors, sample recommendations", run: runInspect},
+	}
+}
 
 // App is what every subcommand receives: the decoded config and the root logger.
 type App struct {
@@ -50,16 +59,11 @@ type App struct {
 	Stdout io.Writer
 	Stderr io.Writer
 
-	checkArgs bool // --check-args: parseFlags stops the command after a successful parse
+	checkArgs bool // --check-args: a command stops after its flags parsed (see flagSet)
 }
 
-// errArgsChecked is returned by parseFlags under --check-args once the flags parsed.
+// errArgsChecked is returned by flagSet.parse under --check-args once the flags parsed.
 var errArgsChecked = errors.New("arguments checked")
-
-var (
-	checkMu       sync.Mutex
-	checkOnlySets = map[*flag.FlagSet]bool{}
-)
 
 // usageError marks a flag or argument mistake (exit code 2).
 type usageError struct{ msg string }
@@ -84,12 +88,17 @@ func main() {
 
 // run is main without os.Exit, so tests can call it.
 func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int {
+	return runCommands(ctx, commands(), args, env, stdout, stderr)
+}
+
+// runCommands runs the command of table that args name.
+func runCommands(ctx context.Context, table []command, args, env []string, stdout, stderr io.Writer) int {
 	global := flag.NewFlagSet("recstream", flag.ContinueOnError)
 	global.SetOutput(stderr)
 	cfgPath := global.String("config", "config.yaml", "path to the config file")
 	logFormat := global.String("log-format", "", "json or console (default: config log.format)")
 	checkArgs := global.Bool("check-args", false, "only check the config and the command's flags, then exit (used to validate deployment files)")
-	global.Usage = func() { usage(stderr, global) }
+	global.Usage = func() { usage(stderr, global, table) }
 	if err := global.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -97,13 +106,13 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 		return exitUsage
 	}
 	rest := global.Args()
-	cmd, cmdArgs, ok := lookup(rest)
+	cmd, cmdArgs, ok := lookup(table, rest)
 	if !ok {
 		if len(rest) == 0 {
-			usage(stderr, global)
+			usage(stderr, global, table)
 		} else {
 			fmt.Fprintf(stderr, "recstream: unknown command %q\n", strings.Join(rest, " "))
-			usage(stderr, global)
+			usage(stderr, global, table)
 		}
 		return exitUsage
 	}
@@ -145,46 +154,47 @@ func run(ctx context.Context, args, env []string, stdout, stderr io.Writer) int 
 	}
 }
 
-// lookup finds the longest registered command name that prefixes args ("batch etl" before "batch").
-func lookup(args []string) (command, []string, bool) {
+// lookup finds the longest command name in table that prefixes args ("batch etl" before "batch").
+func lookup(table []command, args []string) (command, []string, bool) {
 	for n := min(2, len(args)); n >= 1; n-- {
-		if c, ok := commands[strings.Join(args[:n], " ")]; ok {
-			return c, args[n:], true
+		name := strings.Join(args[:n], " ")
+		for _, c := range table {
+			if c.name == name {
+				return c, args[n:], true
+			}
 		}
 	}
 	return command{}, nil, false
 }
 
-func usage(w io.Writer, fs *flag.FlagSet) {
+func usage(w io.Writer, fs *flag.FlagSet, table []command) {
 	fmt.Fprintln(w, "usage: recstream [--config config.yaml] [--log-format json|console] <command> [flags]")
 	fmt.Fprintln(w, "\ncommands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-18s %s\n", n, commands[n].summary)
+	for _, c := range table {
+		fmt.Fprintf(w, "  %-18s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nglobal flags:")
 	fs.PrintDefaults()
 	fmt.Fprintln(w, "\nRun `recstream <command> -h` for a command's flags.")
 }
 
-// newFlagSet returns a flag set for a subcommand that reports errors instead of exiting.
-func newFlagSet(app *App, name string) *flag.FlagSet {
-	fs := flag.NewFlagSet("recstream "+name, flag.ContinueOnError)
-	fs.SetOutput(app.Stderr)
-	if app.checkArgs {
-		checkMu.Lock()
-		checkOnlySets[fs] = true
-		checkMu.Unlock()
-	}
-	return fs
+// flagSet is a subcommand's flag set. It reports errors instead of exiting, and under
+// --check-args parse stops the command once its flags parsed.
+type flagSet struct {
+	*flag.FlagSet
+	checkOnly bool
 }
 
-// parseFlags parses args into fs, mapping mistakes to usage errors.
-func parseFlags(fs *flag.FlagSet, args []string) error {
+// newFlagSet returns the flag set of subcommand name.
+func newFlagSet(app *App, name string) *flagSet {
+	fs := flag.NewFlagSet("recstream "+name, flag.ContinueOnError)
+	fs.SetOutput(app.Stderr)
+	return &flagSet{FlagSet: fs, checkOnly: app.checkArgs}
+}
+
+// parse parses args, mapping mistakes to usage errors; under --check-args it returns
+// errArgsChecked after a successful parse.
+func (fs *flagSet) parse(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -194,10 +204,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
 	}
-	checkMu.Lock()
-	defer checkMu.Unlock()
-	if checkOnlySets[fs] {
-		delete(checkOnlySets, fs)
+	if fs.checkOnly {
 		return errArgsChecked
 	}
 	return nil

@@ -10,13 +10,9 @@ import (
 	schema "github.com/recstream/recstream/sql"
 )
 
-func init() {
-	register(command{name: "migrate", summary: "apply the PostgreSQL schema migrations (pgvector tables)", run: runMigrate})
-}
-
 func runMigrate(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "migrate")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	_, err := migratePostgres(ctx, app)

@@ -13,10 +13,6 @@ import (
 	"github.com/recstream/recstream/produce"
 )
 
-func init() {
-	register(command{name: "produce", summary: "simulate the sales platform: write user-activity events to the stream", run: runProduce})
-}
-
 func runProduce(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "produce")
 	rate := fs.Float64("rate", 0.1, "events per second (the lab sent one every 10 s)")
@@ -27,7 +23,7 @@ func runProduce(ctx context.Context, app *App, args []string) error {
 	seed := fs.Uint64("seed", 1, "generator seed: same seed, same events")
 	stream := fs.String("stream", app.Config.Kinesis.Stream, "stream name")
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	cfg := produce.Config{Stream: *stream, Rate: *rate, Count: *count, Duration: *duration}

@@ -14,17 +14,13 @@ import (
 	"github.com/recstream/recstream/worker"
 )
 
-func init() {
-	register(command{name: "replay", summary: "reprocess a time range of the stream, rewriting its output objects in place (e.g. after a bad model)", run: runReplay})
-}
-
 func runReplay(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "replay")
 	from := fs.String("from", "", "start of the range (RFC 3339); the replay starts at the flush window containing it")
 	to := fs.String("to", "", "end of the range (RFC 3339); default: up to each shard's live checkpoint")
 	shards := fs.String("shards", "", "comma-separated shard ids (default: every shard)")
 	asJSON := fs.Bool("json", false, "print the per-shard report as JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	req := worker.ReplayRequest{}

@@ -18,13 +18,8 @@ import (
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/awsenv"
-	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/pg"
 )
-
-func init() {
-	register(command{name: "status", summary: "show shard leases, checkpoints, lag and the live model/embeddings versions", run: runStatus})
-}
 
 // ShardStatus is one line of `recstream status`.
 type ShardStatus struct {
@@ -55,7 +50,7 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "status")
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
 	sortBy := fs.String("sort", "shard", "order of the shard lines: shard, owner, lag or age (largest first)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if err := validSort(*sortBy); err != nil {
@@ -93,7 +88,7 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 	rep.Workers = workerLeases(rep.Shards)
 	sortShards(rep.Shards, *sortBy)
 
-	if root, err := openStore(ctx, app, cfg.S3.Buckets.Artifacts); err != nil {
+	if root, err := openStore(ctx, app, "s3.buckets.artifacts", cfg.S3.Buckets.Artifacts); err != nil {
 		rep.Problems = append(rep.Problems, err.Error())
 	} else if v, err := artifacts.Resolve(ctx, root, artifacts.LatestName); err != nil {
 		rep.Problems = append(rep.Problems, "model version: "+err.Error())
@@ -251,16 +246,4 @@ func shardLag(ctx context.Context, kc *kinesis.Client, stream, shard, cp string)
 	}
 	lag := time.Since(aws.ToTime(out.Records[0].ApproximateArrivalTimestamp)).Milliseconds()
 	return max(lag, aws.ToInt64(out.MillisBehindLatest)), nil
-}
-
-// openStore opens an object-storage location, building an S3 client only for s3:// URLs.
-func openStore(ctx context.Context, app *App, location string) (objstore.Store, error) {
-	if strings.HasPrefix(location, "s3://") {
-		c, err := awsenv.S3(ctx, app.Config.S3)
-		if err != nil {
-			return nil, err
-		}
-		return objstore.Open(location, c)
-	}
-	return objstore.Open(location, nil)
 }

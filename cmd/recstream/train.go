@@ -4,30 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/schollz/progressbar/v3"
 	"go.uber.org/zap"
-	"golang.org/x/term"
 
-	"github.com/recstream/recstream/batch"
+	"github.com/recstream/recstream/batch/dataset"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/internal/artifacts"
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 )
 
 // coldSlack is how far above the global mean the cold RMSE may be before train warns: about
 // the seed-to-seed spread of that difference on the real data.
 const coldSlack = 0.01
-
-func init() {
-	register(command{name: "train", summary: "train the two-tower model on the ETL's dataset and publish a new artifacts version", run: runTrain})
-}
 
 func runTrain(ctx context.Context, app *App, args []string) error {
 	cfg := app.Config.Inference.Train
@@ -39,7 +30,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	publish := fs.Bool("publish", true, "publish the artifacts (false: train and report only)")
 	fs.Int64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (split, initial weights, batch order)")
 	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "most epochs of each training stage (early stopping ends them sooner)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
@@ -62,11 +53,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 		zap.Int("epochs", cfg.Epochs), zap.Int64("seed", cfg.Seed))
 
 	// Three fits (warm and cold evaluation, then the published model) of two stages each.
-	var bar *progressbar.ProgressBar
-	if f, ok := app.Stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		bar = progressbar.NewOptions(6, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription("training"),
-			progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
-	}
+	bar := progressBar(app, 6, "training", "stages")
 	start := time.Now()
 	res, err := train.Train(ctx, examples, cfg, func(p train.Progress) {
 		app.Log.Debug("epoch done", zap.String("component", "train"), zap.String("phase", p.Phase), zap.String("stage", p.Stage), zap.Int("epoch", p.Epoch),
@@ -116,7 +103,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	if !*publish {
 		return nil
 	}
-	store, err := openLocation(ctx, app, *to)
+	store, err := openStore(ctx, app, "--to", *to)
 	if err != nil {
 		return err
 	}
@@ -128,18 +115,6 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 		zap.String("s3_key", store.URL(artifacts.VersionPrefix(version))))
 	fmt.Fprintf(app.Stdout, "published artifacts version %s at %s (latest.json updated)\n", version, store.URL(artifacts.VersionPrefix(version)))
 	return nil
-}
-
-// openLocation opens an s3:// or file:// location, building an S3 client only when needed.
-func openLocation(ctx context.Context, app *App, loc string) (objstore.Store, error) {
-	var client *s3.Client
-	if u, err := url.Parse(loc); err == nil && u.Scheme == "s3" {
-		client, err = awsenv.S3(ctx, app.Config.S3)
-		if err != nil {
-			return nil, err
-		}
-	}
-	return objstore.Open(loc, client)
 }
 
 func readTrainingCSV(path string) ([]train.Example, error) {
@@ -172,44 +147,32 @@ func readProductsCSV(path string) ([]train.Item, error) {
 // publishes meanwhile deletes the files of the previous manifest once its own is written; when
 // a file is missing and the manifest has changed, the read starts over with the new one.
 func readTrainingDataset(ctx context.Context, app *App, loc string) ([]train.Example, string, error) {
-	store, err := openLocation(ctx, app, loc)
+	store, err := openStore(ctx, app, "datalake", loc)
 	if err != nil {
 		return nil, "", err
 	}
 	for attempt := 1; ; attempt++ {
-		m, err := batch.ReadManifest(ctx, store)
-		if errors.Is(err, batch.ErrNoDataset) {
+		m, err := dataset.ReadManifest(ctx, store)
+		if errors.Is(err, dataset.ErrNoDataset) {
 			return nil, "", exitCodeError{exitFailure, err}
 		}
 		if err != nil {
 			return nil, "", err
 		}
 		examples := make([]train.Example, 0, m.Rows)
-		err = batch.ReadTrainingRows(ctx, store, m, func(r batch.TrainingRow) error {
-			examples = append(examples, exampleFromRow(r))
+		err = dataset.ReadTrainingRows(ctx, store, m, func(r dataset.TrainingRow) error {
+			examples = append(examples, train.ExampleFromRow(r))
 			return nil
 		})
 		if err == nil {
-			return examples, store.URL(batch.ManifestKey) + " run " + m.RunID, nil
+			return examples, store.URL(dataset.ManifestKey) + " run " + m.RunID, nil
 		}
 		if errors.Is(err, objstore.ErrNotExist) && attempt < 3 {
-			if now, merr := batch.ReadManifest(ctx, store); merr == nil && (now.RunID != m.RunID || !now.FinishedAt.Equal(m.FinishedAt)) {
+			if now, merr := dataset.ReadManifest(ctx, store); merr == nil && (now.RunID != m.RunID || !now.FinishedAt.Equal(m.FinishedAt)) {
 				app.Log.Info("dataset republished while reading: reading the new one", zap.String("component", "train"), zap.String("run_id", now.RunID))
 				continue
 			}
 		}
 		return nil, "", err
-	}
-}
-
-// exampleFromRow adapts the ETL's row to the trainer's example (a NULL credit limit is 0).
-func exampleFromRow(r batch.TrainingRow) train.Example {
-	return train.Example{
-		CustomerNumber: int64(r.CustomerNumber),
-		User:           inference.UserFeatures{City: r.City, Country: r.Country, CreditLimit: r.CreditLimit},
-		ProductCode:    r.ProductCode,
-		Item: inference.ItemFeatures{ProductLine: r.ProductLine, ProductScale: r.ProductScale,
-			QuantityInStock: float64(r.QuantityInStock), BuyPrice: r.BuyPrice, MSRP: r.MSRP},
-		Rating: float64(r.ProductRating),
 	}
 }

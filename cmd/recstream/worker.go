@@ -26,13 +26,9 @@ import (
 	"github.com/recstream/recstream/worker"
 )
 
-func init() {
-	register(command{name: "worker", summary: "consume the user-activity stream and write exactly-once recommendations to S3 (long-running)", run: runWorker})
-}
-
 func runWorker(ctx context.Context, app *App, args []string) error {
 	fs := newFlagSet(app, "worker")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	cfg := app.Config
@@ -50,13 +46,17 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		host, _ := os.Hostname()
 		wcfg.WorkerID = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	leaseMetrics, err := checkpoint.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
 	store, err := checkpoint.New(checkpoint.Config{Table: cfg.DynamoDB.LeaseTable, WorkerID: wcfg.WorkerID,
-		FailoverTime: wcfg.FailoverTime, Logger: log}, db)
+		FailoverTime: wcfg.FailoverTime, Logger: log, Metrics: leaseMetrics}, db)
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := worker.NewMetrics(reg)
 	if err != nil {
 		return err
