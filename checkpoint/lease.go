@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -100,55 +99,4 @@ func parseLease(item map[string]types.AttributeValue) (Lease, error) {
 		l.CheckpointTime = t
 	}
 	return l, nil
-}
-
-// Sentinel causes carried by *LeaseError; test with errors.Is.
-var (
-	// ErrLeaseLost: this worker no longer holds the lease (another worker took it over, or it
-	// was released or deleted). Nothing was written; the caller must stop writing for the shard
-	// and drop what it has not checkpointed: the new owner replays it.
-	ErrLeaseLost = errors.New("lease lost")
-	// ErrLeaseHeld: another worker holds the lease and it has not expired.
-	ErrLeaseHeld = errors.New("lease held by another worker")
-	// ErrLeaseClaimed: another worker claimed the lease (lease stealing). The holder stops
-	// renewing and releases it once its consumer has stopped; until then it still holds the
-	// lease (HeldUntil stays valid and checkpoints still succeed).
-	ErrLeaseClaimed = errors.New("lease claimed by another worker")
-	// ErrParentOpen: the shard is a child (split or merge) and one of its parents has not
-	// reached SHARD_END yet; it is not leased before they all have (see Leasing).
-	ErrParentOpen = errors.New("a parent shard has not reached SHARD_END")
-	// ErrFairShare: this worker already holds its fair share of the open shards (see Leasing).
-	ErrFairShare = errors.New("this worker holds its fair share of the shards")
-)
-
-// LeaseError reports a lease operation refused because of the lease's state. It wraps one of
-// ErrLeaseLost, ErrLeaseHeld or ErrLeaseClaimed, and also matches the library's
-// checkpoint.ErrLeaseNotAcquired with errors.As, which keeps the library's event loop quiet
-// about the ordinary outcome of competing for a lease.
-type LeaseError struct {
-	Op      string // acquire, renew, checkpoint, release, claim
-	ShardID string
-	Owner   string // owner (or claimant) seen in the table; "" when free or unknown
-	Err     error
-}
-
-// Error implements error.
-func (e *LeaseError) Error() string {
-	if e.Owner == "" {
-		return fmt.Sprintf("%s lease %s: %v", e.Op, e.ShardID, e.Err)
-	}
-	return fmt.Sprintf("%s lease %s: %v (%s)", e.Op, e.ShardID, e.Err, e.Owner)
-}
-
-// Unwrap returns the sentinel cause.
-func (e *LeaseError) Unwrap() error { return e.Err }
-
-// As lets errors.As(err, &checkpoint.ErrLeaseNotAcquired{}) succeed, as the library's worker
-// expects of a lease it could not get.
-func (e *LeaseError) As(target any) bool {
-	if t, ok := target.(*chk.ErrLeaseNotAcquired); ok {
-		*t = chk.ErrLeaseNotAcquired{}
-		return true
-	}
-	return false
 }

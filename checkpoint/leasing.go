@@ -206,7 +206,7 @@ func (s *Store) admit(ctx context.Context, shard *par.ShardStatus) (Lease, bool,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	refuse := func(err error, who string) (Lease, bool, error) {
-		return Lease{}, false, &LeaseError{Op: "acquire", ShardID: shard.ID, Owner: who, Err: err}
+		return Lease{}, false, &LeaseError{Op: OpAcquire, ShardID: shard.ID, Owner: who, Err: err}
 	}
 	cur, ok := s.view.rows[shard.ID]
 	if ok && cur.Closed() {

@@ -29,8 +29,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Claims: prometheus.NewCounter(prometheus.CounterOpts{Name: "recstream_worker_lease_claims_total",
 			Help: "Claims this worker wrote on other workers' leases to rebalance (lease stealing)."}),
 	}
-	for _, r := range []string{"claim", "released", "expired"} {
-		m.Handovers.WithLabelValues(r) // export zeros, so rate() works from the start
+	for _, h := range []handover{handoverClaim, handoverReleased, handoverExpired} {
+		m.Handovers.WithLabelValues(h.String()) // export zeros, so rate() works from the start
 	}
 	if reg == nil {
 		return m, nil
@@ -43,9 +43,38 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// acquired counts an acquisition whose row was in state previous (see acquireFrom).
-func (m *Metrics) acquired(previous string) {
-	if previous != "new" {
-		m.Handovers.WithLabelValues(previous).Inc()
+// handover is how the previous holder of a lease this store acquires let go of it: the reason
+// label of recstream_worker_lease_handovers_total.
+type handover uint8
+
+const (
+	handoverNone     handover = iota // nobody held the lease before: not a hand-over
+	handoverClaim                    // the holder released it to this worker's claim
+	handoverReleased                 // the holder released it
+	handoverExpired                  // the holder's counter did not move for FailoverTime
+)
+
+// String returns the label value ("claim", "released", "expired"; "new" for handoverNone).
+func (h handover) String() string {
+	return [...]string{handoverNone: "new", handoverClaim: "claim", handoverReleased: "released", handoverExpired: "expired"}[h]
+}
+
+// priorHolder classifies an acquisition of the row cur (exists: the row exists) by worker me.
+func priorHolder(cur Lease, exists bool, me string) handover {
+	switch {
+	case exists && cur.Owner == "" && cur.ClaimRequest == me:
+		return handoverClaim
+	case exists && cur.Owner == "" && cur.Counter > 0:
+		return handoverReleased
+	case exists && cur.Owner != "":
+		return handoverExpired
+	}
+	return handoverNone
+}
+
+// acquired counts an acquisition whose previous holder let go as h (see acquireFrom).
+func (m *Metrics) acquired(h handover) {
+	if h != handoverNone {
+		m.Handovers.WithLabelValues(h.String()).Inc()
 	}
 }
