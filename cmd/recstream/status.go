@@ -3,47 +3,28 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"sort"
-	"strings"
+	"io"
 	"text/tabwriter"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/kinesis"
-	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
-
 	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/checkpoint/leasestatus"
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/internal/artifacts"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/pg"
 )
 
-// ShardStatus is one line of `recstream status`.
-type ShardStatus struct {
-	ShardID      string `json:"shard_id"`
-	Owner        string `json:"owner"`         // "" when nobody holds the lease
-	LeaseCounter int64  `json:"lease_counter"` // fencing token, moves on every renewal
-	Checkpoint   string `json:"checkpoint"`    // last durable sequence number, SHARD_END, or ""
-	Parent       string `json:"parent,omitempty"`
-	Closed       bool   `json:"closed"`           // the shard reached SHARD_END (split or merged)
-	LagMillis    *int64 `json:"lag_ms,omitempty"` // behind the stream tip; nil when unknown
-	InLeaseTable bool   `json:"in_lease_table"`
-	Error        string `json:"error,omitempty"`
-	ShardLeaseInfo
-}
-
 // StatusReport is the whole `recstream status` answer.
 type StatusReport struct {
-	Stream            string         `json:"stream"`
-	LeaseTable        string         `json:"lease_table"`
-	Workers           []WorkerLeases `json:"workers"` // open shards per owner, sorted by owner
-	Shards            []ShardStatus  `json:"shards"`
-	ModelVersion      string         `json:"model_version"`      // artifacts latest pointer
-	EmbeddingsVersion string         `json:"embeddings_version"` // live row of embedding_versions
-	Problems          []string       `json:"problems,omitempty"` // parts that could not be read
+	Stream            string               `json:"stream"`
+	LeaseTable        string               `json:"lease_table"`
+	Workers           []leasestatus.Worker `json:"workers"` // open shards per owner, sorted by owner
+	Shards            []leasestatus.Shard  `json:"shards"`
+	ModelVersion      string               `json:"model_version"`      // artifacts latest pointer
+	EmbeddingsVersion string               `json:"embeddings_version"` // live row of embedding_versions
+	Problems          []string             `json:"problems,omitempty"` // parts that could not be read
 }
 
 func runStatus(ctx context.Context, app *App, args []string) error {
@@ -53,8 +34,9 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	if err := validSort(*sortBy); err != nil {
-		return usageError{err.Error()}
+	order, err := leasestatus.ParseOrder(*sortBy)
+	if err != nil {
+		return usageError{"--sort: " + err.Error()}
 	}
 	ctx, cancel := context.WithTimeout(ctx, awsenv.DefaultTimeout)
 	defer cancel()
@@ -74,19 +56,9 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return err
 	}
-	leases, err := store.ListLeases(ctx)
-	if err != nil {
-		rep.Problems = append(rep.Problems, err.Error())
-	}
-	shards, err := listShards(ctx, kc, cfg.Kinesis.Stream)
-	if err != nil {
-		rep.Problems = append(rep.Problems, err.Error())
-	}
-	rep.Shards = mergeShards(leases, shards)
-	addLeaseInfo(rep.Shards, leases, time.Now())
-	fillLags(ctx, kc, cfg.Kinesis.Stream, rep.Shards)
-	rep.Workers = workerLeases(rep.Shards)
-	sortShards(rep.Shards, *sortBy)
+	leases := leasestatus.Read(ctx, store, kc, cfg.Kinesis.Stream)
+	leasestatus.Sort(leases.Shards, order)
+	rep.Shards, rep.Workers, rep.Problems = leases.Shards, leases.Workers, leases.Problems
 
 	if root, err := openStore(ctx, app, "s3.buckets.artifacts", cfg.S3.Buckets.Artifacts); err != nil {
 		rep.Problems = append(rep.Problems, err.Error())
@@ -164,86 +136,30 @@ func orDash(s string) string {
 	return s
 }
 
-type kinesisShard struct {
-	id, parent string
-	closed     bool
+func ageText(ms *int64) string {
+	if ms == nil {
+		return "?"
+	}
+	d := time.Duration(*ms) * time.Millisecond
+	if d < time.Second {
+		return d.String()
+	}
+	return d.Round(time.Second).String()
 }
 
-func listShards(ctx context.Context, kc *kinesis.Client, stream string) ([]kinesisShard, error) {
-	var out []kinesisShard
-	in := &kinesis.ListShardsInput{StreamName: aws.String(stream)}
-	for {
-		page, err := kc.ListShards(ctx, in)
-		if err != nil {
-			return nil, fmt.Errorf("list shards of %s: %w", stream, err)
+func printWorkers(w io.Writer, workers []leasestatus.Worker) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tLEASES\tSTALE")
+	total := 0
+	for _, wl := range workers {
+		name := wl.Worker
+		if name == "" {
+			name = "(no owner)"
 		}
-		for _, s := range page.Shards {
-			out = append(out, kinesisShard{id: aws.ToString(s.ShardId), parent: aws.ToString(s.ParentShardId),
-				closed: s.SequenceNumberRange != nil && s.SequenceNumberRange.EndingSequenceNumber != nil})
-		}
-		if page.NextToken == nil {
-			return out, nil
-		}
-		// With NextToken, StreamName must be absent.
-		in = &kinesis.ListShardsInput{NextToken: page.NextToken}
+		total += wl.Leases
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", name, wl.Leases, wl.Stale)
 	}
-}
-
-// mergeShards joins the lease table with the stream's shard list: a shard the workers have not
-// leased yet still shows, and so does a lease for a shard that has expired from the stream.
-func mergeShards(leases []checkpoint.Lease, shards []kinesisShard) []ShardStatus {
-	byID := map[string]*ShardStatus{}
-	var order []string
-	for _, l := range leases {
-		byID[l.ShardID] = &ShardStatus{ShardID: l.ShardID, Owner: l.Owner, LeaseCounter: l.Counter, Checkpoint: l.Checkpoint,
-			Parent: l.ParentShardID, Closed: l.Closed(), InLeaseTable: true}
-		order = append(order, l.ShardID)
-	}
-	for _, s := range shards {
-		st, ok := byID[s.id]
-		if !ok {
-			st = &ShardStatus{ShardID: s.id, Parent: s.parent}
-			byID[s.id] = st
-			order = append(order, s.id)
-		}
-		if st.Parent == "" {
-			st.Parent = s.parent
-		}
-	}
-	out := make([]ShardStatus, 0, len(order))
-	seen := map[string]bool{}
-	for _, id := range order {
-		if !seen[id] {
-			seen[id] = true
-			out = append(out, *byID[id])
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ShardID < out[j].ShardID })
-	return out
-}
-
-// shardLag asks Kinesis how far the record after the checkpoint is behind the tip.
-func shardLag(ctx context.Context, kc *kinesis.Client, stream, shard, cp string) (int64, error) {
-	in := &kinesis.GetShardIteratorInput{StreamName: aws.String(stream), ShardId: aws.String(shard), ShardIteratorType: ktypes.ShardIteratorTypeTrimHorizon}
-	if cp != "" && cp != checkpoint.ShardEnd && !strings.EqualFold(cp, "TRIM_HORIZON") && !strings.EqualFold(cp, "LATEST") {
-		in.ShardIteratorType = ktypes.ShardIteratorTypeAfterSequenceNumber
-		in.StartingSequenceNumber = aws.String(cp)
-	}
-	it, err := kc.GetShardIterator(ctx, in)
-	if err != nil {
-		var rnf *ktypes.ResourceNotFoundException
-		if errors.As(err, &rnf) {
-			return 0, fmt.Errorf("shard gone from the stream")
-		}
-		return 0, fmt.Errorf("shard iterator: %w", err)
-	}
-	out, err := kc.GetRecords(ctx, &kinesis.GetRecordsInput{ShardIterator: it.ShardIterator, Limit: aws.Int32(1)})
-	if err != nil {
-		return 0, fmt.Errorf("get records: %w", err)
-	}
-	if len(out.Records) == 0 {
-		return 0, nil // nothing after the checkpoint: caught up
-	}
-	lag := time.Since(aws.ToTime(out.Records[0].ApproximateArrivalTimestamp)).Milliseconds()
-	return max(lag, aws.ToInt64(out.MillisBehindLatest)), nil
+	fmt.Fprintf(tw, "(open shards)\t%d\t\n", total)
+	tw.Flush()
+	fmt.Fprintln(w)
 }
