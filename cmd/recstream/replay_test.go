@@ -78,8 +78,10 @@ func TestSystemReplayAfterNewModel(t *testing.T) {
 type systemObjects struct {
 	keys    []string
 	records []worker.OutputRecord
+	errors  []worker.ErrorRecord
 }
 
+// readSystemObjects reads every object the worker wrote under dir (a file:// bucket).
 func readSystemObjects(t *testing.T, dir string) systemObjects {
 	t.Helper()
 	store, err := objstore.Open("file://"+dir, nil)
@@ -94,18 +96,24 @@ func readSystemObjects(t *testing.T, dir string) systemObjects {
 	var o systemObjects
 	for _, obj := range objs {
 		o.keys = append(o.keys, obj.Key)
-		if !strings.HasSuffix(obj.Key, ".parquet") {
-			continue
-		}
 		b, err := objstore.ReadAll(ctx, store, obj.Key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		recs, err := worker.DecodeObject("parquet", b)
-		if err != nil {
-			t.Fatal(err)
+		switch {
+		case strings.HasPrefix(obj.Key, worker.ErrorsPrefix+"/"):
+			ers, err := worker.DecodeErrorObject(b)
+			if err != nil {
+				t.Fatalf("%s: %v", obj.Key, err)
+			}
+			o.errors = append(o.errors, ers...)
+		case strings.HasSuffix(obj.Key, ".parquet"):
+			recs, err := worker.DecodeObject("parquet", b)
+			if err != nil {
+				t.Fatalf("%s: %v", obj.Key, err)
+			}
+			o.records = append(o.records, recs...)
 		}
-		o.records = append(o.records, recs...)
 	}
 	sort.Strings(o.keys)
 	return o

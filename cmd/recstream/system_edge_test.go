@@ -15,7 +15,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 
-	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 	"github.com/recstream/recstream/worker"
 )
@@ -154,46 +153,21 @@ type systemOutput struct {
 	errors  map[string]worker.Reason // session id (edge events) → reason
 }
 
+// readSystemOutput counts the records of the worker's output per session id and the rejected
+// events' reasons.
 func readSystemOutput(t *testing.T, dir string) systemOutput {
 	t.Helper()
-	store, err := objstore.Open("file://"+dir, nil)
-	if err != nil {
-		t.Fatal(err)
+	all := readSystemObjects(t, dir)
+	o := systemOutput{records: len(all.records), count: map[string]int{}, errors: map[string]worker.Reason{}}
+	for _, r := range all.records {
+		o.count[r.SessionID]++
 	}
-	ctx := context.Background()
-	objs, err := store.List(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := systemOutput{count: map[string]int{}, errors: map[string]worker.Reason{}}
-	for _, obj := range objs {
-		b, err := objstore.ReadAll(ctx, store, obj.Key)
-		if err != nil {
-			t.Fatal(err)
+	for _, er := range all.errors {
+		var ev struct {
+			SessionID string `json:"session_id"`
 		}
-		switch {
-		case strings.HasPrefix(obj.Key, worker.ErrorsPrefix+"/"):
-			ers, err := worker.DecodeErrorObject(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, er := range ers {
-				var ev struct {
-					SessionID string `json:"session_id"`
-				}
-				_ = json.Unmarshal(er.PayloadBase64, &ev)
-				o.errors[ev.SessionID] = er.Reason
-			}
-		case strings.HasSuffix(obj.Key, ".parquet"):
-			recs, err := worker.DecodeObject("parquet", b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range recs {
-				o.records++
-				o.count[r.SessionID]++
-			}
-		}
+		_ = json.Unmarshal(er.PayloadBase64, &ev)
+		o.errors[ev.SessionID] = er.Reason
 	}
 	return o
 }
