@@ -21,9 +21,9 @@
 //
 // # Lease states
 //
-// One row as a store sees it: n is LeaseCounter, +C a ClaimRequest by worker C, "-" no write.
-// Every write is conditional on the state it starts from (owner and counter), so of two workers
-// acting on one state, one wins and the other gets a *LeaseError.
+// One row as a store sees it: n is LeaseCounter (0: none yet), +C a ClaimRequest by worker C,
+// "-" no write. Every write is conditional on the state it starts from (owner and counter), so
+// of two workers acting on one state, one wins and the other gets a *LeaseError.
 //
 //	from             event                                      to                      write, conditional on
 //	(no row)         acquire (GetLease)                         held(1)                 PutItem: no row
