@@ -54,7 +54,7 @@ var (
 // checkpoint.ErrLeaseNotAcquired with errors.As, which keeps the library's event loop quiet
 // about the ordinary outcome of competing for a lease.
 type LeaseError struct {
-	Op      Op
+	Op      Op // the operation refused
 	ShardID string
 	Owner   string // owner (or claimant) seen in the table; "" when free or unknown
 	Err     error
