@@ -212,7 +212,7 @@ kinesis_up() {
   port_open "$KINESIS_PORT" && return 0
   node_tools
   log "starting kinesalite on 127.0.0.1:$KINESIS_PORT"
-  start_bg kinesalite "$STACK_DIR/node/node_modules/.bin/kinesalite" --host 127.0.0.1 --port "$KINESIS_PORT" --createStreamMs 50 --deleteStreamMs 50 --updateStreamMs 50 --shardLimit 100
+  start_bg kinesalite "$STACK_DIR/node/node_modules/.bin/kinesalite" --host 127.0.0.1 --port "$KINESIS_PORT" --createStreamMs 50 --deleteStreamMs 50 --updateStreamMs 50 --shardLimit 500
   wait_port kinesalite "$KINESIS_PORT" 30
 }
 

@@ -380,7 +380,9 @@ func TestShardSeriesDeletedOnRelease(t *testing.T) {
 // slidingLease is a lease renewed all the time: it is always held for another 1.5 s.
 type slidingLease struct{}
 
-func (slidingLease) HeldUntil(string) (time.Time, bool) { return time.Now().Add(1500 * time.Millisecond), true }
+func (slidingLease) HeldUntil(string) (time.Time, bool) {
+	return time.Now().Add(1500 * time.Millisecond), true
+}
 
 // slowStore takes d for every Put, honouring the context, and counts the calls.
 type slowStore struct {

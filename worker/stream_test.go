@@ -82,20 +82,9 @@ func newTestEnv(t testing.TB, shards int) *testEnv {
 		t.Fatal(err)
 	}
 	e.store = e.openStore(t)
-	// kinesalite caps the open shards of all streams together (--shardLimit), which tests of
-	// other packages running at the same time share: wait for room rather than fail.
-	var createErr error
-	stacktest.Eventually(t, 2*time.Minute, 500*time.Millisecond, func() bool {
-		_, createErr = e.kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(e.Stream), ShardCount: aws.Int32(int32(shards))})
-		var limit *ktypes.LimitExceededException
-		if createErr != nil && !errors.As(createErr, &limit) {
-			t.Fatalf("create stream: %v", createErr)
-		}
-		return createErr == nil
-	}, "no room in kinesalite for a stream of %d shards", shards)
+	stacktest.CreateStream(t, e.kc, e.Stream, int32(shards))
 	t.Cleanup(func() {
 		ctx := context.Background()
-		_, _ = e.kc.DeleteStream(ctx, &kinesis.DeleteStreamInput{StreamName: aws.String(e.Stream)})
 		_, _ = e.db.DeleteTable(ctx, &dynamodb.DeleteTableInput{TableName: aws.String(e.DynamoDB.LeaseTable)})
 		if objs, err := e.store.List(ctx, ""); err == nil {
 			for _, o := range objs {
@@ -103,10 +92,6 @@ func newTestEnv(t testing.TB, shards int) *testEnv {
 			}
 		}
 	})
-	stacktest.Eventually(t, 30*time.Second, 100*time.Millisecond, func() bool {
-		out, err := e.kc.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(e.Stream)})
-		return err == nil && out.StreamDescriptionSummary.StreamStatus == ktypes.StreamStatusActive
-	}, "stream %s not ACTIVE", e.Stream)
 	return e
 }
 

@@ -74,17 +74,10 @@ func TestStatusAt64Shards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(stream), ShardCount: aws.Int32(shards)}); err != nil {
-		t.Fatal(err)
-	}
+	stacktest.CreateStream(t, kc, stream, shards)
 	t.Cleanup(func() {
-		_, _ = kc.DeleteStream(context.Background(), &kinesis.DeleteStreamInput{StreamName: aws.String(stream)})
 		_, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(stream)})
 	})
-	if err := kinesis.NewStreamExistsWaiter(kc, func(o *kinesis.StreamExistsWaiterOptions) { o.MinDelay = 100 * time.Millisecond }).
-		Wait(ctx, &kinesis.DescribeStreamInput{StreamName: aws.String(stream)}, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	// One record per shard (its sequence number is the shard's checkpoint), and a second one
 	// on shard 5 (lag).
 	listed, err := kc.ListShards(ctx, &kinesis.ListShardsInput{StreamName: aws.String(stream)})

@@ -118,9 +118,7 @@ func newSystemEnv(t *testing.T, shards int32) *systemEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := se.kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(se.stream), ShardCount: aws.Int32(shards)}); err != nil {
-		t.Fatal(err)
-	}
+	stacktest.CreateStream(t, se.kc, se.stream, shards)
 	ddb, err := awsenv.DynamoDB(ctx, awsenv.DynamoDBConfig{LeaseTable: se.stream, Region: "us-east-1", Endpoint: dynamoEP})
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -21,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"gopkg.in/yaml.v3"
 )
 
@@ -208,4 +212,29 @@ func Eventually(t testing.TB, timeout, interval time.Duration, cond func() bool,
 		case <-tick.C:
 		}
 	}
+}
+
+// CreateStream creates a Kinesis stream of shards shards on the local stack, deleted in
+// Cleanup, and waits until it is ACTIVE. kinesalite caps the open shards of all streams
+// together (--shardLimit), which the tests of packages running at the same time share: a
+// refusal for that limit is waited out (up to four minutes), never a failure.
+func CreateStream(t testing.TB, kc *kinesis.Client, name string, shards int32) {
+	t.Helper()
+	ctx := context.Background()
+	var createErr error
+	Eventually(t, 4*time.Minute, 500*time.Millisecond, func() bool {
+		_, createErr = kc.CreateStream(ctx, &kinesis.CreateStreamInput{StreamName: aws.String(name), ShardCount: aws.Int32(shards)})
+		var limit *ktypes.LimitExceededException
+		if createErr != nil && !errors.As(createErr, &limit) {
+			t.Fatalf("create stream %s: %v", name, createErr)
+		}
+		return createErr == nil
+	}, "no room in kinesalite for a stream of %d shards", shards)
+	t.Cleanup(func() {
+		_, _ = kc.DeleteStream(context.Background(), &kinesis.DeleteStreamInput{StreamName: aws.String(name)})
+	})
+	Eventually(t, 30*time.Second, 100*time.Millisecond, func() bool {
+		out, err := kc.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(name)})
+		return err == nil && out.StreamDescriptionSummary.StreamStatus == ktypes.StreamStatusActive
+	}, "stream %s not ACTIVE", name)
 }
