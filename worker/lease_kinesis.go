@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"github.com/aws/smithy-go/middleware"
 
 	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/awsenv"
 )
 
 // kinesis returns the client the library gets: kc with one Initialize middleware, our seam on
@@ -78,18 +78,9 @@ func (c *shardCache) list(ctx context.Context, stream string) ([]ktypes.Shard, e
 	if c.stream == stream && time.Since(c.at) < c.ttl {
 		return append([]ktypes.Shard(nil), c.shards...), nil
 	}
-	var shards []ktypes.Shard
-	in := &kinesis.ListShardsInput{StreamName: aws.String(stream)}
-	for {
-		page, err := c.src.ListShards(ctx, in)
-		if err != nil {
-			return nil, fmt.Errorf("list shards of %s: %w", stream, err)
-		}
-		shards = append(shards, page.Shards...)
-		if page.NextToken == nil {
-			break
-		}
-		in = &kinesis.ListShardsInput{NextToken: page.NextToken} // with NextToken, StreamName must be absent
+	shards, err := awsenv.ListShards(ctx, c.src, stream)
+	if err != nil {
+		return nil, err
 	}
 	info := make([]checkpoint.ShardInfo, 0, len(shards))
 	for _, s := range shards {

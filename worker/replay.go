@@ -16,6 +16,7 @@ import (
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 	"go.uber.org/zap"
 
+	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 )
 
@@ -83,21 +84,15 @@ func Replay(ctx context.Context, cfg Config, stream string, deps Deps, kc *kines
 }
 
 func listShards(ctx context.Context, kc *kinesis.Client, stream string) ([]string, error) {
-	var ids []string
-	in := &kinesis.ListShardsInput{StreamName: aws.String(stream)}
-	for {
-		page, err := kc.ListShards(ctx, in)
-		if err != nil {
-			return nil, fmt.Errorf("list shards of %s: %w", stream, err)
-		}
-		for _, s := range page.Shards {
-			ids = append(ids, aws.ToString(s.ShardId))
-		}
-		if page.NextToken == nil {
-			return ids, nil
-		}
-		in = &kinesis.ListShardsInput{NextToken: page.NextToken}
+	shards, err := awsenv.ListShards(ctx, kc, stream)
+	if err != nil {
+		return nil, err
 	}
+	ids := make([]string, len(shards))
+	for i, s := range shards {
+		ids[i] = aws.ToString(s.ShardId)
+	}
+	return ids, nil
 }
 
 // replayLease lets the replay's writes through: it holds no lease and needs none (the fence

@@ -19,6 +19,7 @@ import (
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 
 	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/awsenv"
 )
 
 // Shard is one shard line: its lease row, joined with the stream's shard list.
@@ -106,23 +107,16 @@ func Read(ctx context.Context, table LeaseLister, kc KinesisReader, stream strin
 
 // listShards reads every page of the stream's shard list.
 func listShards(ctx context.Context, kc KinesisReader, stream string) ([]StreamShard, error) {
-	var out []StreamShard
-	in := &kinesis.ListShardsInput{StreamName: aws.String(stream)}
-	for {
-		page, err := kc.ListShards(ctx, in)
-		if err != nil {
-			return nil, fmt.Errorf("list shards of %s: %w", stream, err)
-		}
-		for _, s := range page.Shards {
-			out = append(out, StreamShard{ID: aws.ToString(s.ShardId), Parent: aws.ToString(s.ParentShardId),
-				Closed: s.SequenceNumberRange != nil && s.SequenceNumberRange.EndingSequenceNumber != nil})
-		}
-		if page.NextToken == nil {
-			return out, nil
-		}
-		// With NextToken, StreamName must be absent.
-		in = &kinesis.ListShardsInput{NextToken: page.NextToken}
+	shards, err := awsenv.ListShards(ctx, kc, stream)
+	if err != nil {
+		return nil, err
 	}
+	out := make([]StreamShard, 0, len(shards))
+	for _, s := range shards {
+		out = append(out, StreamShard{ID: aws.ToString(s.ShardId), Parent: aws.ToString(s.ParentShardId),
+			Closed: s.SequenceNumberRange != nil && s.SequenceNumberRange.EndingSequenceNumber != nil})
+	}
+	return out, nil
 }
 
 // Join joins the lease table with the stream's shard list, sorted by shard id: a shard the

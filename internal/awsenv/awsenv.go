@@ -14,6 +14,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
@@ -179,3 +180,27 @@ func S3(ctx context.Context, c S3Config, opts ...Option) (*s3.Client, error) {
 
 // DefaultTimeout bounds one control-plane call in CLI commands.
 const DefaultTimeout = 30 * time.Second
+
+// ShardLister is the one Kinesis call ListShards needs.
+type ShardLister interface {
+	ListShards(ctx context.Context, in *kinesis.ListShardsInput, opts ...func(*kinesis.Options)) (*kinesis.ListShardsOutput, error)
+}
+
+// ListShards returns every shard of stream, open and closed, following NextToken. (The SDK's
+// paginator cannot be used: with NextToken the request must not name the stream, and
+// kinesalite refuses a stream ARN.)
+func ListShards(ctx context.Context, kc ShardLister, stream string) ([]ktypes.Shard, error) {
+	var shards []ktypes.Shard
+	in := &kinesis.ListShardsInput{StreamName: aws.String(stream)}
+	for {
+		page, err := kc.ListShards(ctx, in)
+		if err != nil {
+			return nil, fmt.Errorf("list shards of %s: %w", stream, err)
+		}
+		shards = append(shards, page.Shards...)
+		if page.NextToken == nil {
+			return shards, nil
+		}
+		in = &kinesis.ListShardsInput{NextToken: page.NextToken}
+	}
+}
