@@ -17,54 +17,23 @@ import (
 	chk "github.com/vmware/vmware-go-kcl-v2/clientlibrary/checkpoint"
 	par "github.com/vmware/vmware-go-kcl-v2/clientlibrary/partition"
 
+	"github.com/recstream/recstream/checkpoint/checkpointtest"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
 const testFailover = 10 * time.Second
 
-// fakeClock is an injectable monotonic clock: tests expire leases by advancing it.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// fakeClock is the tests' hand-advanced monotonic clock.
+type fakeClock = checkpointtest.Clock
 
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newFakeClock() *fakeClock { return checkpointtest.NewClock(time.Unix(1_000_000, 0)) }
 
 // testTable returns a DynamoDB client for the local dynalite and a fresh table name whose
 // table is deleted when the test ends.
 func testTable(t *testing.T, opts ...awsenv.Option) (*dynamodb.Client, string) {
 	t.Helper()
-	ep := stacktest.Endpoint(t, "dynamodb")
-	stacktest.SetAWSEnv(t)
-	table := stacktest.UniqueName("ckpt-test-")
-	db, err := awsenv.DynamoDB(context.Background(), awsenv.DynamoDBConfig{LeaseTable: table, Region: "us-east-1", Endpoint: ep}, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := db.DeleteTable(ctx, &dynamodb.DeleteTableInput{TableName: aws.String(table)}); err != nil {
-			var nf *types.ResourceNotFoundException
-			if !errors.As(err, &nf) {
-				t.Errorf("delete table %s: %v", table, err)
-			}
-		}
-	})
-	return db, table
+	return checkpointtest.Table(t, "ckpt-test-", opts...)
 }
 
 type storeOpt func(*Config)

@@ -20,30 +20,16 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/checkpoint/checkpointtest"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
-// manualClock is an injectable monotonic clock for stores: tests expire leases by advancing it.
-type manualClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// manualClock is the tests' hand-advanced monotonic clock for stores.
+type manualClock = checkpointtest.Clock
 
-func newManualClock() *manualClock { return &manualClock{t: time.Unix(2_000_000, 0)} }
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newManualClock() *manualClock { return checkpointtest.NewClock(time.Unix(2_000_000, 0)) }
 
 // leaseTable gives a test its own lease table on dynalite (deleted at the end) and a client.
 func leaseTable(t *testing.T, opts ...awsenv.Option) (*dynamodb.Client, string) {
@@ -51,17 +37,7 @@ func leaseTable(t *testing.T, opts ...awsenv.Option) (*dynamodb.Client, string) 
 	if testing.Short() {
 		t.Skip("integration test needs the local stack (not with -short)")
 	}
-	stacktest.SetAWSEnv(t)
-	table := stacktest.UniqueName("wl-") + "-leases"
-	db, err := awsenv.DynamoDB(context.Background(), awsenv.DynamoDBConfig{LeaseTable: table, Region: "us-east-1",
-		Endpoint: stacktest.Endpoint(t, "dynamodb")}, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(table)})
-	})
-	return db, table
+	return checkpointtest.Table(t, "wl-", opts...)
 }
 
 func leaseStore(t testing.TB, db *dynamodb.Client, table, id string, failover time.Duration, clock *manualClock) *checkpoint.Store {
