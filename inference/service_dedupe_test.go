@@ -7,7 +7,6 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/recstream/recstream/inference"
-	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/inference/train/traintest"
 )
 
@@ -15,16 +14,7 @@ import (
 // still gets the answer for its own features, in order.
 func TestServiceQueriesDistinctUsersOnce(t *testing.T) {
 	store, _ := traintest.DirStore(t)
-	cfg := inference.DefaultConfig().Train
-	cfg.Epochs = 1
-	res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v, _ := publishSynthetic(t, store, 0)
 	idx := &fakeIndex{live: v}
 	svc, err := inference.NewService(inference.DefaultConfig(), store, idx, zaptest.NewLogger(t))
 	if err != nil {

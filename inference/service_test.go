@@ -15,6 +15,7 @@ import (
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/inference/train"
 	"github.com/recstream/recstream/inference/train/traintest"
+	"github.com/recstream/recstream/internal/objstore"
 )
 
 // fakeIndex is a fake at our own seam (Index): it answers from fixed lists, counts calls, and
@@ -73,23 +74,33 @@ func syntheticExamples() []train.Example {
 	return ex
 }
 
-func TestServiceSwitchesMidBatchAndCachesPerVersion(t *testing.T) {
-	store, _ := traintest.DirStore(t)
+// publishSynthetic trains a one-epoch model on syntheticExamples (seed 0: the config's) and
+// publishes it to store; it returns the version and the model.
+func publishSynthetic(t *testing.T, store objstore.Store, seed int64) (string, *inference.Model) {
+	t.Helper()
 	cfg := inference.DefaultConfig().Train
 	cfg.Epochs = 1
+	if seed != 0 {
+		cfg.Seed = seed
+	}
+	res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, res.Model
+}
+
+func TestServiceSwitchesMidBatchAndCachesPerVersion(t *testing.T) {
+	store, _ := traintest.DirStore(t)
 	var versions []string
 	var models []*inference.Model
 	for seed := int64(1); seed <= 2; seed++ {
-		cfg.Seed = seed
-		res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		v, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		versions, models = append(versions, v), append(models, res.Model)
+		v, m := publishSynthetic(t, store, seed)
+		versions, models = append(versions, v), append(models, m)
 	}
 	idx := &fakeIndex{live: versions[0]}
 	svc, err := inference.NewService(inference.DefaultConfig(), store, idx, zaptest.NewLogger(t))
@@ -168,16 +179,7 @@ func (o *observed) get() []bool { o.mu.Lock(); defer o.mu.Unlock(); return slice
 // batch, and going back to a servable version clears the state.
 func TestServiceLiveVersionWithoutModel(t *testing.T) {
 	store, _ := traintest.DirStore(t)
-	cfg := inference.DefaultConfig().Train
-	cfg.Epochs = 1
-	res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _ := publishSynthetic(t, store, 0)
 	idx := &fakeIndex{live: a}
 	svc, err := inference.NewService(inference.DefaultConfig(), store, idx, zaptest.NewLogger(t))
 	if err != nil {
@@ -264,16 +266,7 @@ func TestServiceLiveVersionWithoutModel(t *testing.T) {
 // A pinned service whose live version is another one is in the same state: refused, red.
 func TestServicePinnedVersionMismatchIsUnavailable(t *testing.T) {
 	store, _ := traintest.DirStore(t)
-	cfg := inference.DefaultConfig().Train
-	cfg.Epochs = 1
-	res, err := train.Train(context.Background(), syntheticExamples(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := train.Publish(context.Background(), store, res, cfg, inference.ModelCard{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _ := publishSynthetic(t, store, 0)
 	scfg := inference.DefaultConfig()
 	scfg.ArtifactsVersion = a
 	idx := &fakeIndex{live: a}
