@@ -19,7 +19,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
-	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
@@ -124,13 +123,8 @@ func newSystemEnv(t *testing.T, shards int32) *systemEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_, _ = se.kc.DeleteStream(context.Background(), &kinesis.DeleteStreamInput{StreamName: aws.String(se.stream)})
 		_, _ = ddb.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(se.stream)})
 	})
-	stacktest.Eventually(t, 30*time.Second, 100*time.Millisecond, func() bool {
-		out, err := se.kc.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(se.stream)})
-		return err == nil && out.StreamDescriptionSummary.StreamStatus == ktypes.StreamStatusActive
-	}, "stream %s not ACTIVE", se.stream)
 	return se
 }
 
