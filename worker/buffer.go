@@ -96,81 +96,52 @@ func (b *buffer) reset() {
 	b.n, b.bytes, b.first, b.last, b.window = 0, 0, "", "", 0
 }
 
-// errorPart is the rejected records of one hour partition, in sequence order.
-type errorPart struct {
-	hour time.Time
-	errs []ErrorRecord
+// hourPart is the items of one hour partition of a flush, in sequence order.
+type hourPart[T any] struct {
+	hour  time.Time
+	items []T
 }
 
-// errorPartitions splits the rejected records by UTC hour of arrival, like partitions: one
-// errors/ object per hour partition per flush, however many records a bad producer sends.
-func (b *buffer) errorPartitions() []errorPart {
-	if len(b.errs) == 0 {
+// byHour splits items by the UTC hour of their arrival. Items keep their sequence order inside
+// each part, and parts are in order of their first item, so a flush spanning an hour boundary
+// gives one object per hour. The common case, one hour, shares the buffer's slice (no copy).
+func byHour[T any](items []T, arrival func(*T) time.Time) []hourPart[T] {
+	if len(items) == 0 {
 		return nil
 	}
-	// Common case: one hour, one part sharing the buffer's slice (no copy).
-	first := b.errs[0].ArrivalTime.UTC().Truncate(time.Hour)
+	first := arrival(&items[0]).UTC().Truncate(time.Hour)
 	one := true
-	for i := range b.errs {
-		if !b.errs[i].ArrivalTime.UTC().Truncate(time.Hour).Equal(first) {
+	for i := range items {
+		if !arrival(&items[i]).UTC().Truncate(time.Hour).Equal(first) {
 			one = false
 			break
 		}
 	}
 	if one {
-		return []errorPart{{hour: first, errs: b.errs}}
+		return []hourPart[T]{{hour: first, items: items}}
 	}
-	var parts []errorPart
 	idx := map[time.Time]int{}
-	for _, e := range b.errs {
-		h := e.ArrivalTime.UTC().Truncate(time.Hour)
-		i, ok := idx[h]
+	var parts []hourPart[T]
+	for i := range items {
+		h := arrival(&items[i]).UTC().Truncate(time.Hour)
+		j, ok := idx[h]
 		if !ok {
-			i = len(parts)
-			idx[h] = i
-			parts = append(parts, errorPart{hour: h})
+			j = len(parts)
+			idx[h] = j
+			parts = append(parts, hourPart[T]{hour: h})
 		}
-		parts[i].errs = append(parts[i].errs, e)
+		parts[j].items = append(parts[j].items, items[i])
 	}
 	return parts
 }
 
-// objectPart is the records of one hour partition, in sequence order.
-type objectPart struct {
-	hour time.Time
-	recs []OutputRecord
+// partitions splits the buffered output records by hour (one output object each).
+func (b *buffer) partitions() []hourPart[OutputRecord] {
+	return byHour(b.recs, func(r *OutputRecord) time.Time { return r.ArrivalTime })
 }
 
-// partitions splits the buffered records by UTC hour of arrival. Records keep their sequence
-// order inside each part, and parts are in order of their first record (records arrive in sequence order), so a batch
-// spanning an hour boundary gives one object per hour.
-func (b *buffer) partitions() []objectPart {
-	if len(b.recs) == 0 {
-		return nil
-	}
-	// Common case: one hour, one part sharing the buffer's slice (no copy).
-	first := b.recs[0].ArrivalTime.UTC().Truncate(time.Hour)
-	one := true
-	for i := range b.recs {
-		if !b.recs[i].ArrivalTime.UTC().Truncate(time.Hour).Equal(first) {
-			one = false
-			break
-		}
-	}
-	if one {
-		return []objectPart{{hour: first, recs: b.recs}}
-	}
-	idx := map[time.Time]int{}
-	var parts []objectPart
-	for _, r := range b.recs {
-		h := r.ArrivalTime.UTC().Truncate(time.Hour)
-		i, ok := idx[h]
-		if !ok {
-			i = len(parts)
-			idx[h] = i
-			parts = append(parts, objectPart{hour: h})
-		}
-		parts[i].recs = append(parts[i].recs, r)
-	}
-	return parts
+// errorPartitions splits the rejected records by hour: one errors/ object per hour partition
+// per flush, however many records a bad producer sends.
+func (b *buffer) errorPartitions() []hourPart[ErrorRecord] {
+	return byHour(b.errs, func(e *ErrorRecord) time.Time { return e.ArrivalTime })
 }

@@ -95,7 +95,7 @@ func TestBufferPartitions(t *testing.T) {
 		b.addRecord(OutputRecord{SequenceNumber: string(rune('a' + i)), ArrivalTime: at}, 1)
 	}
 	parts := b.partitions()
-	if len(parts) != 2 || len(parts[0].recs) != 2 || len(parts[1].recs) != 2 || parts[1].recs[0].SequenceNumber != "c" || parts[1].hour.Hour() != 11 {
+	if len(parts) != 2 || len(parts[0].items) != 2 || len(parts[1].items) != 2 || parts[1].items[0].SequenceNumber != "c" || parts[1].hour.Hour() != 11 {
 		t.Fatalf("partitions %+v", parts)
 	}
 	if h := b.head(parts[0].hour); h == nil || h.seq != "0" {
@@ -113,7 +113,7 @@ func TestBufferPartitions(t *testing.T) {
 		b.addRecord(OutputRecord{SequenceNumber: string(rune('x' + i)), ArrivalTime: t0.Add(-time.Duration(i) * time.Minute)}, 1)
 	}
 	parts = b.partitions()
-	if len(parts) != 1 || len(parts[0].recs) != 3 || parts[0].recs[0].SequenceNumber != "x" || parts[0].hour.Hour() != 10 {
+	if len(parts) != 1 || len(parts[0].items) != 3 || parts[0].items[0].SequenceNumber != "x" || parts[0].hour.Hour() != 10 {
 		t.Fatalf("single-hour partitions %+v", parts)
 	}
 }

@@ -468,7 +468,7 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	m := p.s.deps.Metrics
 	var objs []object
 	for _, part := range p.buf.partitions() {
-		body, err := encodeObject(p.s.cfg.Format, part.recs)
+		body, err := encodeObject(p.s.cfg.Format, part.items)
 		if err != nil {
 			// A record the encoder refuses is a bug, not an outage: retrying cannot help.
 			p.log.Error("encode output object", zap.Error(err))
@@ -479,7 +479,7 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 		objs = append(objs, object{key: ObjectKey(p.s.stream, p.shard, part.hour, h.seq, h.sub, FormatExt(p.s.cfg.Format)), body: body})
 	}
 	for _, part := range p.buf.errorPartitions() {
-		body, err := encodeErrors(part.errs)
+		body, err := encodeErrors(part.items)
 		if err != nil {
 			p.log.Error("encode errors object", zap.Error(err))
 			p.die("encode failed", err)
