@@ -205,7 +205,9 @@ func TestLostAnswerAfterTheServiceActed(t *testing.T) {
 		BillingMode:          dtypes.BillingModePayPerRequest}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = dc.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(table)}) })
+	t.Cleanup(func() {
+		_, _ = dc.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: aws.String(table)})
+	})
 	stacktest.Eventually(t, 30*time.Second, 100*time.Millisecond, func() bool {
 		out, err := dc.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
 		return err == nil && out.Table.TableStatus == dtypes.TableStatusActive
