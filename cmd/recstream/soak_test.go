@@ -1008,6 +1008,13 @@ func soakLogSummary(dir string) string {
 			if json.Unmarshal(sc.Bytes(), &l) != nil || (l.Level != "warn" && l.Level != "error" && l.Level != "fatal") {
 				continue
 			}
+			// The library's messages carry the error text: keep their head only.
+			if i := strings.Index(l.Msg, ": operation error"); i > 0 {
+				l.Msg = l.Msg[:i]
+			}
+			if len(l.Msg) > 90 {
+				l.Msg = l.Msg[:90] + "…"
+			}
 			k := l.Level + "\t" + l.Msg
 			if l.Op != "" {
 				k += " (op=" + l.Op + ")"

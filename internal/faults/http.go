@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -349,11 +351,16 @@ func writeError(w http.ResponseWriter, s Service, k Kind) {
 		if s == DynamoDB {
 			ns, ct = "com.amazonaws.dynamodb.v20120810", "application/x-amz-json-1.0"
 		}
+		body := fmt.Sprintf(`{"__type":"%s#%s","message":%q}`, ns, sh.code, sh.msg)
 		w.Header().Set("Content-Type", ct)
 		w.Header().Set("X-Amzn-Requestid", reqID)
 		w.Header().Set("X-Amzn-Errortype", sh.code+":")
+		if s == DynamoDB {
+			// DynamoDB signs every answer's body with a CRC32 the SDK checks.
+			w.Header().Set("X-Amz-Crc32", strconv.FormatUint(uint64(crc32.ChecksumIEEE([]byte(body))), 10))
+		}
 		w.WriteHeader(sh.status)
-		_, _ = fmt.Fprintf(w, `{"__type":"%s#%s","message":%q}`, ns, sh.code, sh.msg)
+		_, _ = io.WriteString(w, body)
 	default:
 		w.Header().Set("Content-Type", "application/xml")
 		w.Header().Set("X-Amz-Request-Id", reqID)

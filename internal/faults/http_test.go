@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -341,5 +344,18 @@ func TestTCPProxyCutAndBlackout(t *testing.T) {
 	}
 	if got := p.Counts(); got[Cut] != 1 || got[Blackout] != 1 {
 		t.Errorf("counts %v", got)
+	}
+}
+
+// TestDynamoDBErrorsCarryCRC32: DynamoDB answers carry X-Amz-Crc32 of the body, which the SDK
+// checks on every answer (without it the SDK warns about a checksum mismatch on each error).
+func TestDynamoDBErrorsCarryCRC32(t *testing.T) {
+	for _, k := range []Kind{Throughput, Throttling, Internal} {
+		rec := httptest.NewRecorder()
+		writeError(rec, DynamoDB, k)
+		want := strconv.FormatUint(uint64(crc32.ChecksumIEEE(rec.Body.Bytes())), 10)
+		if got := rec.Header().Get("X-Amz-Crc32"); got != want {
+			t.Errorf("%s: X-Amz-Crc32 %q, want %q", k, got, want)
+		}
 	}
 }
