@@ -315,6 +315,12 @@ func (s *Store) claim(ctx context.Context, shardID string) (Lease, error) {
 		map[string]types.AttributeValue{":me": str(me), ":owner": str(cur.Owner), ":n": num(cur.Counter)})
 	var ccf *types.ConditionalCheckFailedException
 	if errors.As(err, &ccf) {
+		// Either the row changed, or an SDK retry of our own applied write (its answer was
+		// lost) found our claim: then the claim is made, and the holder will honour it.
+		after, ok, rerr := s.getLease(ctx, shardID)
+		if rerr == nil && ok && after.Owner == cur.Owner && after.Counter == cur.Counter && after.ClaimRequest == me {
+			return after, nil
+		}
 		return Lease{}, &LeaseError{Op: OpClaim, ShardID: shardID, Owner: cur.Owner, Err: ErrLeaseHeld}
 	}
 	if err != nil {

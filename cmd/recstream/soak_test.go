@@ -688,11 +688,7 @@ func TestSoak(t *testing.T) {
 
 	// The schedule runs on wall-clock offsets from t0: the episodes' actual end times are
 	// kept for the recovery measurement.
-	type happened struct {
-		ep       soakEpisode
-		from, to time.Time
-	}
-	var done []happened
+	var done []soakHappened
 	type step struct {
 		at  time.Duration
 		ep  int
@@ -738,7 +734,7 @@ func TestSoak(t *testing.T) {
 			}
 		}
 		if s.end {
-			done = append(done, happened{e, began[s.ep], time.Now()})
+			done = append(done, soakHappened{e, began[s.ep], time.Now()})
 		}
 	}
 	for _, p := range httpProxies {
@@ -911,10 +907,22 @@ func TestSoak(t *testing.T) {
 			t.Errorf("worker %d.%d: too few metric samples (%d, %d) for the trend", p.slot, p.gen, len(mr), len(lr))
 			continue
 		}
-		for _, c := range []struct {
+		checks := []struct {
 			what         string
 			middle, last float64
-		}{{"RSS (MiB)", median(mr) / (1 << 20), median(lr) / (1 << 20)}, {"goroutines", median(mg), median(lg)}} {
+		}{{"RSS (MiB)", median(mr) / (1 << 20), median(lr) / (1 << 20)}}
+		// A worker runs goroutines per shard it holds: goroutines are compared between samples
+		// with the same number of leases held (the most common count of the last fifth that the
+		// middle fifth also has).
+		if mg, lg, ok := sameLeases(mg, ml, lg, ll); ok {
+			checks = append(checks, struct {
+				what         string
+				middle, last float64
+			}{"goroutines", median(mg), median(lg)})
+		} else {
+			t.Logf("worker %d.%d: goroutines not compared: leases held differ in every sample of the two fifths", p.slot, p.gen)
+		}
+		for _, c := range checks {
 			t.Logf("worker %d.%d %s: middle fifth %.1f, last fifth %.1f (leases held %.0f → %.0f)", p.slot, p.gen, c.what, c.middle, c.last, median(ml), median(ll))
 			if c.last > c.middle*1.10 || c.last < c.middle*0.90 {
 				t.Errorf("worker %d.%d: %s not flat: middle fifth %.1f, last fifth %.1f (leases held %.0f → %.0f)", p.slot, p.gen, c.what, c.middle, c.last, median(ml), median(ll))
@@ -946,13 +954,56 @@ func TestSoak(t *testing.T) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", target, kind, seed, r.episodes, hit, rec)
 	}
 	tw.Flush()
-	summary := fmt.Sprintf("soak seed %d, %s: %d valid + %d invalid events, %d worker processes (%d killed by the soak, %d exited on their own)\n%s\n%s",
-		seed, dur, nValid, nInvalid, len(all), soakKills(schedule), len(unexpected), tb.String(), soakLogSummary(logDir))
+	summary := fmt.Sprintf("soak seed %d, %s: %d valid + %d invalid events, %d worker processes (%d killed by the soak, %d exited on their own)\n%s\n%s\n%s",
+		seed, dur, nValid, nInvalid, len(all), soakKills(schedule), len(unexpected), tb.String(), soakLogSummary(logDir), soakLeaseEvents(logDir, t0, done))
 	_ = os.WriteFile(filepath.Join(logDir, "report.txt"), []byte(summary), 0o644)
 	t.Log("\n" + summary)
 	if !shardsOK {
 		t.Errorf("shards that never checkpointed again after a fault: %v", notRecovered)
 	}
+}
+
+// soakHappened is an episode as it ran: its wall-clock start and end.
+type soakHappened struct {
+	ep       soakEpisode
+	from, to time.Time
+}
+
+// soakLeaseEvents lists the workers' lease losses, give-ups and dropped buffers with the
+// episodes that ran in the failover time before each (the evidence for "a lease was given up
+// or lost because of which fault").
+func soakLeaseEvents(dir string, t0 time.Time, eps []soakHappened) string {
+	msgs := map[string]bool{"lease lost": true, "lease renewal failed, giving the lease up": true,
+		"dropped shard buffer for replay": true, "shutdown timed out, shard will be replayed": true}
+	var lines []string
+	files, _ := filepath.Glob(filepath.Join(dir, "worker-*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			var l struct {
+				TS     time.Time `json:"ts"`
+				Msg    string    `json:"msg"`
+				Shard  string    `json:"shard_id"`
+				Reason string    `json:"reason"`
+			}
+			if json.Unmarshal([]byte(line), &l) != nil || !msgs[l.Msg] {
+				continue
+			}
+			var active []string
+			for _, h := range eps {
+				if h.from.Before(l.TS) && h.to.After(l.TS.Add(-10*time.Second)) {
+					active = append(active, h.ep.Target+"/"+string(h.ep.Kind))
+				}
+			}
+			lines = append(lines, fmt.Sprintf("%7.1fs %-16s %-22s %s %s; faults in the 10 s before: %v",
+				l.TS.Sub(t0).Seconds(), strings.TrimSuffix(filepath.Base(f), ".log"), l.Shard, l.Msg, l.Reason, active))
+		}
+	}
+	sort.Strings(lines)
+	return "lease events:\n" + strings.Join(lines, "\n") + "\n"
 }
 
 func soakKills(eps []soakEpisode) int {
@@ -971,6 +1022,40 @@ func soakCatalog() produce.Catalog {
 		Customers: []produce.Customer{{Number: 103, City: "Nantes", Country: "France", CreditLimit: 21000}, {Number: 112, City: "Las Vegas", Country: "USA", CreditLimit: 71800}, {Number: 141, City: "Madrid", Country: "Spain", CreditLimit: 227600}, {Number: 124, City: "San Rafael", Country: "USA", CreditLimit: 210500}},
 		Products:  []string{"S10_1678", "S10_1949", "S12_1099", "S18_1589", "S24_2000", "S50_1514", "S700_2834"},
 	}
+}
+
+// sameLeases keeps the samples (values with their leases-held counts) of the leases count
+// most common in the last window that the middle window also has.
+func sameLeases(mid, midLeases, last, lastLeases []float64) ([]float64, []float64, bool) {
+	inMid := map[float64]bool{}
+	for _, l := range midLeases {
+		inMid[l] = true
+	}
+	freq := map[float64]int{}
+	for _, l := range lastLeases {
+		if inMid[l] {
+			freq[l]++
+		}
+	}
+	best, n := 0.0, 0
+	for l, c := range freq {
+		if c > n || c == n && l < best {
+			best, n = l, c
+		}
+	}
+	if n == 0 {
+		return nil, nil, false
+	}
+	pick := func(xs, ls []float64) []float64 {
+		var out []float64
+		for i, x := range xs {
+			if ls[i] == best {
+				out = append(out, x)
+			}
+		}
+		return out
+	}
+	return pick(mid, midLeases), pick(last, lastLeases), true
 }
 
 func median(xs []float64) float64 {

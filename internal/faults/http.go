@@ -11,6 +11,7 @@
 package faults
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -90,6 +91,7 @@ type HTTPProxy struct {
 	mu       sync.Mutex
 	rng      *rand.Rand
 	rates    map[Kind]float64
+	next     []oneShot // faults for the next requests of an operation, first in first out
 	blackout bool
 	counts   map[Kind]int
 	requests int
@@ -161,11 +163,27 @@ func (p *HTTPProxy) SetRate(k Kind, rate float64) {
 	p.rates[k] = min(rate, 1)
 }
 
-// ClearRates turns every per-request fault off.
+// oneShot is a fault queued by Next.
+type oneShot struct {
+	kind Kind
+	op   string
+}
+
+// Next makes the next request of operation op (the X-Amz-Target operation, e.g. "UpdateItem";
+// "" for any request) meet fault k, once: for tests of one precise failure, such as the lost
+// answer of one conditional write. Queued faults come before the rates.
+func (p *HTTPProxy) Next(k Kind, op string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.next = append(p.next, oneShot{k, op})
+}
+
+// ClearRates turns every per-request fault off, queued ones (Next) included.
 func (p *HTTPProxy) ClearRates() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rates = map[Kind]float64{}
+	p.next = nil
 }
 
 // SetBlackout refuses every request (on) or lets them through again (off).
@@ -194,6 +212,13 @@ func (p *HTTPProxy) draw(op string) (Kind, time.Duration) {
 	if p.blackout {
 		p.counts[Blackout]++
 		return Blackout, 0
+	}
+	for i, o := range p.next {
+		if o.op == "" || o.op == op {
+			p.next = append(p.next[:i], p.next[i+1:]...)
+			p.counts[o.kind]++
+			return o.kind, SlowMin
+		}
 	}
 	kinds := make([]Kind, 0, len(p.rates))
 	for k := range p.rates {
@@ -250,17 +275,36 @@ func operation(r *http.Request) string {
 	return t
 }
 
+// detach reads the whole request body and returns the request with a context that a client
+// going away does not cancel. The service then receives either the whole request or nothing,
+// and answers it even if the client has gone: as a real service does, and as the emulators
+// need (dynalite exits on a request aborted mid-way).
+func detach(r *http.Request) (*http.Request, bool) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return nil, false // the client went away mid-request: the service never sees it
+	}
+	out := r.WithContext(context.WithoutCancel(r.Context()))
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	out.ContentLength = int64(len(body))
+	return out, true
+}
+
 func (p *HTTPProxy) serve(w http.ResponseWriter, r *http.Request) {
 	kind, delay := p.draw(operation(r))
+	switch kind {
+	case "", Slow, LostAnswer:
+		var ok bool
+		if r, ok = detach(r); !ok {
+			return
+		}
+	}
 	switch kind {
 	case "":
 		p.rp.ServeHTTP(w, r)
 	case Slow:
-		select {
-		case <-time.After(delay):
-		case <-r.Context().Done():
-			return
-		}
+		time.Sleep(delay) // the fault itself: the answer is late
 		p.rp.ServeHTTP(w, r)
 	case Reset, Blackout:
 		reset(w)
