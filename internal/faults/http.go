@@ -121,6 +121,17 @@ func NewHTTP(service Service, target string, seed uint64) (*HTTPProxy, error) {
 			r.Out.Host = r.In.Host // signed by SigV4: must reach the service as the client sent it
 		},
 		Transport: p.tr,
+		// The whole answer is read from the service before it is relayed: a client that goes
+		// away mid-answer must not make the proxy close the service's connection mid-request.
+		ModifyResponse: func(resp *http.Response) error {
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return fmt.Errorf("faults: read the service's answer: %w", err)
+			}
+			resp.Body = io.NopCloser(bytes.NewReader(b))
+			return nil
+		},
 		// A failed forward is an answer the client must see as the service's failure.
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			w.WriteHeader(http.StatusBadGateway)
