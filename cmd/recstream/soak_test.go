@@ -791,6 +791,14 @@ func TestSoak(t *testing.T) {
 		time.Sleep(2 * time.Second) // poll interval of the bounded wait above
 	}
 	t.Logf("soak: drained %s after the producer stopped", time.Since(tRun).Round(time.Second))
+	// The emulators keep everything in memory: one restarted during the soak (by a crash or by
+	// someone else) voids the run, which the failures above would not say.
+	if _, err := ddb.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(stream)}); err != nil {
+		t.Errorf("the lease table is gone (%v): DynamoDB (dynalite) restarted during the soak; the results are void", err)
+	}
+	if _, err := kc.DescribeStreamSummary(ctx, &kinesis.DescribeStreamSummaryInput{StreamName: aws.String(stream)}); err != nil {
+		t.Errorf("the stream is gone (%v): Kinesis (kinesalite) restarted during the soak; the results are void", err)
+	}
 
 	// Recovery per episode, measured before the workers stop.
 	shardsOK := true
@@ -1121,4 +1129,24 @@ func soakLogSummary(dir string) string {
 		fmt.Fprintf(&b, "%7d  %s\n", counts[k], k)
 	}
 	return b.String()
+}
+
+func TestSoakSameLeases(t *testing.T) {
+	for _, c := range []struct {
+		name                             string
+		mid, midLeases, last, lastLeases []float64
+		wantMid, wantLast                []float64
+		wantOK                           bool
+	}{
+		{"same count", []float64{20, 21}, []float64{1, 1}, []float64{22, 23}, []float64{1, 1}, []float64{20, 21}, []float64{22, 23}, true},
+		{"lease taken in the last fifth", []float64{20, 26, 21}, []float64{1, 2, 1}, []float64{27, 21, 26}, []float64{2, 1, 2}, []float64{26}, []float64{27, 26}, true},
+		{"no common count", []float64{20}, []float64{0}, []float64{27}, []float64{1}, nil, nil, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, l, ok := sameLeases(c.mid, c.midLeases, c.last, c.lastLeases)
+			if ok != c.wantOK || fmt.Sprint(m) != fmt.Sprint(c.wantMid) || fmt.Sprint(l) != fmt.Sprint(c.wantLast) {
+				t.Fatalf("got %v %v %v, want %v %v %v", m, l, ok, c.wantMid, c.wantLast, c.wantOK)
+			}
+		})
+	}
 }
