@@ -256,6 +256,10 @@ func (s *Store) fencedUpdate(ctx context.Context, shardID string, h heldLease, w
 			}
 			cur, ok, rerr := s.getLease(ctx, shardID)
 			if rerr != nil {
+				// The refusal may be an SDK retry of this very write, applied with its answer
+				// lost: in doubt, as after an ambiguous failure, so that the next write can
+				// recognise it instead of taking our own write for another owner's.
+				s.updateHeld(shardID, h.counter, func(hl *heldLease) { hl.uncertain = true })
 				return fmt.Errorf("%s lease %s: re-read after conditional failure: %w", w.op, shardID, rerr)
 			}
 			ownWrite := ok && cur.Counter == next && (cur.Owner == me || w.releases)
