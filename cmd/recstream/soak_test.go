@@ -892,6 +892,27 @@ func TestSoak(t *testing.T) {
 			p.slot, p.gen, p.exitCode, p.exitedAt.Sub(t0).Seconds(), p.started.Sub(t0).Seconds(), p.logPath, tail(p.logPath, 8))
 	}
 
+	// A worker whose KCL worker failed to start must exit (to be replaced), not live on
+	// serving /healthz while it processes nothing.
+	for _, p := range all {
+		failedAt, ok := soakLogTime(p.logPath, "Failed to initialize Worker")
+		if !ok {
+			continue
+		}
+		end := p.exitedAt
+		if end.IsZero() {
+			end = time.Now()
+		}
+		if hung := end.Sub(failedAt); hung > 5*time.Second {
+			how := "still running at the end"
+			if !p.exitedAt.IsZero() {
+				how = fmt.Sprintf("until the soak killed it (exit code %d)", p.exitCode)
+			}
+			t.Errorf("worker %d.%d failed to start its KCL worker at %.1fs and stayed up %s without processing (%s, log %s)",
+				p.slot, p.gen, failedAt.Sub(t0).Seconds(), hung.Round(100*time.Millisecond), how, p.logPath)
+		}
+	}
+
 	// RSS and goroutines: flat over the run for every worker alive through it.
 	for _, p := range all {
 		if p.started.After(t0) || (!p.exitedAt.IsZero() && p.exitedAt.Before(tRun)) {
@@ -1021,6 +1042,24 @@ func soakLeaseEvents(dir string, t0 time.Time, eps []soakHappened) string {
 	}
 	sort.Strings(lines)
 	return "lease events:\n" + strings.Join(lines, "\n") + "\n"
+}
+
+// soakLogTime is the time of the first log line of path with message msg.
+func soakLogTime(path, msg string) (time.Time, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return time.Time{}, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var l struct {
+			TS  time.Time `json:"ts"`
+			Msg string    `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == msg {
+			return l.TS, true
+		}
+	}
+	return time.Time{}, false
 }
 
 func soakKills(eps []soakEpisode) int {
