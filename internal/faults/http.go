@@ -215,6 +215,13 @@ func (p *HTTPProxy) Counts() (map[Kind]int, int) {
 	return out, p.requests
 }
 
+// requestsSeen is the number of requests the proxy has received.
+func (p *HTTPProxy) requestsSeen() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.requests
+}
+
 // draw picks this request's fault ("" for none) and, for Slow, its delay.
 func (p *HTTPProxy) draw(op string) (Kind, time.Duration) {
 	p.mu.Lock()
@@ -290,26 +297,32 @@ func operation(r *http.Request) string {
 // going away does not cancel. The service then receives either the whole request or nothing,
 // and answers it even if the client has gone: as a real service does, and as the emulators
 // need (dynalite exits on a request aborted mid-way).
-func detach(r *http.Request) (*http.Request, bool) {
+func detach(r *http.Request) (*http.Request, context.CancelFunc, bool) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		return nil, false // the client went away mid-request: the service never sees it
+		return nil, nil, false // the client went away mid-request: the service never sees it
 	}
-	out := r.WithContext(context.WithoutCancel(r.Context()))
+	// A context that can end (but only when the handler returns): ReverseProxy watches the
+	// client's connection itself (CloseNotifier) and cancels the forward when a context
+	// cannot end.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	out := r.WithContext(ctx)
 	out.Body = io.NopCloser(bytes.NewReader(body))
 	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	out.ContentLength = int64(len(body))
-	return out, true
+	return out, cancel, true
 }
 
 func (p *HTTPProxy) serve(w http.ResponseWriter, r *http.Request) {
 	kind, delay := p.draw(operation(r))
 	switch kind {
 	case "", Slow, LostAnswer:
-		var ok bool
-		if r, ok = detach(r); !ok {
+		dr, cancel, ok := detach(r)
+		if !ok {
 			return
 		}
+		defer cancel()
+		r = dr
 	}
 	switch kind {
 	case "":

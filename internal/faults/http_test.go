@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,5 +361,61 @@ func TestDynamoDBErrorsCarryCRC32(t *testing.T) {
 		if got := rec.Header().Get("X-Amz-Crc32"); got != want {
 			t.Errorf("%s: X-Amz-Crc32 %q, want %q", k, got, want)
 		}
+	}
+}
+
+// TestClientAbortsNeverReachTheService: a client that dies in the middle of sending a request
+// or while waiting for the answer must not make the proxy abort its request to the service
+// (the emulators used to exit on an aborted request): a partial request is never forwarded,
+// and a forwarded one is carried through to its answer.
+func TestClientAbortsNeverReachTheService(t *testing.T) {
+	var partial, cancelled, answered atomic.Int32
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadAll(r.Body); err != nil {
+			partial.Add(1)
+			return
+		}
+		select {
+		case <-time.After(300 * time.Millisecond): // the service is still working when the client dies
+		case <-r.Context().Done():
+			cancelled.Add(1)
+			return
+		}
+		_, _ = io.WriteString(w, `{}`)
+		answered.Add(1)
+	}))
+	defer upstream.Close()
+	p, err := NewHTTP(DynamoDB, upstream.URL, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	addr := strings.TrimPrefix(p.URL(), "http://")
+
+	// Dies mid-body.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000\r\n\r\n{\"TableName\":", addr)
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+
+	// Dies while the service works on its whole request.
+	c, err = net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\n\r\n{}", addr)
+	stacktest.Eventually(t, 5*time.Second, 10*time.Millisecond, func() bool {
+		return partial.Load()+cancelled.Load()+answered.Load() > 0 || p.requestsSeen() >= 2
+	}, "the proxy never took the second request")
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+
+	stacktest.Eventually(t, 5*time.Second, 20*time.Millisecond, func() bool { return answered.Load()+cancelled.Load() == 1 },
+		"the service never finished the forwarded request")
+	if partial.Load() != 0 || cancelled.Load() != 0 {
+		t.Fatalf("the service saw %d partial and %d cancelled requests, want none", partial.Load(), cancelled.Load())
 	}
 }
