@@ -1044,7 +1044,8 @@ func soakLeaseEvents(dir string, t0 time.Time, eps []soakHappened) string {
 	return "lease events:\n" + strings.Join(lines, "\n") + "\n"
 }
 
-// soakLogTime is the time of the first log line of path with message msg.
+// soakLogTime is the time of the first log line of path whose message starts with msg (the
+// library's messages carry their error).
 func soakLogTime(path, msg string) (time.Time, bool) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -1055,7 +1056,7 @@ func soakLogTime(path, msg string) (time.Time, bool) {
 			TS  time.Time `json:"ts"`
 			Msg string    `json:"msg"`
 		}
-		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == msg {
+		if json.Unmarshal([]byte(line), &l) == nil && strings.HasPrefix(l.Msg, msg) {
 			return l.TS, true
 		}
 	}
