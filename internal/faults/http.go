@@ -297,32 +297,35 @@ func operation(r *http.Request) string {
 // going away does not cancel. The service then receives either the whole request or nothing,
 // and answers it even if the client has gone: as a real service does, and as the emulators
 // need (dynalite exits on a request aborted mid-way).
-func detach(r *http.Request) (*http.Request, context.CancelFunc, bool) {
+func detach(r *http.Request) (*http.Request, bool) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		return nil, nil, false // the client went away mid-request: the service never sees it
+		return nil, false // the client went away mid-request: the service never sees it
 	}
-	// A context that can end (but only when the handler returns): ReverseProxy watches the
-	// client's connection itself (CloseNotifier) and cancels the forward when a context
-	// cannot end.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
-	out := r.WithContext(ctx)
+	out := r.WithContext(uncancelled{context.WithoutCancel(r.Context())})
 	out.Body = io.NopCloser(bytes.NewReader(body))
 	out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	out.ContentLength = int64(len(body))
-	return out, cancel, true
+	return out, true
 }
+
+// uncancelled is a context that never ends yet has a Done channel: ReverseProxy watches the
+// client's connection itself (CloseNotifier) and cancels the forward when it goes, but only
+// for a request whose context has no Done channel at all.
+type uncancelled struct{ context.Context }
+
+var neverDone = make(chan struct{})
+
+func (uncancelled) Done() <-chan struct{} { return neverDone }
 
 func (p *HTTPProxy) serve(w http.ResponseWriter, r *http.Request) {
 	kind, delay := p.draw(operation(r))
 	switch kind {
 	case "", Slow, LostAnswer:
-		dr, cancel, ok := detach(r)
-		if !ok {
+		var ok bool
+		if r, ok = detach(r); !ok {
 			return
 		}
-		defer cancel()
-		r = dr
 	}
 	switch kind {
 	case "":
