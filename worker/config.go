@@ -97,8 +97,17 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first invalid field.
+// Validate reports the first invalid field, its sections' (flush, retry) included: a Config
+// built in code reaches New and Replay without the config loader, and flush.max_age 0 would
+// divide by zero in windowOf, retry.initial_backoff 0 spin. Errors start with the key path
+// relative to the worker section ("flush.max_age: ...").
 func (c Config) Validate() error {
+	if err := c.Flush.Validate(); err != nil {
+		return fmt.Errorf("flush.%w", err)
+	}
+	if err := c.Retry.Validate(); err != nil {
+		return fmt.Errorf("retry.%w", err)
+	}
 	switch c.InitialPosition {
 	case "TRIM_HORIZON", "LATEST":
 	default:
@@ -184,4 +193,10 @@ func (c RetryConfig) Validate() error {
 		return fmt.Errorf("max_backoff: must be >= initial_backoff (%s), got %s", c.InitialBackoff, c.MaxBackoff)
 	}
 	return nil
+}
+
+// configError names the key path of a section's Validate error as the config loader does:
+// "flush.max_age: ..." from section worker becomes "worker.flush.max_age: ...".
+func configError(section string, err error) error {
+	return fmt.Errorf("%s.%w", section, err)
 }

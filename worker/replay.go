@@ -57,7 +57,7 @@ type ShardReplay struct {
 // buffer), so cfg.Flush must be the live worker's.
 func Replay(ctx context.Context, cfg Config, stream string, deps Deps, kc *kinesis.Client, fence CheckpointReader, req ReplayRequest) ([]ShardReplay, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("replay: worker config: %w", err)
+		return nil, fmt.Errorf("replay: %w", configError("worker", err))
 	}
 	if req.From.IsZero() || !req.To.IsZero() && req.To.Before(req.From) {
 		return nil, errors.New("replay: want --from, and --to not before it")
