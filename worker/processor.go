@@ -54,6 +54,9 @@ type shared struct {
 
 	mu   sync.Mutex
 	live map[string]*processor
+	// retired: shards whose processor ended, and when; their counters and histograms are
+	// deleted shardSeriesRetention later (see retireLocked).
+	retired map[string]time.Time
 }
 
 func (s *shared) now() time.Time {
@@ -144,8 +147,11 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	p.health.started(p.lastStatus)
 	p.s.mu.Lock()
 	p.s.live[p.shard] = p
+	delete(p.s.retired, p.shard) // back before its series were deleted: they go on
 	p.s.mu.Unlock()
 	p.s.deps.Metrics.LeasesHeld.Inc()
+	// Export leases_lost_total from 0 while the shard is held, so increase() sees its first loss.
+	p.s.deps.Metrics.LeasesLost.WithLabelValues(p.shard)
 	p.log.Info("shard processor started", zap.String("checkpoint", p.checkpoint))
 }
 
@@ -226,7 +232,7 @@ func (p *processor) release() {
 	if p.s.live[p.shard] == p {
 		delete(p.s.live, p.shard)
 		p.s.deps.Metrics.LeasesHeld.Dec()
-		p.s.deps.Metrics.deleteShardSeries(p.shard)
+		p.s.retireLocked(p.shard)
 	}
 	p.s.mu.Unlock()
 }
@@ -242,7 +248,7 @@ func (s *shared) forget(shardID string) {
 	if ok {
 		delete(s.live, shardID)
 		s.deps.Metrics.LeasesHeld.Dec()
-		s.deps.Metrics.deleteShardSeries(shardID)
+		s.retireLocked(shardID)
 	}
 	s.mu.Unlock()
 	if ok {
