@@ -105,11 +105,11 @@ func TestRunExitCodes(t *testing.T) {
 	}
 }
 
-// TestEveryRecstreamVariableIsKnown: every RECSTREAM_* variable the project names (code,
+// TestEveryRecstreamEnvIsKnown: every RECSTREAM_* variable the project names (code,
 // tests, scripts, Makefile, Dockerfile, deployment files, docs) is a config key or one of
 // config.NonConfigEnv, so the loader, which rejects unknown RECSTREAM_* variables, never
 // refuses one the project itself sets.
-func TestEveryRecstreamVariableIsKnown(t *testing.T) {
+func TestEveryRecstreamEnvIsKnown(t *testing.T) {
 	root := "../.."
 	name := regexp.MustCompile(`RECSTREAM_[A-Z0-9_]*[A-Z0-9]`)
 	// Made-up names: the config package's own test structs, and this file's typos.
