@@ -269,9 +269,9 @@ func (e *testEnv) owners(t testing.TB, observer *checkpoint.Store) (map[string]i
 // TestLeasesAtScale: 64 shards, 4 workers started together under steady traffic. All shards
 // are leased within 30 s. A worker takes no lease beyond its fair share ceil(open/live) as its
 // lease view shows the fleet (checkpoint.Leasing); a worker that took more before it saw the
-// others (a staggered start) gives the excess away by lease stealing, one polite hand-over
-// (claim) per excess lease and none otherwise, so the fleet settles at exactly ceil(64/4) = 16
-// each. One worker is then killed hard (its clients cut: nothing released): every one of its
+// others (a staggered start) gives the excess away by lease stealing (polite hand-overs, each
+// answering a claim; none when nobody exceeded the share), so the fleet settles at exactly
+// ceil(64/4) = 16 each and claims no more. One worker is then killed hard (its clients cut: nothing released): every one of its
 // shards is processed again by a survivor within failover_time + 10 s, whatever their number,
 // each taken over by expiry, no survivor holding more than ceil(64/3) = 22, and every record
 // is written exactly once.
@@ -354,8 +354,8 @@ func TestLeasesAtScale(t *testing.T) {
 		}
 		return total == shards && mx == share && mn == share
 	}, "the fleet did not settle at %d leases each from %v", share, atStart)
-	// Settled: no further claim within two steal intervals, and each excess lease was handed
-	// over by a claim exactly once (nothing expired: every worker is alive).
+	// Settled: no further claim within two steal intervals, and nothing expired (every worker
+	// is alive).
 	claimsSettled := claims(ms)
 	quiet := time.Now().Add(2 * e.Cfg.LeaseStealingInterval)
 	stacktest.Eventually(t, 3*e.Cfg.LeaseStealingInterval, 200*time.Millisecond, func() bool {
@@ -367,8 +367,12 @@ func TestLeasesAtScale(t *testing.T) {
 	if c := claims(ms); c != claimsSettled {
 		t.Fatalf("%d claims written after the fleet settled at %d each (%d before)", c-claimsSettled, share, claimsSettled)
 	}
-	if h := handovers(ms, "claim"); h != excess {
-		t.Fatalf("%d hand-overs by claim, want %d: one per lease taken beyond the share %d at the start (%v)", h, excess, share, atStart)
+	// Each excess lease left its worker by a hand-over, each hand-over answered a claim. (Not
+	// exactly one per excess lease: two workers below the share may claim from the same busiest
+	// one at once, which then claims one back.)
+	if h := handovers(ms, "claim"); h < excess || h > claimsSettled {
+		t.Fatalf("%d hand-overs by claim, want at least the %d leases taken beyond the share %d at the start (%v) and at most the %d claims written",
+			h, excess, share, atStart, claimsSettled)
 	}
 	if h := handovers(ms, "expired"); h != 0 {
 		t.Fatalf("%d leases taken over by expiry while every worker was alive", h)
