@@ -46,9 +46,15 @@ type Config struct {
 	// event is processed, the field dropped and counted in unknown_fields_total) or "reject"
 	// (the event goes to errors/ as unknown_field).
 	UnknownFields string `yaml:"unknown_fields"`
-	// RecommendTimeout bounds one Recommender call (user tower + pgvector queries); a call
-	// that takes longer is retried like an outage.
+	// RecommendTimeout bounds one Recommender call (user tower + pgvector queries). A call for
+	// several events that takes longer is split in halves; a single event's is retried like
+	// an outage.
 	RecommendTimeout time.Duration `yaml:"recommend_timeout"`
+	// RecommendBatch bounds the events of one Recommender call: a GetRecords page is enriched
+	// in calls of at most this many, so that a call's latency (which grows with its users)
+	// stays well under RecommendTimeout on a large catalog. A call that still times out is
+	// split in halves.
+	RecommendBatch int `yaml:"recommend_batch"`
 	// StallAfter: a shard holding records that has not checkpointed for this long is stalled
 	// (recstream_worker_shard_stalled, /readyz red, an error log line).
 	StallAfter time.Duration `yaml:"stall_after"`
@@ -93,6 +99,7 @@ func DefaultConfig() Config {
 		StatusInterval:        30 * time.Second,
 		UnknownFields:         "ignore",
 		RecommendTimeout:      10 * time.Second,
+		RecommendBatch:        500,
 		StallAfter:            5 * time.Minute,
 	}
 }
@@ -158,6 +165,9 @@ func (c Config) Validate() error {
 	}
 	if c.RecommendTimeout < 100*time.Millisecond {
 		return fmt.Errorf("recommend_timeout: must be >= 100ms, got %s", c.RecommendTimeout)
+	}
+	if c.RecommendBatch < 1 || c.RecommendBatch > 10000 {
+		return fmt.Errorf("recommend_batch: must be between 1 and 10000 (a GetRecords page), got %d", c.RecommendBatch)
 	}
 	if hold := c.Flush.MaxAge + c.Flush.WindowGrace + c.IdleTimeBetweenReads; c.StallAfter <= hold {
 		// A healthy shard holds a window's records until the window is proven complete.

@@ -133,6 +133,8 @@ func TestConfigValidate(t *testing.T) {
 		{"stealing off ok", func(c *Config) { c.LeaseStealingInterval = 0 }, ""},
 		{"stealing too often", func(c *Config) { c.LeaseStealingInterval = 100 * time.Millisecond }, "lease_stealing_interval:"},
 		{"event bytes", func(c *Config) { c.MaxEventBytes = 2 << 20 }, "max_event_bytes:"},
+		{"recommend batch zero", func(c *Config) { c.RecommendBatch = 0 }, "recommend_batch:"},
+		{"recommend batch past a page", func(c *Config) { c.RecommendBatch = 10001 }, "recommend_batch:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
