@@ -188,9 +188,6 @@ func TestReplayCutsWhereTheLiveWorkerCut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 1 || res[0].Stop != "fence" || res[0].Records != 11 || res[0].LateCuts != 2 || res[0].Deleted != 0 {
-		t.Fatalf("replay report %+v, want 11 records, 2 late cuts, stopped at the fence", res)
-	}
 	o := e.read(t)
 	if err := exactlyOnce(o, "l", 9); err != nil {
 		t.Fatalf("after the replay: %v", err)
@@ -208,6 +205,9 @@ func TestReplayCutsWhereTheLiveWorkerCut(t *testing.T) {
 		if !bytes.Equal(after[key], b) {
 			t.Fatalf("object %s missing or changed by a replay with the same model", key)
 		}
+	}
+	if len(res) != 1 || res[0].Stop != "fence" || res[0].Records != 11 || res[0].LateCuts != 2 || res[0].Deleted != 0 {
+		t.Fatalf("replay report %+v, want 11 records, 2 late cuts, stopped at the fence", res)
 	}
 }
 
@@ -274,9 +274,6 @@ func TestReplayDeletesStaleObjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 1 || res[0].Stop != "fence" || res[0].Objects != 2 || res[0].Deleted != 2 {
-		t.Fatalf("replay report %+v, want 2 objects written and 2 deleted", res)
-	}
 	want = []string{outA, errB}
 	slices.Sort(want)
 	if got := keys(); !slices.Equal(got, want) {
@@ -299,6 +296,9 @@ func TestReplayDeletesStaleObjects(t *testing.T) {
 	}
 	if len(rejected) != 3 {
 		t.Fatalf("%d records in errors/, want Beta's 3", len(rejected))
+	}
+	if len(res) != 1 || res[0].Stop != "fence" || res[0].Objects != 2 || res[0].Deleted != 2 {
+		t.Fatalf("replay report %+v, want 2 objects written and 2 deleted", res)
 	}
 }
 
