@@ -39,11 +39,14 @@ type CheckpointReader func(ctx context.Context, shardID string) (string, error)
 
 // ShardReplay reports what a replay did on one shard.
 type ShardReplay struct {
-	ShardID  string `json:"shard_id"`
-	Records  int64  `json:"records"`   // user records rewritten (valid and rejected)
-	Objects  int64  `json:"objects"`   // objects written (output and errors/)
-	Deleted  int64  `json:"deleted"`   // stale objects deleted (see Replay)
-	LateCuts int64  `json:"late_cuts"` // objects started where the live worker cut before late records
+	ShardID string `json:"shard_id"`
+	Records int64  `json:"records"` // user records rewritten (valid and rejected)
+	Objects int64  `json:"objects"` // objects written (output and errors/)
+	Deleted int64  `json:"deleted"` // stale objects deleted (see Replay)
+	// LateCuts counts objects started inside a flush window because a stored object starts
+	// there: the live worker closed the window at the tip before late records of it (or ran
+	// with other flush limits).
+	LateCuts int64  `json:"late_cuts"`
 	FirstSeq string `json:"first_seq"` // first record replayed
 	LastSeq  string `json:"last_seq"`  // last record replayed
 	// Stop says why the replay of this shard ended: "to" (a record past the range), "fence"
@@ -264,9 +267,9 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 			}
 			if p.buf.windowOf(arrival) <= p.buf.window {
 				// Not a window boundary: the live worker closed this window at the tip before
-				// this record could be read.
+				// this record could be read (or cut by other flush limits).
 				res.LateCuts++
-				log.Info("cutting where the live worker cut before a late record", zap.String("sequence_number", seq),
+				log.Info("cutting inside a window where a stored object starts", zap.String("sequence_number", seq),
 					zap.Time("arrival", arrival))
 			}
 			if !p.flush(cp) {
