@@ -20,6 +20,9 @@ type buffer struct {
 	last   string // sequence number of the last record taken: the checkpoint after a flush
 	window int64  // flush window of the first record taken
 	heads  []partHead
+	// tipClosed: every window before it was closed at the stream's tip (a flush decided by the
+	// clock, not by the data). Not reset by a flush: a record of such a window is late.
+	tipClosed int64
 }
 
 // partHead names the objects of one hour partition of a flush after the first record taken in
@@ -44,6 +47,14 @@ func (b *buffer) windowOf(arrival time.Time) int64 {
 func (b *buffer) windowEnd() time.Time {
 	return time.Unix(0, (b.window+1)*int64(b.limits.MaxAge))
 }
+
+// closeAtTip records that the buffer's window is being flushed at the stream's tip: a record
+// of it (or of an earlier window) taken after this is late, and starts an object of its own
+// where the window rule would not cut (a replay cuts there too, from the live keys).
+func (b *buffer) closeAtTip() { b.tipClosed = max(b.tipClosed, b.window+1) }
+
+// late reports whether a record arriving at arrival belongs to a window closed at the tip.
+func (b *buffer) late(arrival time.Time) bool { return b.windowOf(arrival) < b.tipClosed }
 
 // addRecord takes one enriched record.
 func (b *buffer) addRecord(r OutputRecord, size int) {

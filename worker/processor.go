@@ -189,7 +189,8 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 		}
 	} else if in.MillisBehindLatest == 0 && !p.buf.empty() && p.s.now().After(p.buf.windowEnd().Add(p.s.cfg.Flush.WindowGrace)) {
 		// Caught up, nothing more to read, and the window is over: any record still to come
-		// arrives in a later window.
+		// arrives in a later window (one that does not is counted as late).
+		p.buf.closeAtTip()
 		p.flush(in.Checkpointer)
 	}
 	if iv := p.s.cfg.StatusInterval; iv > 0 && p.s.now().Sub(p.lastStatus) >= iv {
@@ -336,6 +337,9 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 			if !p.flush(in.Checkpointer) {
 				return false
 			}
+		}
+		if p.buf.late(u.arrival) {
+			m.LateRecords.Inc()
 		}
 		rejected := func(reason Reason, field, msg string) {
 			p.buf.addError(ErrorRecord{Reason: reason, Field: field, Message: msg, Stream: p.s.stream, ShardID: p.shard,
