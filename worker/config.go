@@ -30,6 +30,10 @@ type Config struct {
 	LeaseSafetyMargin time.Duration `yaml:"lease_safety_margin"`
 	// ShutdownTimeout bounds SIGTERM drain (below ECS's 30 s stop timeout).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// StartTimeout bounds the wait for PostgreSQL, the artifacts bucket, DynamoDB and Kinesis
+	// at start-up; past it the worker exits non-zero naming the dependency. 0 waits forever
+	// (the worker starts serving whenever they come back, without a restart).
+	StartTimeout time.Duration `yaml:"start_timeout"`
 	// MaxEventBytes rejects larger records to errors/.
 	MaxEventBytes int `yaml:"max_event_bytes"`
 	// MaxBrowseHistory rejects events with longer browse histories to errors/.
@@ -143,6 +147,9 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdown_timeout: must be > 0, got %s", c.ShutdownTimeout)
+	}
+	if c.StartTimeout < 0 {
+		return fmt.Errorf("start_timeout: must be >= 0 (0 waits forever), got %s", c.StartTimeout)
 	}
 	if c.MaxEventBytes < 256 || c.MaxEventBytes > 1<<20 {
 		return fmt.Errorf("max_event_bytes: must be between 256 and 1048576 (the Kinesis record limit), got %d", c.MaxEventBytes)

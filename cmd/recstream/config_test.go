@@ -76,6 +76,9 @@ func TestRunExitCodes(t *testing.T) {
 		{"unknown command", []string{"--config", "../../config.yaml", "nope"}, nil, exitUsage, `unknown command "nope"`},
 		{"unknown key", []string{"--config", write("a.yaml", "worker:\n  flush:\n    max_agee: 1s\n"), "noop-test"}, nil, exitUsage, "worker.flush.max_agee: unknown key"},
 		{"bad value", []string{"--config", write("b.yaml", "worker:\n  shutdown_timeout: forever\n"), "noop-test"}, nil, exitUsage, `worker.shutdown_timeout: invalid value "forever"`},
+		{"negative start_timeout", []string{"--config", write("d.yaml", "worker:\n  start_timeout: -1s\n"), "noop-test"}, nil, exitUsage, "worker.start_timeout: must be >= 0 (0 waits forever), got -1s"},
+		// A malformed config is not waited out like an outage: the worker exits 2 at once.
+		{"worker with malformed dsn", []string{"--config", "../../config.yaml", "worker"}, []string{"RECSTREAM_POSTGRES_DSN=postgres://a b@:x"}, exitUsage, "postgres.dsn: cannot parse"},
 		{"bad env", []string{"--config", "../../config.yaml", "noop-test"}, []string{"RECSTREAM_INFERENCE_K=0"}, exitUsage, "inference.k: must be between 1 and 1000, got 0"},
 		// An unknown RECSTREAM_* variable (a typo in a task definition) used to be ignored,
 		// leaving the default in force.

@@ -53,7 +53,7 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	svc, closeModel, err := serveModel(ctx, app, artifacts, nil)
+	svc, closeModel, err := serveModel(ctx, app, artifacts, nil, nil)
 	if err != nil {
 		return err
 	}
