@@ -141,6 +141,14 @@ func (s *shared) countUnknownField(name string) {
 	s.deps.Metrics.UnknownFields.WithLabelValues(label).Inc()
 }
 
+// countUnknownOther counts n unknown field names an event carried beyond what Decode lists
+// (Event.UnknownOmitted) under "other".
+func (s *shared) countUnknownOther(n int) {
+	if n > 0 {
+		s.deps.Metrics.UnknownFields.WithLabelValues("other").Add(float64(n))
+	}
+}
+
 // storageProblem is the last permanent object-storage error, cleared by a successful put.
 type storageProblem struct {
 	code string

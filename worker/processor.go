@@ -310,6 +310,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		for _, f := range events[i].Unknown {
 			p.s.countUnknownField(f)
 		}
+		p.s.countUnknownOther(events[i].UnknownOmitted)
 		valid = append(valid, i)
 	}
 	enriched := make([]enrichment, len(urs))
