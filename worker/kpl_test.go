@@ -36,6 +36,16 @@ func aggregateOf(t testing.TB, run string, from, n int) []byte {
 	return b
 }
 
+// expand expands a whole page at once (the processor expands one chunk at a time), with no
+// practical bound on an aggregate's user records.
+func expand(recs []ktypes.Record) []userRecord {
+	var out []userRecord
+	for _, r := range recs {
+		out = append(out, expandRecord(r, 1<<20)...)
+	}
+	return out
+}
+
 // seal frames a protobuf body as an aggregate: magic, body, MD5.
 func seal(body []byte) []byte {
 	sum := md5.Sum(body)
@@ -123,16 +133,18 @@ func FuzzExpand(f *testing.F) {
 }
 
 // TestKPLAggregatesAtTheProcessor: every user record of an aggregate is written once with its
-// sub-sequence number; a flush never ends inside an aggregate (even one larger than
-// flush.max_records), so the checkpoint is always an aggregate's end; each corrupt aggregate
-// is one bad_kpl_aggregate entry and its neighbours are written.
+// sub-sequence number; a flush never ends inside an aggregate (even one that takes the buffer
+// far past flush.max_records), so the checkpoint is always an aggregate's end; each corrupt
+// aggregate is one bad_kpl_aggregate entry and its neighbours are written.
 func TestKPLAggregatesAtTheProcessor(t *testing.T) {
 	dir, err := objstore.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig()
-	cfg.Flush = FlushConfig{MaxRecords: 100, MaxBytes: 64 << 20, MaxAge: time.Hour}
+	// The 5,000-record aggregate is the largest one flush.max_records admits; it arrives with
+	// 706 records buffered, so the flush it triggers must still come after all of it.
+	cfg.Flush = FlushConfig{MaxRecords: 5000, MaxBytes: 64 << 20, MaxAge: time.Hour}
 	e := newSeamEnv(t, cfg, dir, fakeRecommender{})
 	var checkpoints []string
 	cp := &funcCheckpointer{fn: func(seq *string) error {
@@ -300,7 +312,9 @@ func compactEvent(i int, run string) []byte {
 // and no process panics.
 func TestKPLAggregatesUnderSIGKILL(t *testing.T) {
 	e := newTestEnv(t, 2)
-	e.Cfg.Flush.MaxRecords = 900 // smaller than the big aggregates: a flush must still not split one
+	// As large as the biggest aggregate (flush.max_records bounds an aggregate's user
+	// records): with records buffered before it, a flush must still not split it.
+	e.Cfg.Flush.MaxRecords = 5000
 	next := 0
 	var recs [][]byte
 	for _, n := range []int{1, 700, 5000, 1, 700} {

@@ -177,7 +177,8 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 				take, stop = page.Records[:i], "fence"
 				break
 			}
-			if toWindow >= 0 && p.buf.windowOf(aws.ToTime(r.ApproximateArrivalTimestamp)) > toWindow {
+			// A record without an arrival time has no window: it is taken, and goes to errors/.
+			if toWindow >= 0 && r.ApproximateArrivalTimestamp != nil && p.buf.windowOf(*r.ApproximateArrivalTimestamp) > toWindow {
 				take, stop = page.Records[:i], "to"
 				break
 			}
@@ -187,7 +188,7 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 				res.FirstSeq = aws.ToString(take[0].SequenceNumber)
 			}
 			res.LastSeq = aws.ToString(take[len(take)-1].SequenceNumber)
-			res.Records += int64(len(expand(take)))
+			res.Records += int64(userRecordCount(take, cfg.Flush.MaxRecords))
 			p.ProcessRecords(&kcl.ProcessRecordsInput{Records: take, Checkpointer: cp, MillisBehindLatest: aws.ToInt64(page.MillisBehindLatest)})
 			if p.state != stateActive {
 				return res, errors.New("replay processor stopped (see the log)")
