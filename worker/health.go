@@ -33,7 +33,9 @@ func (h *shardHealth) checkpointed(now time.Time) {
 	h.pendingSince.Store(0)
 }
 
-// holding records that a checkpoint does not cover yet, first seen at now.
+// holding records that a checkpoint does not cover yet, first seen at now. checkpointed
+// clears the clock, so take calls this again when records stay buffered after a flush inside
+// a batch: otherwise a shard whose next flush never succeeds would never show as stalled.
 func (h *shardHealth) holding(now time.Time) {
 	h.pendingSince.CompareAndSwap(0, now.UnixNano())
 }

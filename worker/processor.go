@@ -298,6 +298,7 @@ func (p *processor) die(why string, err error) {
 // whatever the chunk size.
 func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	p.s.deps.Metrics.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
+	takenAt := p.s.now()
 	limit := p.s.chunkRecords
 	if limit <= 0 {
 		limit = p.s.cfg.Flush.MaxRecords
@@ -306,7 +307,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	for _, r := range in.Records {
 		urs := expandRecord(r, p.s.cfg.Flush.MaxRecords)
 		if len(chunk) > 0 && len(chunk)+len(urs) > limit {
-			if !p.takeChunk(chunk, in.Checkpointer) {
+			if !p.takeChunk(chunk, in.Checkpointer, takenAt) {
 				return false
 			}
 			clear(chunk) // let the chunk's payloads and errors be collected
@@ -314,11 +315,13 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		}
 		chunk = append(chunk, urs...)
 	}
-	return len(chunk) == 0 || p.takeChunk(chunk, in.Checkpointer)
+	return len(chunk) == 0 || p.takeChunk(chunk, in.Checkpointer, takenAt)
 }
 
 // takeChunk decodes, enriches and buffers the user records of whole Kinesis records (see take).
-func (p *processor) takeChunk(urs []userRecord, cp kcl.IRecordProcessorCheckpointer) bool {
+// takenAt is when the batch was handed over: the shard's pending clock restarts there when a
+// flush inside the batch leaves records behind.
+func (p *processor) takeChunk(urs []userRecord, cp kcl.IRecordProcessorCheckpointer, takenAt time.Time) bool {
 	cfg := p.s.cfg
 	p.batch = urs
 	defer func() { p.batch = nil }()
@@ -356,6 +359,12 @@ func (p *processor) takeChunk(urs []userRecord, cp kcl.IRecordProcessorCheckpoin
 			if !p.flush(cp) {
 				return false
 			}
+		}
+		if p.buf.empty() {
+			// A flush earlier in this batch reset the pending clock: the records taken from
+			// here on wait since the batch was handed over, so a later flush that never
+			// succeeds (S3 down at the tip) shows the shard stalled.
+			p.health.holding(takenAt)
 		}
 		rejected := func(reason Reason, field, msg string) {
 			p.buf.addError(ErrorRecord{Reason: reason, Field: field, Message: msg, Stream: p.s.stream, ShardID: p.shard,

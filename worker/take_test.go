@@ -3,18 +3,23 @@ package worker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 
 	"github.com/recstream/recstream/internal/objstore"
+	"github.com/recstream/recstream/internal/stacktest"
 )
 
 // untimed marks a payload of timedPage that has no ApproximateArrivalTimestamp.
@@ -286,5 +291,70 @@ func TestMissingArrivalTime(t *testing.T) {
 		if !bytes.Equal(objs1[k], b) {
 			t.Fatalf("%s differs with one record a page", k)
 		}
+	}
+}
+
+// failingStore refuses every Put while fail is set (S3 down), counting the refusals.
+type failingStore struct {
+	objstore.Store
+	fail    atomic.Bool
+	refused atomic.Int64
+}
+
+func (s *failingStore) Put(ctx context.Context, key string, body io.Reader) error {
+	if s.fail.Load() {
+		s.refused.Add(1)
+		return errors.New("failing store: connection refused")
+	}
+	return s.Store.Put(ctx, key, body)
+}
+
+// TestStallAfterPartialFlush pins the stall alarm's blind spot: a flush partway through a
+// batch reset the pending clock, the rest of the batch stayed buffered, and when the tip flush
+// of that rest then failed forever (S3 down) the shard never showed as stalled. The pending
+// clock now restarts at the batch's take time for the records left buffered.
+func TestStallAfterPartialFlush(t *testing.T) {
+	dir, err := objstore.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &failingStore{Store: dir}
+	cfg := testConfig()
+	cfg.Flush = FlushConfig{MaxRecords: 2, MaxBytes: 1 << 20, MaxAge: time.Second, WindowGrace: time.Second}
+	cfg.StallAfter = 30 * time.Second
+	e := newSeamEnv(t, cfg, store, fakeRecommender{})
+	t0 := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	var clock atomic.Int64
+	clock.Store(t0.Add(100 * time.Millisecond).UnixNano())
+	e.s.deps.Now = func() time.Time { return time.Unix(0, clock.Load()) }
+	took := time.Unix(0, clock.Load())
+
+	// Three records of one window: a flush after the second (max_records), the third stays.
+	e.process(e.timedPage([][]byte{event(1, "st"), event(2, "st"), event(3, "st")}, []time.Time{t0, t0, t0}))
+	if e.p.buf.n != 1 || e.cp.get() != "1002" {
+		t.Fatalf("buffered %d, checkpoint %s; want 1 left after a flush at 1002", e.p.buf.n, e.cp.get())
+	}
+	// S3 goes down; the window is over and an empty read at the tip flushes it, forever.
+	store.fail.Store(true)
+	clock.Store(t0.Add(10 * time.Second).UnixNano())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.p.ProcessRecords(&kcl.ProcessRecordsInput{Checkpointer: e.cp, MillisBehindLatest: 0})
+	}()
+	t.Cleanup(func() {
+		e.abandon() // the drain deadline: the retry loop gives up
+		<-done
+	})
+	stacktest.Eventually(t, 10*time.Second, 20*time.Millisecond, func() bool { return store.refused.Load() >= 2 }, "the tip flush never retried")
+	if err := e.s.health(took.Add(cfg.StallAfter / 2)); err != nil {
+		t.Fatalf("health before stall_after: %v", err)
+	}
+	err = e.s.health(took.Add(cfg.StallAfter + time.Second))
+	if err == nil || !strings.Contains(err.Error(), "shard "+e.p.shard+" stalled") {
+		t.Fatalf("health after stall_after with the tip flush failing: %v, want the shard stalled", err)
+	}
+	if v := testutil.ToFloat64(e.metrics.ShardStalled.WithLabelValues(e.p.shard)); v != 1 {
+		t.Fatalf("shard_stalled = %v, want 1", v)
 	}
 }
