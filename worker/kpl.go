@@ -48,8 +48,8 @@ const (
 
 // ReasonBadKPLAggregate: a record with the KPL magic that is not a valid aggregate (bad MD5,
 // bad protobuf, a partition-key index out of range, no user records, more user records than
-// flush.max_records). The whole aggregate is written to errors/ as one entry; its neighbours
-// are processed.
+// aggregateLimit). The whole aggregate is written to errors/ as one entry; its neighbours are
+// processed.
 const ReasonBadKPLAggregate Reason = "bad_kpl_aggregate"
 
 // hideAggregates rewrites a GetRecords page before the library sees it: an aggregate gets the
@@ -116,11 +116,21 @@ type userRecord struct {
 // the same flush (see processor.take), never under a made-up year 0001.
 const ReasonMissingArrivalTime Reason = "missing_arrival_time"
 
+// minAggregateLimit is the least user records an aggregate may hold whatever
+// flush.max_records says: the most records one GetRecords call returns, and at ~100 bytes an
+// event as many as a 1 MiB Kinesis record holds. Only aggregates of tiny records exceed it, so
+// lowering flush.max_records never sends a producer's ordinary aggregates to errors/.
+const minAggregateLimit = 10000
+
+// aggregateLimit is the most user records one aggregate may hold: flush.max_records, at least
+// minAggregateLimit. The processor never cuts an aggregate, so this bounds how far a flush
+// overshoots flush.max_records and how many user records a page chunk holds (see take).
+func aggregateLimit(f FlushConfig) int { return max(f.MaxRecords, minAggregateLimit) }
+
 // expandRecord turns one Kinesis record into its user records: a plain record as it is, an
 // aggregate (enveloped by hideAggregates, or raw when the processor is driven without the
 // middleware) de-aggregated and validated. An aggregate of more than maxUserRecords user
-// records is rejected whole: the processor never cuts an aggregate, so its size bounds how far
-// a flush may overshoot flush.max_records, and how many user records a page chunk holds.
+// records (aggregateLimit) is rejected whole.
 func expandRecord(r ktypes.Record, maxUserRecords int) []userRecord {
 	base := userRecord{seq: aws.ToString(r.SequenceNumber), pk: aws.ToString(r.PartitionKey), first: true, last: true}
 	data := r.Data
@@ -206,7 +216,7 @@ func parseAggregate(b []byte, maxUserRecords int) (*kplrec.AggregatedRecord, err
 	// Count before decoding: an over-limit aggregate is rejected without allocating its
 	// records. A malformed body is left to proto.Unmarshal, whose error says what is wrong.
 	if n, ok := countAggregateRecords(body); ok && n > maxUserRecords {
-		return nil, fmt.Errorf("kpl aggregate: %d user records, more than flush.max_records (%d) allows in one aggregate", n, maxUserRecords)
+		return nil, fmt.Errorf("kpl aggregate: %d user records, more than one aggregate may hold (%d: flush.max_records, at least %d)", n, maxUserRecords, minAggregateLimit)
 	}
 	agg := &kplrec.AggregatedRecord{}
 	if err := proto.Unmarshal(body, agg); err != nil {
@@ -216,7 +226,7 @@ func parseAggregate(b []byte, maxUserRecords int) (*kplrec.AggregatedRecord, err
 		return nil, errors.New("kpl aggregate: no user records")
 	}
 	if len(agg.Records) > maxUserRecords {
-		return nil, fmt.Errorf("kpl aggregate: %d user records, more than flush.max_records (%d) allows in one aggregate", len(agg.Records), maxUserRecords)
+		return nil, fmt.Errorf("kpl aggregate: %d user records, more than one aggregate may hold (%d: flush.max_records, at least %d)", len(agg.Records), maxUserRecords, minAggregateLimit)
 	}
 	for i, r := range agg.Records {
 		if r == nil || r.PartitionKeyIndex == nil {

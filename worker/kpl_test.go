@@ -133,18 +133,16 @@ func FuzzExpand(f *testing.F) {
 }
 
 // TestKPLAggregatesAtTheProcessor: every user record of an aggregate is written once with its
-// sub-sequence number; a flush never ends inside an aggregate (even one that takes the buffer
-// far past flush.max_records), so the checkpoint is always an aggregate's end; each corrupt
-// aggregate is one bad_kpl_aggregate entry and its neighbours are written.
+// sub-sequence number; a flush never ends inside an aggregate (even one larger than
+// flush.max_records), so the checkpoint is always an aggregate's end; each corrupt aggregate
+// is one bad_kpl_aggregate entry and its neighbours are written.
 func TestKPLAggregatesAtTheProcessor(t *testing.T) {
 	dir, err := objstore.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig()
-	// The 5,000-record aggregate is the largest one flush.max_records admits; it arrives with
-	// 706 records buffered, so the flush it triggers must still come after all of it.
-	cfg.Flush = FlushConfig{MaxRecords: 5000, MaxBytes: 64 << 20, MaxAge: time.Hour}
+	cfg.Flush = FlushConfig{MaxRecords: 100, MaxBytes: 64 << 20, MaxAge: time.Hour}
 	e := newSeamEnv(t, cfg, dir, fakeRecommender{})
 	var checkpoints []string
 	cp := &funcCheckpointer{fn: func(seq *string) error {
@@ -312,9 +310,7 @@ func compactEvent(i int, run string) []byte {
 // and no process panics.
 func TestKPLAggregatesUnderSIGKILL(t *testing.T) {
 	e := newTestEnv(t, 2)
-	// As large as the biggest aggregate (flush.max_records bounds an aggregate's user
-	// records): with records buffered before it, a flush must still not split it.
-	e.Cfg.Flush.MaxRecords = 5000
+	e.Cfg.Flush.MaxRecords = 900 // smaller than the big aggregates: a flush must still not split one
 	next := 0
 	var recs [][]byte
 	for _, n := range []int{1, 700, 5000, 1, 700} {

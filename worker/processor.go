@@ -290,10 +290,10 @@ func (p *processor) die(why string, err error) {
 // It returns false when the processor stopped or died on the way (nothing of the batch is then
 // kept unless a flush already made it durable and checkpointed it).
 //
-// The page is taken in chunks of whole Kinesis records holding at most about flush.max_records
-// user records (an aggregate holds at most that many, see expandRecord), so memory is bounded
-// by one chunk, not by the page: a 10 MB page of aggregates of tiny records would otherwise
-// expand to millions of user records at once. Flush boundaries do not depend on the chunks
+// The page is taken in chunks of whole Kinesis records holding at most flush.max_records user
+// records (or one aggregate, of at most aggregateLimit), so memory is bounded by one chunk, not
+// by the page: a 10 MB page of aggregates of tiny records would otherwise expand to millions
+// of user records at once. Flush boundaries do not depend on the chunks
 // (they are decided record by record against the buffer), so the objects written are the same
 // whatever the chunk size.
 func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
@@ -305,7 +305,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	}
 	var chunk []userRecord
 	for _, r := range in.Records {
-		urs := expandRecord(r, p.s.cfg.Flush.MaxRecords)
+		urs := expandRecord(r, aggregateLimit(p.s.cfg.Flush))
 		if len(chunk) > 0 && len(chunk)+len(urs) > limit {
 			if !p.takeChunk(chunk, in.Checkpointer, takenAt) {
 				return false

@@ -188,7 +188,7 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 				res.FirstSeq = aws.ToString(take[0].SequenceNumber)
 			}
 			res.LastSeq = aws.ToString(take[len(take)-1].SequenceNumber)
-			res.Records += int64(userRecordCount(take, cfg.Flush.MaxRecords))
+			res.Records += int64(userRecordCount(take, aggregateLimit(cfg.Flush)))
 			p.ProcessRecords(&kcl.ProcessRecordsInput{Records: take, Checkpointer: cp, MillisBehindLatest: aws.ToInt64(page.MillisBehindLatest)})
 			if p.state != stateActive {
 				return res, errors.New("replay processor stopped (see the log)")

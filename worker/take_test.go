@@ -68,7 +68,7 @@ func (w *chunkWatcher) Recommend(ctx context.Context, users []UserFeatures, anch
 
 // TestKPLPageTakenInChunks pins the KPL memory bomb: one 1 MiB aggregate can hold ~175,000
 // tiny user records, and a page was expanded whole (a 10 MB page, millions of user records at
-// once). An aggregate of more user records than flush.max_records is now one bad_kpl_aggregate
+// once). An aggregate of more user records than aggregateLimit is now one bad_kpl_aggregate
 // entry, and a page is taken in chunks of at most flush.max_records user records; the
 // neighbours of the rejected aggregate are written.
 func TestKPLPageTakenInChunks(t *testing.T) {
@@ -122,7 +122,7 @@ func TestKPLPageTakenInChunks(t *testing.T) {
 		t.Fatalf("%d errors/ entries, want the over-limit aggregate as one", len(errs))
 	}
 	if er := errs[0]; er.Reason != ReasonBadKPLAggregate || !strings.Contains(er.Message, "100000 user records") ||
-		!strings.Contains(er.Message, "flush.max_records (500)") || !bytes.Equal(er.PayloadBase64, bomb) ||
+		!strings.Contains(er.Message, "(10000: flush.max_records, at least 10000)") || !bytes.Equal(er.PayloadBase64, bomb) ||
 		er.SequenceNumber != aws.ToString(batch[11].SequenceNumber) {
 		t.Fatalf("errors/ entry: reason %s, message %q, sequence %s, %d payload bytes", er.Reason, er.Message, er.SequenceNumber, len(er.PayloadBase64))
 	}
@@ -143,11 +143,18 @@ func TestOverLimitAggregateRejectedBeforeDecoding(t *testing.T) {
 	if agg, err := parseAggregate(tinyAggregate(t, 500), 500); err != nil || len(agg.Records) != 500 {
 		t.Fatalf("an aggregate at the limit: %v", err)
 	}
+	// A small flush.max_records does not reject ordinary aggregates.
+	if got := aggregateLimit(FlushConfig{MaxRecords: 25}); got != minAggregateLimit {
+		t.Fatalf("aggregate limit with flush.max_records 25: %d", got)
+	}
+	if got := aggregateLimit(FlushConfig{MaxRecords: 20000}); got != 20000 {
+		t.Fatalf("aggregate limit with flush.max_records 20000: %d", got)
+	}
 }
 
 // chunkInput is a page pair exercising every flush boundary: several windows across an hour
-// boundary, aggregates reaching flush.max_records (50), corrupt and over-limit aggregates, a
-// malformed event and a record without arrival time.
+// boundary, aggregates reaching and passing flush.max_records (50), corrupt and over-limit
+// aggregates, a malformed event and a record without arrival time.
 func chunkInput(t *testing.T, e *seamEnv) [][]ktypes.Record {
 	t.Helper()
 	t0 := time.Date(2026, 3, 1, 9, 59, 58, 0, time.UTC)
@@ -167,7 +174,7 @@ func chunkInput(t *testing.T, e *seamEnv) [][]ktypes.Record {
 	add(at(200*time.Millisecond), []byte(`{"session_id":`))
 	add(at(300*time.Millisecond), aggregateOf(t, "q", 200, 50))
 	add(at(400*time.Millisecond), corruptAggregates(t)["md5 mismatch"])
-	add(at(500*time.Millisecond), aggregateOf(t, "q", 300, 60))
+	add(at(500*time.Millisecond), aggregateOf(t, "q", 300, 60), tinyAggregate(t, minAggregateLimit+1))
 	add(untimed, event(400, "q"))
 	add(at(1200*time.Millisecond), aggregateOf(t, "q", 500, 20))
 	for i := range 5 {
