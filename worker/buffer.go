@@ -19,7 +19,10 @@ type buffer struct {
 	first  string // sequence number of the first record taken
 	last   string // sequence number of the last record taken: the checkpoint after a flush
 	window int64  // flush window of the first record taken
-	heads  []partHead
+	// lastArrival is the arrival time of the last record taken: a record without one is
+	// filed under it (see processor.take).
+	lastArrival time.Time
+	heads       []partHead
 	// tipClosed: every window before it was closed at the stream's tip (a flush decided by the
 	// clock, not by the data). Not reset by a flush: a record of such a window is late.
 	tipClosed int64
@@ -80,6 +83,7 @@ func (b *buffer) take(seq string, sub int64, arrival time.Time, size int) {
 	b.n++
 	b.bytes += size
 	b.last = seq
+	b.lastArrival = arrival
 }
 
 // head is the first record taken in hour, or nil.
@@ -104,7 +108,7 @@ func (b *buffer) reset() {
 	clear(b.recs)
 	clear(b.errs)
 	b.recs, b.errs, b.heads = b.recs[:0], b.errs[:0], b.heads[:0]
-	b.n, b.bytes, b.first, b.last, b.window = 0, 0, "", "", 0
+	b.n, b.bytes, b.first, b.last, b.window, b.lastArrival = 0, 0, "", "", 0, time.Time{}
 }
 
 // hourPart is the items of one hour partition of a flush, in sequence order.

@@ -34,7 +34,9 @@ func (h *shardHealth) checkpointed(now time.Time) {
 	h.pendingSince.Store(0)
 }
 
-// holding records that a checkpoint does not cover yet, first seen at now.
+// holding records that a checkpoint does not cover yet, first seen at now. checkpointed
+// clears the clock, so take calls this again when records stay buffered after a flush inside
+// a batch: otherwise a shard whose next flush never succeeds would never show as stalled.
 func (h *shardHealth) holding(now time.Time) {
 	h.pendingSince.CompareAndSwap(0, now.UnixNano())
 }
@@ -183,6 +185,14 @@ func (s *shared) countUnknownField(name string) {
 	}
 	s.unknown.mu.Unlock()
 	s.deps.Metrics.UnknownFields.WithLabelValues(label).Inc()
+}
+
+// countUnknownOther counts n unknown field names an event carried beyond what Decode lists
+// (Event.UnknownOmitted) under "other".
+func (s *shared) countUnknownOther(n int) {
+	if n > 0 {
+		s.deps.Metrics.UnknownFields.WithLabelValues("other").Add(float64(n))
+	}
 }
 
 // storageProblem is the last permanent object-storage error, cleared by a successful put.

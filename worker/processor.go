@@ -48,6 +48,7 @@ type shared struct {
 	stopping *atomic.Bool
 
 	beforeCheckpoint func() // tests: see Worker.beforeCheckpoint
+	chunkRecords     int    // tests: user records per chunk of a page (see take); 0: flush.max_records
 
 	unknown    fieldNames                     // unknown field names with a series of their own
 	storageErr atomic.Pointer[storageProblem] // last permanent storage error, nil once a put succeeds
@@ -303,11 +304,40 @@ func (p *processor) die(why string, err error) {
 // fills the buffer (never inside a KPL aggregate, so a checkpoint never skips part of one).
 // It returns false when the processor stopped or died on the way (nothing of the batch is then
 // kept unless a flush already made it durable and checkpointed it).
+//
+// The page is taken in chunks of whole Kinesis records holding at most flush.max_records user
+// records (or one aggregate, of at most aggregateLimit), so memory is bounded by one chunk, not
+// by the page: a 10 MB page of aggregates of tiny records would otherwise expand to millions
+// of user records at once. Flush boundaries do not depend on the chunks
+// (they are decided record by record against the buffer), so the objects written are the same
+// whatever the chunk size.
 func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
+	p.s.deps.Metrics.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
+	takenAt := p.s.now()
+	limit := p.s.chunkRecords
+	if limit <= 0 {
+		limit = p.s.cfg.Flush.MaxRecords
+	}
+	var chunk []userRecord
+	for _, r := range in.Records {
+		urs := expandRecord(r, aggregateLimit(p.s.cfg.Flush))
+		if len(chunk) > 0 && len(chunk)+len(urs) > limit {
+			if !p.takeChunk(chunk, in.Checkpointer, takenAt) {
+				return false
+			}
+			clear(chunk) // let the chunk's payloads and errors be collected
+			chunk = chunk[:0]
+		}
+		chunk = append(chunk, urs...)
+	}
+	return len(chunk) == 0 || p.takeChunk(chunk, in.Checkpointer, takenAt)
+}
+
+// takeChunk decodes, enriches and buffers the user records of whole Kinesis records (see take).
+// takenAt is when the batch was handed over: the shard's pending clock restarts there when a
+// flush inside the batch leaves records behind.
+func (p *processor) takeChunk(urs []userRecord, cp kcl.IRecordProcessorCheckpointer, takenAt time.Time) bool {
 	cfg := p.s.cfg
-	m := p.s.deps.Metrics
-	m.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
-	urs := expand(in.Records)
 	p.batch = urs
 	defer func() { p.batch = nil }()
 	events := make([]Event, len(urs))
@@ -325,6 +355,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		for _, f := range events[i].Unknown {
 			p.s.countUnknownField(f)
 		}
+		p.s.countUnknownOther(events[i].UnknownOmitted)
 		valid = append(valid, i)
 	}
 	enriched := make([]enrichment, len(urs))
@@ -333,13 +364,25 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	}
 	for i := range urs {
 		u := &urs[i]
+		// alone: a record without an arrival time taken into an empty buffer (see fileUntimed)
+		// is flushed on its own.
+		alone := false
+		if u.reason == ReasonMissingArrivalTime {
+			alone = p.fileUntimed(u)
+		}
 		if u.first && !p.buf.empty() && p.buf.windowOf(u.arrival) > p.buf.window {
-			if !p.flush(in.Checkpointer) {
+			if !p.flush(cp) {
 				return false
 			}
 		}
 		if p.buf.late(u.arrival) {
-			m.LateRecords.Inc()
+			p.s.deps.Metrics.LateRecords.Inc()
+		}
+		if p.buf.empty() {
+			// A flush earlier in this batch reset the pending clock: the records taken from
+			// here on wait since the batch was handed over, so a later flush that never
+			// succeeds (S3 down at the tip) shows the shard stalled.
+			p.health.holding(takenAt)
 		}
 		rejected := func(reason Reason, field, msg string) {
 			p.buf.addError(ErrorRecord{Reason: reason, Field: field, Message: msg, Stream: p.s.stream, ShardID: p.shard,
@@ -347,7 +390,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		}
 		switch e := &enriched[i]; {
 		case u.bad != nil:
-			rejected(ReasonBadKPLAggregate, "", u.bad.Error())
+			rejected(u.reason, "", u.bad.Error())
 		case bad[i] != nil:
 			var de *DecodeError
 			errors.As(bad[i], &de)
@@ -370,11 +413,34 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		}
 		p.publishBuffered()
 		p.taken++
-		if u.last && p.buf.full() && !p.flush(in.Checkpointer) {
+		if u.last && (alone || p.buf.full()) && !p.flush(cp) {
 			return false
 		}
 	}
 	return true
+}
+
+// untimedEpoch files a record without an arrival time that has no record before it in its
+// flush: the Unix epoch, a time no real record has, so the errors/ key says "no time".
+var untimedEpoch = time.Unix(0, 0).UTC()
+
+// fileUntimed gives a Kinesis record without ApproximateArrivalTimestamp (rejected as
+// missing_arrival_time) the time its errors/ entry is filed under, deterministically: the
+// buffer is a pure function of the stream since the last checkpoint, so a replay files it the
+// same way. With records buffered it takes the last one's arrival time: it joins the current
+// flush window and hour partition and cuts nothing. In an empty buffer it takes the Unix
+// epoch and reports alone: it is then flushed on its own, so that neither a tip flush (its
+// window is long over) nor the records after it can move a boundary a replay would not.
+func (p *processor) fileUntimed(u *userRecord) (alone bool) {
+	const msg = "; filed under "
+	if p.buf.empty() {
+		u.arrival = untimedEpoch
+		u.bad = fmt.Errorf("%w%s%s (the Unix epoch: no record before it in its flush)", u.bad, msg, untimedEpoch.Format(time.RFC3339))
+		return true
+	}
+	u.arrival = p.buf.lastArrival
+	u.bad = fmt.Errorf("%w%sthe arrival time of the record before it in its flush, %s", u.bad, msg, u.arrival.Format(time.RFC3339Nano))
+	return false
 }
 
 // enrichment is the Recommender's answer for one event, or why it has none.
@@ -680,7 +746,8 @@ func (p *processor) retryOr(o op, key string, handBack func(error) bool, fn func
 			return errGaveUp
 		}
 		if o == opRecommend && p.s.stopping.Load() {
-			// Nothing of this batch is buffered yet: leave it for the next owner.
+			// Nothing of this chunk is buffered yet, and a stopped processor flushes nothing
+			// (not even earlier chunks of the batch): leave it for the next owner.
 			p.state = stateStopped
 			p.log.Info("shutdown during retry, batch left for replay", zap.Stringer("op", o))
 			return errGaveUp

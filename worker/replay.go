@@ -250,6 +250,9 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 		}
 		from := 0
 		for i, r := range recs {
+			if r.ApproximateArrivalTimestamp == nil {
+				continue // filed like the live worker files it (see fileUntimed): never the start of a cut
+			}
 			seq, arrival := aws.ToString(r.SequenceNumber), aws.ToTime(r.ApproximateArrivalTimestamp)
 			stored, err := live.at(ctx, arrival)
 			if err != nil {
@@ -315,7 +318,8 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 				take, stop = page.Records[:i], "fence"
 				break
 			}
-			if toWindow >= 0 && p.buf.windowOf(aws.ToTime(r.ApproximateArrivalTimestamp)) > toWindow {
+			// A record without an arrival time has no window: it is taken, and goes to errors/.
+			if toWindow >= 0 && r.ApproximateArrivalTimestamp != nil && p.buf.windowOf(*r.ApproximateArrivalTimestamp) > toWindow {
 				take, stop = page.Records[:i], "to"
 				break
 			}
@@ -325,7 +329,7 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 				res.FirstSeq = aws.ToString(take[0].SequenceNumber)
 			}
 			res.LastSeq = aws.ToString(take[len(take)-1].SequenceNumber)
-			res.Records += int64(len(expand(take)))
+			res.Records += int64(userRecordCount(take, aggregateLimit(cfg.Flush)))
 			if err := process(take, aws.ToInt64(page.MillisBehindLatest)); err != nil {
 				return res, err
 			}
