@@ -14,7 +14,7 @@ export RECSTREAM_POSTGRES_PASSWORD ?= recstream
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz clean
+.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz soak clean
 
 all: build
 
@@ -69,3 +69,10 @@ fuzz:
 
 clean:
 	rm -rf bin out
+
+## soak: three worker processes under seeded faults (AWS error answers, resets, slow and lost
+## answers, blackouts, PostgreSQL cuts, SIGKILLs) while events flow; checks exactly-once output,
+## no unexplained exits, flat memory and per-fault recovery (cmd/recstream/soak_test.go).
+## SOAK_DURATION (default 10m) and SOAK_SEED (default 1) choose the run; logs in out/soak/.
+soak: stack
+	CI=$${CI:-true} SOAK_DURATION=$${SOAK_DURATION:-10m} SOAK_SEED=$${SOAK_SEED:-1} $(GO) test -count=1 -p 1 -timeout 60m -run '^TestSoak$$' -v ./cmd/recstream/

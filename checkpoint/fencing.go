@@ -256,6 +256,10 @@ func (s *Store) fencedUpdate(ctx context.Context, shardID string, h heldLease, w
 			}
 			cur, ok, rerr := s.getLease(ctx, shardID)
 			if rerr != nil {
+				// The refusal may be an SDK retry of this very write, applied with its answer
+				// lost: in doubt, as after an ambiguous failure, so that the next write can
+				// recognise it instead of taking our own write for another owner's.
+				s.updateHeld(shardID, h.counter, func(hl *heldLease) { hl.uncertain = true })
 				return fmt.Errorf("%s lease %s: re-read after conditional failure: %w", w.op, shardID, rerr)
 			}
 			ownWrite := ok && cur.Counter == next && (cur.Owner == me || w.releases)
@@ -315,6 +319,12 @@ func (s *Store) claim(ctx context.Context, shardID string) (Lease, error) {
 		map[string]types.AttributeValue{":me": str(me), ":owner": str(cur.Owner), ":n": num(cur.Counter)})
 	var ccf *types.ConditionalCheckFailedException
 	if errors.As(err, &ccf) {
+		// Either the row changed, or an SDK retry of our own applied write (its answer was
+		// lost) found our claim: then the claim is made, and the holder will honour it.
+		after, ok, rerr := s.getLease(ctx, shardID)
+		if rerr == nil && ok && after.Owner == cur.Owner && after.Counter == cur.Counter && after.ClaimRequest == me {
+			return after, nil
+		}
 		return Lease{}, &LeaseError{Op: OpClaim, ShardID: shardID, Owner: cur.Owner, Err: ErrLeaseHeld}
 	}
 	if err != nil {
