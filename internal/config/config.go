@@ -98,6 +98,7 @@ var NonConfigEnv = map[string]string{
 	"RECSTREAM_IAM_OPLOG":         "deploy tests: the operation log the IAM policy check reads (make test)",
 	"RECSTREAM_LEASE_BENCH":       "worker lease benchmark switch",
 	"RECSTREAM_WORKER_BENCH":      "worker end-to-end benchmarks switch",
+	"RECSTREAM_FAULT_SEED":        "worker throttled-drain benchmark: the fault proxies' seed",
 	"RECSTREAM_WORKER_TEST_CHILD": "worker tests: the spec of a child worker process",
 	"RECSTREAM_TEST_LOG":          "worker tests: log to stderr",
 	"RECSTREAM_BENCH_1M":          "inference 1M-vector benchmark switch",
