@@ -326,32 +326,19 @@ func TestReplayFencedByRunningWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lease := func(ctx context.Context, shardID string) checkpoint.Lease {
-		ls, err := store.ListLeases(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range ls {
-			if l.ShardID == shardID {
-				return l
-			}
-		}
-		t.Fatalf("no lease row for %s", shardID)
-		return checkpoint.Lease{}
-	}
 	// The fence the replay reads; before handing it over, more records are put and the live
 	// worker is seen writing past it, so the replay runs with records after its fence in the
 	// stream and in the store, and with the live worker still holding the shard.
 	fences := map[string]string{}
 	fence := func(ctx context.Context, shardID string) (string, error) {
-		l := lease(ctx, shardID)
+		l := leaseRow(t, store, shardID)
 		if l.Owner != "live" || !isDecimal(l.Checkpoint) {
 			t.Fatalf("lease of %s before the replay: %+v", shardID, l)
 		}
 		fences[shardID] = l.Checkpoint
 		e.put(t, events("f", next, 40))
 		next += 40
-		stacktest.Eventually(t, 60*time.Second, 100*time.Millisecond, func() bool { return seqAfter(lease(ctx, shardID).Checkpoint, l.Checkpoint) },
+		stacktest.Eventually(t, 60*time.Second, 100*time.Millisecond, func() bool { return seqAfter(leaseRow(t, store, shardID).Checkpoint, l.Checkpoint) },
 			"the live worker never checkpointed %s past %s", shardID, l.Checkpoint)
 		return l.Checkpoint, nil
 	}
@@ -385,7 +372,7 @@ func TestReplayFencedByRunningWorker(t *testing.T) {
 		}
 	}
 	for sh, f := range fences {
-		if l := lease(context.Background(), sh); l.Owner != "live" || !seqAfter(l.Checkpoint, f) {
+		if l := leaseRow(t, store, sh); l.Owner != "live" || !seqAfter(l.Checkpoint, f) {
 			t.Fatalf("lease of %s after the replay: %+v (fence %s)", sh, l, f)
 		}
 	}
