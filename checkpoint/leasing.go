@@ -311,15 +311,24 @@ func (s *Store) stealView(ctx context.Context, shardStatus map[string]*par.Shard
 	if err := s.freshView(ctx); err != nil {
 		return nil, err
 	}
+	// Copy the rows out under the lock: renewals and checkpoints (the consumers' goroutines)
+	// write the view's map concurrently, and applyToShard takes s.mu itself.
+	type update struct {
+		st *par.ShardStatus
+		l  Lease
+	}
+	var updates []update
 	s.mu.Lock()
-	rows := s.view.rows
-	s.mu.Unlock()
 	for id, st := range shardStatus {
-		if _, mine := s.heldLease(id); !mine {
-			if l, ok := rows[id]; ok {
-				s.applyToShard(st, l)
+		if _, mine := s.held[id]; !mine {
+			if l, ok := s.view.rows[id]; ok {
+				updates = append(updates, update{st, l})
 			}
 		}
+	}
+	s.mu.Unlock()
+	for _, u := range updates {
+		s.applyToShard(u.st, u.l)
 	}
 	none := map[string][]*par.ShardStatus{}
 	s.mu.Lock()

@@ -306,3 +306,70 @@ func TestStealingIsRateLimited(t *testing.T) {
 		t.Fatalf("3 against 1 after the steal interval: ListActiveWorkers = %v, want worker-a's 3 and worker-b's 1", workers)
 	}
 }
+
+// TestStealViewWhileRenewing pins a fatal data race: stealView (ListActiveWorkers, the
+// library's event loop) read the lease view's rows map after unlocking while renewals and
+// checkpoints (the consumers' goroutines) wrote it, which aborts the process with "concurrent
+// map read and map write". Run with -race: the detector flags the unsynchronised read.
+func TestStealViewWhileRenewing(t *testing.T) {
+	db, table := testTable(t)
+	shards := shardIDs(16)
+	a := leasingStore(t, newStore(t, db, table, "worker-a", newFakeClock()), shards)
+	b := leasingStore(t, newStore(t, db, table, "worker-b", newFakeClock()), shards)
+	sa, sb := statusesOf(shards), statusesOf(shards)
+	var mine []*par.ShardStatus
+	for i, sh := range shards {
+		if i%2 == 0 {
+			mustLease(t, a, sa[sh.ID]) // rows worker-b's stealView reads
+		}
+	}
+	for i, sh := range shards {
+		if i%2 == 1 {
+			mustLease(t, b, sb[sh.ID]) // rows worker-b's renewals and checkpoints write
+			mine = append(mine, sb[sh.ID])
+		}
+	}
+	const rounds = 20
+	errs := make(chan error, len(mine))
+	var wg sync.WaitGroup
+	for _, st := range mine {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range rounds {
+				if err := b.Renew(st); err != nil {
+					errs <- fmt.Errorf("renew %s: %w", st.ID, err)
+					return
+				}
+				if err := checkpointAt(b, st, fmt.Sprintf("49%038d", i+1)); err != nil {
+					errs <- fmt.Errorf("checkpoint %s: %w", st.ID, err)
+					return
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if _, err := b.ListActiveWorkers(sb); err != nil {
+			t.Fatalf("list active workers: %v", err)
+		}
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// The view still shows worker-a's leases to worker-b's event loop.
+	for i, sh := range shards {
+		if i%2 == 0 {
+			if got := sb[sh.ID].GetLeaseOwner(); got != "worker-a" {
+				t.Errorf("%s: owner %q in worker-b's status, want worker-a", sh.ID, got)
+			}
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -130,7 +131,7 @@ func envOf(c ecstypes.ContainerDefinition) map[string]string {
 // right: awslogs, secrets from Secrets Manager / SSM, separate task and execution roles.
 func TestTaskDefinitionsDecodeStrictly(t *testing.T) {
 	tds := loadTaskDefs(t)
-	for _, want := range []string{"worker", "batch-etl", "batch-model"} {
+	for _, want := range []string{"worker", "batch-etl", "batch-model", "replay"} {
 		if _, ok := tds[want]; !ok {
 			t.Errorf("deploy/ecs: missing taskdef-%s.json", want)
 		}
@@ -408,5 +409,65 @@ func TestSchedules(t *testing.T) {
 	if !etl.Before(train) || train.After(emb) || train.Sub(etl) < 30*time.Minute {
 		t.Errorf("schedule order: etl %s, train %s, embeddings %s: want etl at least 30 min before train, embeddings with or after train",
 			etl.Format("15:04"), train.Format("15:04"), emb.Format("15:04"))
+	}
+}
+
+// TestReplayTaskDefinition: the operator-run replay task runs `replay` (the range flags are
+// given at run time with a command override) under its own task role, sized like the worker:
+// it runs one shard's processor at a time with the same model in memory.
+func TestReplayTaskDefinition(t *testing.T) {
+	tds := loadTaskDefs(t)
+	td, ok := tds["replay"]
+	if !ok {
+		t.Fatal("deploy/ecs/taskdef-replay.json missing")
+	}
+	if len(td.in.containers) != 1 {
+		t.Fatalf("%s: want one container, got %d", td.path, len(td.in.containers))
+	}
+	c := td.in.containers[0]
+	if got := strings.Join(c.Command, " "); got != "replay" {
+		t.Errorf("%s: command %q, want replay (the operator overrides it with the range)", td.path, got)
+	}
+	if deref(c.Name) != "replay" || !deref(c.Essential) {
+		t.Errorf("%s: want one essential container named replay (the runbook's override names it), got %q", td.path, deref(c.Name))
+	}
+	if !strings.HasSuffix(td.in.taskRole, ":role/recstream-replay-task") {
+		t.Errorf("%s: taskRoleArn %q, want the recstream-replay-task role (deploy/iam/replay-task-role.json)", td.path, td.in.taskRole)
+	}
+	in, err := deploy.LoadTaskDefinition(td.path, deploy.Placeholders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := deploy.LoadTaskDefinition(tds["worker"].path, deploy.Placeholders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if deref(in.Cpu) != deref(w.Cpu) || deref(in.Memory) != deref(w.Memory) {
+		t.Errorf("%s: cpu/memory %s/%s, want the worker's %s/%s", td.path, deref(in.Cpu), deref(in.Memory), deref(w.Cpu), deref(w.Memory))
+	}
+}
+
+// TestTaskRolesRunTheirCommands: each task definition's task role recstream-<name>-task is
+// deploy/iam/<name>-task-role.json, and every container's command is among the subcommands
+// that policy is checked against (iam_test.go's roles), so a task never runs a subcommand under
+// a role whose policy was not compared with what that subcommand calls.
+func TestTaskRolesRunTheirCommands(t *testing.T) {
+	for name, td := range loadTaskDefs(t) {
+		_, role, found := strings.Cut(td.in.taskRole, ":role/")
+		if !found || !strings.HasPrefix(role, "recstream-") || !strings.HasSuffix(role, "-task") {
+			t.Errorf("%s: taskRoleArn %q, want arn:aws:iam::${AccountId}:role/recstream-<name>-task", td.path, td.in.taskRole)
+			continue
+		}
+		policy := strings.TrimSuffix(strings.TrimPrefix(role, "recstream-"), "-task") + "-task-role.json"
+		callers, ok := roles[policy]
+		if !ok {
+			t.Errorf("%s: task role %s has no policy deploy/iam/%s among the checked roles", td.path, role, policy)
+			continue
+		}
+		for _, c := range td.in.containers {
+			if cmd := strings.Join(c.Command, " "); !slices.Contains(callers, cmd) {
+				t.Errorf("%s (%s) container %s runs %q under %s, whose policy is checked only against %v", td.path, name, deref(c.Name), cmd, policy, callers)
+			}
+		}
 	}
 }

@@ -19,11 +19,13 @@ const opLogPathEnv = "RECSTREAM_IAM_OPLOG"
 
 // roles maps each policy that a recstream process runs under to the subcommands that run under
 // it. The worker ECS service runs `worker`; the scheduled batch tasks run the nightly jobs (and
-// `migrate`, which the jobs also run implicitly); an on-call engineer's own role gets the
-// operator policy for `status` and `inspect`.
+// `migrate`, which the jobs also run implicitly); an operator runs `replay` as its own ECS task
+// (deploy/ecs/taskdef-replay.json), apart from the worker so the live service's role gains no
+// delete; an on-call engineer's own role gets the operator policy for `status` and `inspect`.
 var roles = map[string][]string{
 	"worker-task-role.json": {"worker"},
 	"batch-task-role.json":  {"batch etl", "train", "batch embeddings", "migrate"},
+	"replay-task-role.json": {"replay"},
 	"operator-policy.json":  {"status", "inspect"},
 }
 
@@ -44,6 +46,9 @@ var conditional = map[string]map[string]string{
 	},
 	"batch-task-role.json": {
 		"s3:DeleteObject": "batch etl deletes the previous run's files of the partitions it rewrote and orphans of a crashed run; a first run on an empty datalake deletes nothing",
+	},
+	"replay-task-role.json": {
+		"s3:DeleteObject": "replay deletes a redone flush's stale object only when its records moved between the output and errors/ (the model or enrichment changed); the demo replays with the same model and deletes nothing",
 	},
 }
 
@@ -322,6 +327,9 @@ func TestComparePolicies(t *testing.T) {
 		{name: "exact", log: full.String()},
 		{name: "missing grant", log: full.String() + "worker\tKinesis:PutRecord\n", want: []string{"worker-task-role.json lacks kinesis:PutRecord"}},
 		{name: "unused grant", log: strings.Replace(full.String(), "worker\tKinesis:GetRecords\n", "", 1), want: []string{"worker-task-role.json grants kinesis:GetRecords"}},
+		// Replay reads the lease table with Scan only: a GetItem it started calling must fail.
+		{name: "replay missing grant", log: full.String() + "replay\tDynamoDB:GetItem\n", want: []string{"replay-task-role.json lacks dynamodb:GetItem"}},
+		{name: "replay unused grant", log: strings.Replace(full.String(), "replay\tS3:ListObjectsV2\n", "", 1), want: []string{"replay-task-role.json grants s3:ListBucket"}},
 		{name: "unknown caller", log: full.String() + "reindex\tS3:GetObject\n", want: []string{`caller "reindex"`}},
 		{name: "unmapped operation", log: full.String() + "worker\tS3:SelectObjectContent\n", want: []string{"S3:SelectObjectContent"}},
 		{name: "not deployed and test binaries ignored", log: full.String() + "produce\tKinesis:PutRecords\nworker.test\tS3:CreateBucket\n"},

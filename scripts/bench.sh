@@ -14,7 +14,7 @@ if has queries; then
 fi
 if has worker; then
   go test -run '^$' -bench 'BenchmarkProcessingPath' -benchtime 100x ./worker
-  RECSTREAM_WORKER_BENCH=1 go test -run '^$' -bench 'EndToEnd|Latency|PeakRSS' -benchtime 1x -timeout 30m ./worker
+  RECSTREAM_WORKER_BENCH=1 go test -run '^$' -bench 'EndToEnd|Latency|PeakRSS|DrainThrottled' -benchtime 1x -timeout 30m ./worker
 fi
 if has etl; then
   go test -run '^$' -bench 'ETL' -benchtime 1x -timeout 60m ./batch/etl

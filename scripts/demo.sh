@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end demo (`make demo`, also run by `make test`): generated source data → batch etl →
-# train → batch embeddings → worker ← produce, then a readable summary. It checks its own result
-# (every well-formed event written exactly once, every malformed one in errors/) and exits
+# train → batch embeddings → worker ← produce, then a readable summary, then `replay` of the
+# produced range. It checks its own result (every well-formed event written exactly once, every
+# malformed one in errors/, before and after the replay rewrote the range in place) and exits
 # non-zero otherwise. Needs the local stack (make demo starts it) and bin/recstream.
 #
 # Each run uses its own stream, lease table and output prefix, so runs never see each other's
@@ -75,6 +76,8 @@ done
 echo "worker pid $worker_pid ready: http://$RECSTREAM_METRICS_LISTEN/metrics"
 
 step "produce: $RATE events/s for $DURATION (5% malformed)"
+# The range the replay step reprocesses (the stream is this run's own, so it holds only these).
+replay_from=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 $BIN produce --rate "$RATE" --duration "$DURATION" --bad-ratio 0.05 --seed 7 --json >"$OUT/produce.json" 2>"$OUT/produce.log" \
   || { cat "$OUT/produce.log"; fail "produce"; }
 sent=$(json_num sent "$OUT/produce.json")
@@ -87,6 +90,7 @@ for k in $kinds; do
   n=$(json_num "$k" "$OUT/produce.json" || true); bad=$((bad + ${n:-0}))
 done
 good=$((sent - bad))
+replay_to=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 echo "sent $sent events: $good well-formed, $bad malformed"
 
 step "waiting for the worker to write all $good records and $bad errors"
@@ -124,4 +128,22 @@ echo "events sent: $sent ($bad malformed); records written: $records; duplicates
 [ "$dups" -eq 0 ] || fail "$dups duplicate records"
 [ "$errors" -eq "$bad" ] || fail "errors/ holds $errors objects, $bad malformed events were sent"
 grep -q "recommended:" "$OUT/summary.txt" || fail "no sample recommendations in the summary"
+
+# The worker has stopped and checkpointed everything, so the fence (each shard's live checkpoint)
+# is the end of the stream: the replay rewrites every object in place, with the same model.
+step "replay: $replay_from .. $replay_to"
+$BIN replay --from "$replay_from" --to "$replay_to" --json >"$OUT/replay.json" 2>"$OUT/replay.log" \
+  || { tail -20 "$OUT/replay.log"; fail "replay"; }
+json_sum() { grep -o "\"$1\": *[0-9]*" "$2" | grep -o '[0-9]*$' | awk '{s += $1} END {print s + 0}'; }
+replayed=$(json_sum records "$OUT/replay.json"); rewritten=$(json_sum objects "$OUT/replay.json"); deleted=$(json_sum deleted "$OUT/replay.json")
+$BIN inspect --json >"$OUT/inspect-after-replay.json"
+records=$(json_num records "$OUT/inspect-after-replay.json"); dups=$(json_num duplicates "$OUT/inspect-after-replay.json")
+errors=$(json_num error_records "$OUT/inspect-after-replay.json")
+echo "replayed $replayed records into $rewritten objects ($deleted stale deleted); afterwards: records $records, duplicates $dups, rejected $errors"
+[ "$replayed" -eq "$sent" ] || fail "replay read $replayed records, $sent were sent"
+[ "$rewritten" -gt 0 ] || fail "replay rewrote no object"
+[ "$deleted" -eq 0 ] || fail "replay deleted $deleted objects with the same model (nothing is stale)"
+[ "$records" -eq "$good" ] || fail "after the replay: records $records != well-formed events sent $good"
+[ "$dups" -eq 0 ] || fail "after the replay: $dups duplicate records"
+[ "$errors" -eq "$bad" ] || fail "after the replay: errors/ holds $errors, $bad malformed events were sent"
 echo "demo: OK (logs and reports in $OUT)"

@@ -212,7 +212,7 @@ kinesis_up() {
   port_open "$KINESIS_PORT" && return 0
   node_tools
   log "starting kinesalite on 127.0.0.1:$KINESIS_PORT"
-  start_bg kinesalite "$STACK_DIR/node/node_modules/.bin/kinesalite" --host 127.0.0.1 --port "$KINESIS_PORT" --createStreamMs 50 --deleteStreamMs 50 --updateStreamMs 50 --shardLimit 500
+  start_bg kinesalite node -r "$ROOT/scripts/abort-guard.js" "$STACK_DIR/node/node_modules/kinesalite/cli.js" --host 127.0.0.1 --port "$KINESIS_PORT" --createStreamMs 50 --deleteStreamMs 50 --updateStreamMs 50 --shardLimit 500
   wait_port kinesalite "$KINESIS_PORT" 30
 }
 
@@ -220,7 +220,7 @@ dynamo_up() {
   port_open "$DYNAMO_PORT" && return 0
   node_tools
   log "starting dynalite on 127.0.0.1:$DYNAMO_PORT"
-  start_bg dynalite "$STACK_DIR/node/node_modules/.bin/dynalite" --host 127.0.0.1 --port "$DYNAMO_PORT" --createTableMs 50 --deleteTableMs 50 --updateTableMs 50
+  start_bg dynalite node -r "$ROOT/scripts/abort-guard.js" "$STACK_DIR/node/node_modules/dynalite/cli.js" --host 127.0.0.1 --port "$DYNAMO_PORT" --createTableMs 50 --deleteTableMs 50 --updateTableMs 50
   wait_port dynalite "$DYNAMO_PORT" 30
 }
 

@@ -19,7 +19,13 @@ type buffer struct {
 	first  string // sequence number of the first record taken
 	last   string // sequence number of the last record taken: the checkpoint after a flush
 	window int64  // flush window of the first record taken
-	heads  []partHead
+	// lastArrival is the arrival time of the last record taken: a record without one is
+	// filed under it (see processor.take).
+	lastArrival time.Time
+	heads       []partHead
+	// tipClosed: every window before it was closed at the stream's tip (a flush decided by the
+	// clock, not by the data). Not reset by a flush: a record of such a window is late.
+	tipClosed int64
 }
 
 // partHead names the objects of one hour partition of a flush after the first record taken in
@@ -45,6 +51,14 @@ func (b *buffer) windowEnd() time.Time {
 	return time.Unix(0, (b.window+1)*int64(b.limits.MaxAge))
 }
 
+// closeAtTip records that the buffer's window is being flushed at the stream's tip: a record
+// of it (or of an earlier window) taken after this is late, and starts an object of its own
+// where the window rule would not cut (a replay cuts there too, from the live keys).
+func (b *buffer) closeAtTip() { b.tipClosed = max(b.tipClosed, b.window+1) }
+
+// late reports whether a record arriving at arrival belongs to a window closed at the tip.
+func (b *buffer) late(arrival time.Time) bool { return b.windowOf(arrival) < b.tipClosed }
+
 // addRecord takes one enriched record.
 func (b *buffer) addRecord(r OutputRecord, size int) {
 	b.take(r.SequenceNumber, r.SubSequenceNumber, r.ArrivalTime, size)
@@ -69,6 +83,7 @@ func (b *buffer) take(seq string, sub int64, arrival time.Time, size int) {
 	b.n++
 	b.bytes += size
 	b.last = seq
+	b.lastArrival = arrival
 }
 
 // head is the first record taken in hour, or nil.
@@ -93,7 +108,7 @@ func (b *buffer) reset() {
 	clear(b.recs)
 	clear(b.errs)
 	b.recs, b.errs, b.heads = b.recs[:0], b.errs[:0], b.heads[:0]
-	b.n, b.bytes, b.first, b.last, b.window = 0, 0, "", "", 0
+	b.n, b.bytes, b.first, b.last, b.window, b.lastArrival = 0, 0, "", "", 0, time.Time{}
 }
 
 // hourPart is the items of one hour partition of a flush, in sequence order.

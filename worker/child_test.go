@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,6 +47,12 @@ func childMain(spec string) int {
 		fmt.Fprintln(os.Stderr, "child spec:", err)
 		return 2
 	}
+	// Handle SIGTERM before anything else, then say so: startChild waits for that line, so a
+	// test's SIGTERM never meets the default action (death by signal) of a process still
+	// starting (a race-instrumented binary takes a while to get here).
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	fmt.Fprintln(os.Stderr, childReady)
 	cfg := zap.NewProductionConfig()
 	cfg.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
 	log, _ := cfg.Build()
@@ -69,8 +76,6 @@ func childMain(spec string) int {
 			}
 		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
 	if err := w.Run(ctx); err != nil {
 		log.Error("run", zap.Error(err))
 		return 1
@@ -78,7 +83,10 @@ func childMain(spec string) int {
 	return 0
 }
 
-// startChild starts a worker process; its log goes to a file kept in the test's temp dir.
+// childReady is the line a child writes once SIGTERM is handled.
+const childReady = "test child: SIGTERM handled"
+
+// startChild starts a worker process and returns once it handles SIGTERM; its log goes to a file kept in the test's temp dir.
 func startChild(t testing.TB, e *testEnv, id string, killAt int) *exec.Cmd {
 	t.Helper()
 	spec, err := json.Marshal(childSpec{Env: *e, ID: id, KillAtCheckpoint: killAt})
@@ -95,6 +103,10 @@ func startChild(t testing.TB, e *testEnv, id string, killAt int) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	defer stacktest.Eventually(t, 60*time.Second, 20*time.Millisecond, func() bool {
+		b, _ := os.ReadFile(logf.Name())
+		return bytes.Contains(b, []byte(childReady))
+	}, "child %s never got ready to handle SIGTERM", id)
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()

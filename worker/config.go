@@ -30,6 +30,10 @@ type Config struct {
 	LeaseSafetyMargin time.Duration `yaml:"lease_safety_margin"`
 	// ShutdownTimeout bounds SIGTERM drain (below ECS's 30 s stop timeout).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// StartTimeout bounds the wait for PostgreSQL, the artifacts bucket, DynamoDB and Kinesis
+	// at start-up; past it the worker exits non-zero naming the dependency. 0 waits forever
+	// (the worker starts serving whenever they come back, without a restart).
+	StartTimeout time.Duration `yaml:"start_timeout"`
 	// MaxEventBytes rejects larger records to errors/.
 	MaxEventBytes int `yaml:"max_event_bytes"`
 	// MaxBrowseHistory rejects events with longer browse histories to errors/.
@@ -46,9 +50,15 @@ type Config struct {
 	// event is processed, the field dropped and counted in unknown_fields_total) or "reject"
 	// (the event goes to errors/ as unknown_field).
 	UnknownFields string `yaml:"unknown_fields"`
-	// RecommendTimeout bounds one Recommender call (user tower + pgvector queries); a call
-	// that takes longer is retried like an outage.
+	// RecommendTimeout bounds one Recommender call (user tower + pgvector queries). A call for
+	// several events that takes longer is split in halves; a single event's is retried like
+	// an outage.
 	RecommendTimeout time.Duration `yaml:"recommend_timeout"`
+	// RecommendBatch bounds the events of one Recommender call: a GetRecords page is enriched
+	// in calls of at most this many, so that a call's latency (which grows with its users)
+	// stays well under RecommendTimeout on a large catalog. A call that still times out is
+	// split in halves.
+	RecommendBatch int `yaml:"recommend_batch"`
 	// StallAfter: a shard holding records that has not checkpointed for this long is stalled
 	// (recstream_worker_shard_stalled, /readyz red, an error log line).
 	StallAfter time.Duration `yaml:"stall_after"`
@@ -93,12 +103,22 @@ func DefaultConfig() Config {
 		StatusInterval:        30 * time.Second,
 		UnknownFields:         "ignore",
 		RecommendTimeout:      10 * time.Second,
+		RecommendBatch:        500,
 		StallAfter:            5 * time.Minute,
 	}
 }
 
-// Validate reports the first invalid field.
+// Validate reports the first invalid field, its sections' (flush, retry) included: a Config
+// built in code reaches New and Replay without the config loader, and flush.max_age 0 would
+// divide by zero in windowOf, retry.initial_backoff 0 spin. Errors start with the key path
+// relative to the worker section ("flush.max_age: ...").
 func (c Config) Validate() error {
+	if err := c.Flush.Validate(); err != nil {
+		return fmt.Errorf("flush.%w", err)
+	}
+	if err := c.Retry.Validate(); err != nil {
+		return fmt.Errorf("retry.%w", err)
+	}
 	switch c.InitialPosition {
 	case "TRIM_HORIZON", "LATEST":
 	default:
@@ -128,6 +148,9 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("shutdown_timeout: must be > 0, got %s", c.ShutdownTimeout)
 	}
+	if c.StartTimeout < 0 {
+		return fmt.Errorf("start_timeout: must be >= 0 (0 waits forever), got %s", c.StartTimeout)
+	}
 	if c.MaxEventBytes < 256 || c.MaxEventBytes > 1<<20 {
 		return fmt.Errorf("max_event_bytes: must be between 256 and 1048576 (the Kinesis record limit), got %d", c.MaxEventBytes)
 	}
@@ -149,6 +172,9 @@ func (c Config) Validate() error {
 	}
 	if c.RecommendTimeout < 100*time.Millisecond {
 		return fmt.Errorf("recommend_timeout: must be >= 100ms, got %s", c.RecommendTimeout)
+	}
+	if c.RecommendBatch < 1 || c.RecommendBatch > 10000 {
+		return fmt.Errorf("recommend_batch: must be between 1 and 10000 (a GetRecords page), got %d", c.RecommendBatch)
 	}
 	if hold := c.Flush.MaxAge + c.Flush.WindowGrace + c.IdleTimeBetweenReads; c.StallAfter <= hold {
 		// A healthy shard holds a window's records until the window is proven complete.
@@ -184,4 +210,10 @@ func (c RetryConfig) Validate() error {
 		return fmt.Errorf("max_backoff: must be >= initial_backoff (%s), got %s", c.InitialBackoff, c.MaxBackoff)
 	}
 	return nil
+}
+
+// configError names the key path of a section's Validate error as the config loader does:
+// "flush.max_age: ..." from section worker becomes "worker.flush.max_age: ...".
+func configError(section string, err error) error {
+	return fmt.Errorf("%s.%w", section, err)
 }

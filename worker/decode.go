@@ -49,7 +49,7 @@ func Decode(data []byte, lim Limits) (Event, error) {
 			unknown = key
 		}
 		if !lim.RejectUnknown {
-			ev.Unknown = appendUnique(ev.Unknown, jsonString(key))
+			ev.addUnknown(jsonString(key))
 		}
 	})
 	if err != nil {
@@ -97,7 +97,7 @@ func Decode(data []byte, lim Limits) (Event, error) {
 	}
 	ev.BrowseHistory = make([]BrowseItem, 0, len(items))
 	for n, it := range items {
-		bi, err := decodeItem(it, n, lim.RejectUnknown, &ev.Unknown)
+		bi, err := decodeItem(it, n, lim.RejectUnknown, &ev)
 		if err != nil {
 			return ev, err
 		}
@@ -144,19 +144,26 @@ func eventFieldIndex(key []byte) int {
 	return -1
 }
 
-// appendUnique appends name to names unless it is there already (names are few).
-func appendUnique(names []string, name string) []string {
-	for _, n := range names {
+// addUnknown records a dropped field's name in ev.Unknown unless it is there already. The list
+// holds at most MaxUnknownNames names, so the check is bounded per key and an event of
+// thousands of distinct keys costs linear time; names past the cap are counted in
+// ev.UnknownOmitted.
+func (ev *Event) addUnknown(name string) {
+	for _, n := range ev.Unknown {
 		if n == name {
-			return names
+			return
 		}
 	}
-	return append(names, name)
+	if len(ev.Unknown) >= MaxUnknownNames {
+		ev.UnknownOmitted++
+		return
+	}
+	ev.Unknown = append(ev.Unknown, name)
 }
 
 // decodeItem validates browse_history[n]; it is a raw object or null. Unknown item fields are
-// rejected, or (reject false) appended to *dropped as "browse_history[].<key>".
-func decodeItem(raw []byte, n int, reject bool, dropped *[]string) (BrowseItem, error) {
+// rejected, or (reject false) recorded in ev as "browse_history[].<key>".
+func decodeItem(raw []byte, n int, reject bool, ev *Event) (BrowseItem, error) {
 	var bi BrowseItem
 	path := func(field string) string { return fmt.Sprintf("browse_history[%d]%s", n, field) }
 	if isNullValue(raw) {
@@ -176,7 +183,7 @@ func decodeItem(raw []byte, n int, reject bool, dropped *[]string) (BrowseItem, 
 				unknown = key
 			}
 			if !reject {
-				*dropped = appendUnique(*dropped, "browse_history[]."+jsonString(key))
+				ev.addUnknown("browse_history[]." + jsonString(key))
 			}
 		}
 	}); err != nil {

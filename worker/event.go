@@ -17,9 +17,19 @@ type Event struct {
 
 	// Unknown names the fields Decode dropped because the schema does not have them (only
 	// when Limits.RejectUnknown is false): top-level keys as sent, item keys as
-	// "browse_history[].<key>", each once, in order of appearance. Not part of the output.
+	// "browse_history[].<key>", each once, in order of appearance, at most MaxUnknownNames
+	// of them. Not part of the output.
 	Unknown []string `json:"-"`
+	// UnknownOmitted counts the dropped fields not named in Unknown because it was full (a
+	// name repeated past the cap counts each time).
+	UnknownOmitted int `json:"-"`
 }
+
+// MaxUnknownNames caps Event.Unknown. A 64 KiB event can carry ~9,000 distinct keys; listing
+// them all (each checked against the list) would cost ~40 M string comparisons for one
+// event. Names beyond the cap are only counted: the unknown_fields_total metric gives its own
+// series to 32 names in all anyway (maxUnknownFieldLabels).
+const MaxUnknownNames = 64
 
 // Value ranges Decode enforces, so that every event it accepts can be encoded by the model
 // (whose inputs are float32) and stored in the schema (customerNumber is an INT column).

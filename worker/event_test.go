@@ -6,9 +6,13 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
@@ -122,6 +126,61 @@ func TestDecodeUnknownFieldsIgnored(t *testing.T) {
 	}
 }
 
+// manyKeysEvent is a valid event carrying n distinct unknown top-level keys ("0", "1", ...,
+// base 36) and two unknown keys in its browse item.
+func manyKeysEvent(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"session_id":"s","customer_number":1,"city":"c","country":"x","credit_limit":1,`)
+	for i := range n {
+		b.WriteString(`"` + strconv.FormatInt(int64(i), 36) + `":0,`)
+	}
+	b.WriteString(`"browse_history":[{"product_code":"A","quantity":1,"in_shopping_cart":true,"price":3,"tax":1}]}`)
+	return []byte(b.String())
+}
+
+// TestDecodeManyUnknownFieldsBounded pins quadratic unknown-field tracking: each dropped name
+// was checked against every name listed so far, so a 64 KiB event of ~8,000 distinct keys cost
+// ~32 M string comparisons. Decode now lists at most MaxUnknownNames names (the check per key
+// is bounded, the work linear) and counts the rest; unknown_fields_total counts exactly what it
+// counted before (32 names, the rest as other).
+func TestDecodeManyUnknownFieldsBounded(t *testing.T) {
+	const n = 8000
+	b := manyKeysEvent(n)
+	if len(b) > 64<<10 {
+		t.Fatalf("event of %d bytes, want one within the default max_event_bytes", len(b))
+	}
+	ev, err := Decode(b, Limits{MaxBytes: 64 << 10, MaxBrowseHistory: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ev.Unknown) != MaxUnknownNames || ev.UnknownOmitted != n+2-MaxUnknownNames {
+		t.Fatalf("%d names listed, %d omitted; want %d and %d", len(ev.Unknown), ev.UnknownOmitted, MaxUnknownNames, n+2-MaxUnknownNames)
+	}
+	for i, name := range ev.Unknown {
+		if name != strconv.FormatInt(int64(i), 36) {
+			t.Fatalf("name %d is %q: want the first names in order of appearance", i, name)
+		}
+	}
+	// A name already listed is not counted again.
+	ev, err = Decode([]byte(strings.Replace(string(b), `"browse_history"`, `"0":1,"1":2,"browse_history"`, 1)), Limits{MaxBytes: 64 << 10})
+	if err != nil || ev.UnknownOmitted != n+2-MaxUnknownNames {
+		t.Fatalf("repeated listed names: %d omitted, %v", ev.UnknownOmitted, err)
+	}
+
+	dir, err := objstore.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newSeamEnv(t, testConfig(), dir, fakeRecommender{})
+	e.process(e.records(b))
+	if v := testutil.ToFloat64(e.metrics.UnknownFields.WithLabelValues("other")); v != n+2-maxUnknownFieldLabels {
+		t.Fatalf("unknown_fields_total{field=other} = %v, want %d", v, n+2-maxUnknownFieldLabels)
+	}
+	if v := testutil.ToFloat64(e.metrics.UnknownFields.WithLabelValues("0")); v != 1 {
+		t.Fatalf(`unknown_fields_total{field="0"} = %v, want 1`, v)
+	}
+}
+
 func TestAnchor(t *testing.T) {
 	item := func(code string, cart bool) BrowseItem { return BrowseItem{ProductCode: code, InShoppingCart: cart} }
 	for _, tc := range []struct {
@@ -182,6 +241,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"session_id":"s","customer_number":1e2,"\u0063ity":"P\u00e4s","country":"\xff","credit_limit":0,"browse_history":[{"product_code":"A","quantity":" 2.0 ","in_shopping_cart":false,"quantity":3}]}`))
 	f.Add([]byte(`{"session_id":"s","customer_number":1,"city":"c","country":"x","credit_limit":1,"browse_history":[null,{"x":1}]}`))
 	f.Add([]byte(` {"session_id" : "s" , "customer_number" : -0 , "city":"","country":"x","credit_limit":1e308,"browse_history":[ ] } `))
+	f.Add(manyKeysEvent(1000)) // more unknown names than Decode lists
 	f.Fuzz(func(t *testing.T, b []byte) {
 		lim := Limits{MaxBytes: 8192, MaxBrowseHistory: 10}
 		ev, err := Decode(b, lim)
@@ -194,6 +254,18 @@ func FuzzDecode(f *testing.F) {
 		// The reference lists unknown fields in map order.
 		slices.Sort(ev.Unknown)
 		slices.Sort(ref.Unknown)
+		if err == nil && len(ref.Unknown) > MaxUnknownNames {
+			// Decode lists the first MaxUnknownNames and counts the rest.
+			for _, name := range ev.Unknown {
+				if _, ok := slices.BinarySearch(ref.Unknown, name); !ok {
+					t.Fatalf("Decode lists %q, the reference does not", name)
+				}
+			}
+			if len(ev.Unknown) != MaxUnknownNames || ev.UnknownOmitted < len(ref.Unknown)-MaxUnknownNames {
+				t.Fatalf("Decode lists %d names and omits %d; the reference lists %d", len(ev.Unknown), ev.UnknownOmitted, len(ref.Unknown))
+			}
+			ev.Unknown, ev.UnknownOmitted = ref.Unknown, 0
+		}
 		if err == nil && !reflect.DeepEqual(ev, ref) {
 			t.Fatalf("Decode %+v, reference %+v", ev, ref)
 		}

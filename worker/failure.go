@@ -11,12 +11,15 @@ import (
 //
 //   - transient (PostgreSQL or S3 unreachable, timeouts, throttling, 5xx, serialization
 //     conflicts, anything not classified below): retry with capped backoff; the shard waits,
-//     and a wait longer than worker.stall_after shows as a stalled shard.
+//     and a wait longer than worker.stall_after shows as a stalled shard. A Recommender call
+//     for several events that runs past worker.recommend_timeout is split in halves rather
+//     than retried whole (its latency grows with its users); one event's is retried.
 //   - deterministic (the records of the call themselves cannot be processed): the Recommender
 //     says so by wrapping ErrDeterministic. The processor finds the failing records by
-//     bisecting the batch, confirms each with a neutral probe (so that a recommender that
-//     rejects everything is not mistaken for bad records), writes them to errors/ as
-//     recommend_failed with the error text, and writes the rest.
+//     bisecting the batch, confirms each with a neutral probe that exercises the same lookups
+//     (user and similar items) with inputs of no record (so that a recommender, or one of its
+//     lookups, that rejects everything is not mistaken for bad records), writes them to
+//     errors/ as recommend_failed with the error text, and writes the rest.
 //   - permanent for the environment (S3 AccessDenied, NoSuchBucket, …): retrying does not help
 //     until an operator acts, but no record is at fault, so the batch is kept and retried
 //     while the error is logged at error level naming the bucket and the action, counted, and

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -33,7 +34,9 @@ func (h *shardHealth) checkpointed(now time.Time) {
 	h.pendingSince.Store(0)
 }
 
-// holding records that a checkpoint does not cover yet, first seen at now.
+// holding records that a checkpoint does not cover yet, first seen at now. checkpointed
+// clears the clock, so take calls this again when records stay buffered after a flush inside
+// a batch: otherwise a shard whose next flush never succeeds would never show as stalled.
 func (h *shardHealth) holding(now time.Time) {
 	h.pendingSince.CompareAndSwap(0, now.UnixNano())
 }
@@ -82,12 +85,14 @@ func (h *shardHealth) view(shard string, now time.Time, stallAfter time.Duration
 	return v
 }
 
-// observe updates every live shard's gauges and returns the stalled ones, sorted by shard.
+// observe updates every live shard's gauges, deletes the series of shards released long
+// enough ago (sweepLocked) and returns the stalled ones, sorted by shard.
 func (s *shared) observe(now time.Time) []shardView {
 	m := s.deps.Metrics
 	var stalled []shardView
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.sweepLocked(now)
 	for id, p := range s.live {
 		v := p.health.view(id, now, s.cfg.StallAfter)
 		m.CheckpointAge.WithLabelValues(id).Set(v.checkpointAge.Seconds())
@@ -103,16 +108,57 @@ func (s *shared) observe(now time.Time) []shardView {
 	return stalled
 }
 
-// deleteShardSeries removes the shard's per-shard gauges when this worker stops processing it
-// (lease lost, handed over, shard ended), so a stale lag, age or stalled value does not fire
-// an alert after a rebalance. Counters are kept: a counter that stops moving fires nothing,
-// and deleting one would lose increments not yet scraped (leases_lost_total is incremented
-// exactly when a shard goes).
-func (m *Metrics) deleteShardSeries(shard string) {
+// shardSeriesRetention is how long a released shard's counters and histograms stay exported
+// before they are deleted: longer than any scrape interval, so the increments of its last
+// moments (leases_lost_total is incremented exactly when a shard goes) are scraped once.
+const shardSeriesRetention = 2 * time.Minute
+
+// shardVecs are the vectors labelled shard_id: every series of a shard, whatever its other
+// labels (op, reason), is deleted when this worker stops processing the shard.
+func (m *Metrics) shardVecs() []*prometheus.MetricVec {
+	return []*prometheus.MetricVec{m.RecordsIn.MetricVec, m.RecordsOut.MetricVec, m.RecordsFailed.MetricVec,
+		m.MillisBehind.MetricVec, m.FlushObjects.MetricVec, m.FlushBytes.MetricVec, m.FlushDuration.MetricVec,
+		m.Retries.MetricVec, m.LeasesLost.MetricVec, m.LastCheckpointTS.MetricVec, m.CheckpointAge.MetricVec,
+		m.ShardStalled.MetricVec}
+}
+
+// deleteShardGauges removes the shard's gauges when this worker stops processing it (lease
+// lost, handed over, shard ended), so a stale lag, age or stalled value does not fire an alert
+// after a rebalance.
+func (m *Metrics) deleteShardGauges(shard string) {
 	m.MillisBehind.DeleteLabelValues(shard)
 	m.LastCheckpointTS.DeleteLabelValues(shard)
 	m.CheckpointAge.DeleteLabelValues(shard)
 	m.ShardStalled.DeleteLabelValues(shard)
+}
+
+// deleteShardSeries removes every series of the shard, of every shard_id vector, so a process
+// that held many shards over time (resharding, lease moves) exports series only for the
+// shards it holds now (and those released within shardSeriesRetention).
+func (m *Metrics) deleteShardSeries(shard string) {
+	for _, v := range m.shardVecs() {
+		v.DeletePartialMatch(prometheus.Labels{"shard_id": shard})
+	}
+}
+
+// retireLocked notes that this worker stopped processing shard (s.mu held): its gauges go at
+// once, its other series after shardSeriesRetention (sweepLocked), unless it comes back.
+func (s *shared) retireLocked(shard string) {
+	s.deps.Metrics.deleteShardGauges(shard)
+	if s.retired == nil {
+		s.retired = map[string]time.Time{}
+	}
+	s.retired[shard] = s.now()
+}
+
+// sweepLocked deletes the series of the shards retired for shardSeriesRetention (s.mu held).
+func (s *shared) sweepLocked(now time.Time) {
+	for id, at := range s.retired {
+		if _, live := s.live[id]; !live && now.Sub(at) >= shardSeriesRetention {
+			s.deps.Metrics.deleteShardSeries(id)
+			delete(s.retired, id)
+		}
+	}
 }
 
 // maxUnknownFieldLabels caps the distinct field names unknown_fields_total carries; a producer
@@ -139,6 +185,14 @@ func (s *shared) countUnknownField(name string) {
 	}
 	s.unknown.mu.Unlock()
 	s.deps.Metrics.UnknownFields.WithLabelValues(label).Inc()
+}
+
+// countUnknownOther counts n unknown field names an event carried beyond what Decode lists
+// (Event.UnknownOmitted) under "other".
+func (s *shared) countUnknownOther(n int) {
+	if n > 0 {
+		s.deps.Metrics.UnknownFields.WithLabelValues("other").Add(float64(n))
+	}
 }
 
 // storageProblem is the last permanent object-storage error, cleared by a successful put.

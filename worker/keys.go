@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -40,6 +41,57 @@ func objectName(stream, shardID, seq string, sub int64) string {
 		return fmt.Sprintf("%s-%s-%s-%d", stream, shardID, seq, sub)
 	}
 	return fmt.Sprintf("%s-%s-%s", stream, shardID, seq)
+}
+
+// objectPos is where an object starts in its shard: the sequence and sub-sequence numbers of
+// the first record its flush took in its hour partition (what its key is named after).
+type objectPos struct {
+	seq string
+	sub int64
+}
+
+// shardHourPrefixes are the key prefixes of one shard's output objects and errors/ objects in
+// the hour partition of t: listing them finds every object the shard's flushes wrote in that
+// hour. The trailing "-" keeps another shard whose id extends this one out.
+func shardHourPrefixes(stream, shardID string, t time.Time) (output, errs string) {
+	name := stream + "-" + shardID + "-"
+	return partitionPath(t) + "/" + name, ErrorsPrefix + "/" + partitionPath(t) + "/" + name
+}
+
+// parseObjectPos reads an object's position from the rest of its key after one of
+// shardHourPrefixes: "<seq>[-<sub>].<ext>". ok is false for a key that is not named so (an
+// object some other tool put there).
+func parseObjectPos(rest string) (pos objectPos, ok bool) {
+	name, _, found := strings.Cut(rest, ".")
+	if !found {
+		return objectPos{}, false
+	}
+	seq, subText, hasSub := strings.Cut(name, "-")
+	if !isDecimal(seq) {
+		return objectPos{}, false
+	}
+	pos.seq = seq
+	if hasSub {
+		sub, err := strconv.ParseInt(subText, 10, 64)
+		if err != nil || sub <= 0 || !isDecimal(subText) {
+			return objectPos{}, false
+		}
+		pos.sub = sub
+	}
+	return pos, true
+}
+
+// isDecimal reports whether s is a non-empty string of ASCII digits (a sequence number).
+func isDecimal(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // ErrorKey is the key of the errors/ object holding the rejected records of the same flush and

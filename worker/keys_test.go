@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -133,6 +134,8 @@ func TestConfigValidate(t *testing.T) {
 		{"stealing off ok", func(c *Config) { c.LeaseStealingInterval = 0 }, ""},
 		{"stealing too often", func(c *Config) { c.LeaseStealingInterval = 100 * time.Millisecond }, "lease_stealing_interval:"},
 		{"event bytes", func(c *Config) { c.MaxEventBytes = 2 << 20 }, "max_event_bytes:"},
+		{"recommend batch zero", func(c *Config) { c.RecommendBatch = 0 }, "recommend_batch:"},
+		{"recommend batch past a page", func(c *Config) { c.RecommendBatch = 10001 }, "recommend_batch:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
@@ -196,4 +199,46 @@ func FuzzErrorRecordRoundTrip(f *testing.F) {
 			t.Fatal("encoding the same records twice gave different bytes")
 		}
 	})
+}
+
+// TestObjectPosFromKey: the replay finds where the live worker cut a shard's flushes by
+// listing shardHourPrefixes and parsing the rest of each key; every key ObjectKey and ErrorKey
+// write parses back to its position, and nothing else does.
+func TestObjectPosFromKey(t *testing.T) {
+	at := time.Date(2024, 3, 7, 9, 30, 0, 0, time.UTC)
+	out, errs := shardHourPrefixes("my.stream", "shardId-000000000001", at)
+	for _, tc := range []struct {
+		name string
+		key  string
+		want objectPos
+		ok   bool
+	}{
+		{"output", ObjectKey("my.stream", "shardId-000000000001", at, "4959", 0, "parquet"), objectPos{"4959", 0}, true},
+		{"output jsonl", ObjectKey("my.stream", "shardId-000000000001", at, "4959", 0, "jsonl"), objectPos{"4959", 0}, true},
+		{"inside an aggregate", ObjectKey("my.stream", "shardId-000000000001", at, "4959", 12, "parquet"), objectPos{"4959", 12}, true},
+		{"errors", ErrorKey("my.stream", "shardId-000000000001", at, "4960", 0), objectPos{"4960", 0}, true},
+		{"errors inside an aggregate", ErrorKey("my.stream", "shardId-000000000001", at, "4960", 3), objectPos{"4960", 3}, true},
+		{"no extension", out + "4959", objectPos{}, false},
+		{"not a sequence number", out + "x49.parquet", objectPos{}, false},
+		{"bad sub-sequence", out + "4959-x.parquet", objectPos{}, false},
+		{"zero sub-sequence is never written", out + "4959-0.parquet", objectPos{}, false},
+		{"another shard with a longer id", out[:len(out)-1] + "0-4959.parquet", objectPos{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rest, found := strings.CutPrefix(tc.key, out)
+			if !found {
+				rest, found = strings.CutPrefix(tc.key, errs)
+			}
+			if !found {
+				if tc.ok {
+					t.Fatalf("%s is under neither %s nor %s", tc.key, out, errs)
+				}
+				return
+			}
+			got, ok := parseObjectPos(rest)
+			if ok != tc.ok || got != tc.want {
+				t.Fatalf("parseObjectPos(%q) = %+v, %v; want %+v, %v", rest, got, ok, tc.want, tc.ok)
+			}
+		})
+	}
 }

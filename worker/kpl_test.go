@@ -36,6 +36,16 @@ func aggregateOf(t testing.TB, run string, from, n int) []byte {
 	return b
 }
 
+// expand expands a whole page at once (the processor expands one chunk at a time), with no
+// practical bound on an aggregate's user records.
+func expand(recs []ktypes.Record) []userRecord {
+	var out []userRecord
+	for _, r := range recs {
+		out = append(out, expandRecord(r, 1<<20)...)
+	}
+	return out
+}
+
 // seal frames a protobuf body as an aggregate: magic, body, MD5.
 func seal(body []byte) []byte {
 	sum := md5.Sum(body)

@@ -267,10 +267,14 @@ func (e *testEnv) owners(t testing.TB, observer *checkpoint.Store) (map[string]i
 }
 
 // TestLeasesAtScale: 64 shards, 4 workers started together under steady traffic. All shards
-// are leased within 30 s and no worker holds more than ceil(64/4)+1 = 17, with no hand-over
-// needed. One worker is then killed hard (its clients cut: nothing released): every one of
-// its shards is processed again by a survivor within failover_time + 10 s, whatever their
-// number, and every record is written exactly once.
+// are leased within 30 s. A worker takes no lease beyond its fair share ceil(open/live) as its
+// lease view shows the fleet (checkpoint.Leasing); a worker that took more before it saw the
+// others (a staggered start) gives the excess away by lease stealing (polite hand-overs, each
+// answering a claim; none when nobody exceeded the share), so the fleet settles at exactly
+// ceil(64/4) = 16 each and claims no more. One worker is then killed hard (its clients cut: nothing released): every one of its
+// shards is processed again by a survivor within failover_time + 10 s, whatever their number,
+// each taken over by expiry, no survivor holding more than ceil(64/3) = 22, and every record
+// is written exactly once.
 func TestLeasesAtScale(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test needs the local stack (not with -short)")
@@ -297,51 +301,87 @@ func TestLeasesAtScale(t *testing.T) {
 	for i := range ms {
 		ms[i] = e.startMember(t, fmt.Sprintf("s%d", i), log, nil)
 	}
-	var leasedIn time.Duration
+	// held counts the leases of each of ms in the table, and their max and min.
+	held := func(ms []*member) (n map[string]int, mx, mn, total int) {
+		all, _ := e.owners(t, observer)
+		n = map[string]int{}
+		mn = shards
+		for _, m := range ms {
+			n[m.id] = all[m.id]
+			mx, mn, total = max(mx, all[m.id]), min(mn, all[m.id]), total+all[m.id]
+		}
+		return n, mx, mn, total
+	}
+	handovers := func(ms []*member, reason string) (n int) {
+		for _, m := range ms {
+			n += int(testutil.ToFloat64(m.metrics.Handovers.WithLabelValues(reason)))
+		}
+		return n
+	}
+	claims := func(ms []*member) (n int) {
+		for _, m := range ms {
+			n += int(testutil.ToFloat64(m.metrics.Claims))
+		}
+		return n
+	}
+	var atStart map[string]int
 	stacktest.Eventually(t, 30*time.Second, 100*time.Millisecond, func() bool {
-		n, _ := e.owners(t, observer)
-		held := 0
-		for _, m := range ms {
-			held += n[m.id]
-		}
-		leasedIn = time.Since(began)
-		return held == shards
+		n, _, _, total := held(ms)
+		atStart = n
+		return total == shards
 	}, "not all %d shards leased by the 4 workers", shards)
-	t.Logf("all %d shards leased %s after start", shards, leasedIn.Round(10*time.Millisecond))
-	// The fleet is up: nobody holds more than ceil(N/W)+1, now and after rebalancing settles.
-	maxHeld := func() (int, map[string]int) {
-		n, _ := e.owners(t, observer)
-		mx := 0
-		for _, m := range ms {
-			mx = max(mx, n[m.id])
-		}
-		return mx, n
-	}
-	if mx, n := maxHeld(); mx > shards/workers+1 {
-		t.Fatalf("a worker holds %d leases, more than ceil(%d/%d)+1: %v", mx, shards, workers, n)
-	}
-	// Wait out a few lease-stealing intervals: the spread stays within bounds.
-	settle := time.Now().Add(2 * e.Cfg.LeaseStealingInterval)
-	stacktest.Eventually(t, 3*e.Cfg.LeaseStealingInterval, 200*time.Millisecond, func() bool {
-		if mx, n := maxHeld(); mx > shards/workers+1 {
-			t.Fatalf("a worker holds %d leases, more than ceil(%d/%d)+1: %v", mx, shards, workers, n)
-		}
-		return time.Now().After(settle)
-	}, "")
-	var claims float64
-	for _, m := range ms {
-		claims += testutil.ToFloat64(m.metrics.Handovers.WithLabelValues("claim"))
-	}
-	t.Logf("hand-overs by claim during the start: %v", claims)
+	t.Logf("all %d shards leased %s after start: %v", shards, time.Since(began).Round(10*time.Millisecond), atStart)
 
-	// Kill the worker holding the most leases.
-	victim := ms[0]
-	n, ls := e.owners(t, observer)
-	for _, m := range ms {
-		if n[m.id] > n[victim.id] {
-			victim = m
+	// The fair share: nobody ends up above ceil(N/W) (nor, N/W being whole, below it). What a
+	// worker took beyond it before it saw the others is the excess lease stealing moves.
+	share := (shards + workers - 1) / workers
+	excess := 0
+	for _, c := range atStart {
+		excess += max(0, c-share)
+	}
+	if excess == 0 {
+		if c := claims(ms); c != 0 {
+			t.Fatalf("every worker took at most its share %d (%v), yet %d claims were written", share, atStart, c)
 		}
 	}
+	// Rebalancing moves one excess lease per hand-over and needs at most one claim per steal
+	// interval per worker, a hand-over taking a renewal period plus a pass.
+	settleBy := 2*e.Cfg.LeaseStealingInterval + time.Duration(excess)*(e.Cfg.LeaseStealingInterval+e.Cfg.FailoverTime)
+	stacktest.Eventually(t, settleBy, 200*time.Millisecond, func() bool {
+		n, mx, mn, total := held(ms)
+		if mx > max(share, maxOf(atStart)) {
+			t.Fatalf("a worker grew to %d leases, above its share %d and the start's %v: %v", mx, share, atStart, n)
+		}
+		return total == shards && mx == share && mn == share
+	}, "the fleet did not settle at %d leases each from %v", share, atStart)
+	// Settled: no further claim within two steal intervals, and nothing expired (every worker
+	// is alive).
+	claimsSettled := claims(ms)
+	quiet := time.Now().Add(2 * e.Cfg.LeaseStealingInterval)
+	stacktest.Eventually(t, 3*e.Cfg.LeaseStealingInterval, 200*time.Millisecond, func() bool {
+		if n, mx, mn, _ := held(ms); mx != share || mn != share {
+			t.Fatalf("the settled fleet moved: %v, want %d each", n, share)
+		}
+		return time.Now().After(quiet)
+	}, "")
+	if c := claims(ms); c != claimsSettled {
+		t.Fatalf("%d claims written after the fleet settled at %d each (%d before)", c-claimsSettled, share, claimsSettled)
+	}
+	// Each excess lease left its worker by a hand-over, each hand-over answered a claim. (Not
+	// exactly one per excess lease: two workers below the share may claim from the same busiest
+	// one at once, which then claims one back.)
+	if h := handovers(ms, "claim"); h < excess || h > claimsSettled {
+		t.Fatalf("%d hand-overs by claim, want at least the %d leases taken beyond the share %d at the start (%v) and at most the %d claims written",
+			h, excess, share, atStart, claimsSettled)
+	}
+	if h := handovers(ms, "expired"); h != 0 {
+		t.Fatalf("%d leases taken over by expiry while every worker was alive", h)
+	}
+	t.Logf("start: %v, excess over the share %d: %d, hand-overs by claim: %d, claims written: %d", atStart, share, excess, handovers(ms, "claim"), claimsSettled)
+
+	// Kill one worker (they hold the same number now).
+	victim := ms[0]
+	_, ls := e.owners(t, observer)
 	orphans := map[string]string{} // shard -> checkpoint at the kill
 	for _, l := range ls {
 		if l.Owner == victim.id {
@@ -359,7 +399,11 @@ func TestLeasesAtScale(t *testing.T) {
 	// Processed again: a survivor's processor for the shard has taken records after the kill
 	// (it buffers them, or has checkpointed past the victim's checkpoint).
 	resumed := map[string]time.Duration{}
+	survivorShare := (shards + workers - 2) / (workers - 1)
 	stacktest.Eventually(t, e.Cfg.FailoverTime+10*time.Second, 100*time.Millisecond, func() bool {
+		if n, mx, _, _ := held(survivors); mx > survivorShare {
+			t.Fatalf("a survivor holds %d leases, more than ceil(%d/%d) = %d: %v", mx, shards, workers-1, survivorShare, n)
+		}
 		for _, m := range survivors {
 			for _, r := range m.shards() {
 				if cp, ok := orphans[r.shard]; ok && (r.buffered > 0 || r.checkpoint != cp) {
@@ -375,6 +419,14 @@ func TestLeasesAtScale(t *testing.T) {
 	for _, d := range resumed {
 		worst = max(worst, d)
 	}
+	// The survivors' share is ceil(N/(W-1)): none took more, and every orphan was taken by
+	// expiry, once (a hand-over by claim moves leases among survivors, not orphans).
+	if n, mx, _, _ := held(survivors); mx > survivorShare {
+		t.Fatalf("a survivor holds %d leases, more than ceil(%d/%d) = %d: %v", mx, shards, workers-1, survivorShare, n)
+	}
+	if h := handovers(survivors, "expired"); h != len(orphans) {
+		t.Fatalf("%d leases taken over by expiry after the kill, want the victim's %d", h, len(orphans))
+	}
 	t.Logf("killed %s holding %d shards; all processed again by survivors within %s (failover_time %s)",
 		victim.id, len(orphans), worst.Round(10*time.Millisecond), e.Cfg.FailoverTime)
 
@@ -383,4 +435,11 @@ func TestLeasesAtScale(t *testing.T) {
 	for _, m := range survivors {
 		m.r.cancel()
 	}
+}
+
+func maxOf(m map[string]int) (mx int) {
+	for _, v := range m {
+		mx = max(mx, v)
+	}
+	return mx
 }

@@ -23,6 +23,9 @@ type Metrics struct {
 	CheckpointAge    *prometheus.GaugeVec     // seconds since the shard's last checkpoint (grows while stuck)
 	ShardStalled     *prometheus.GaugeVec     // 1 while the shard holds records and has not checkpointed for stall_after
 	UnknownFields    *prometheus.CounterVec   // fields dropped by unknown_fields: ignore, by name (capped)
+	// LateRecords counts records of a flush window the worker had already closed at the
+	// stream's tip (no shard label: a sum is what tells window_grace is too short).
+	LateRecords prometheus.Counter
 	// StoragePermanentErrors counts writes refused for a reason no retry fixes (AccessDenied,
 	// NoSuchBucket, …), by bucket and S3 error code.
 	StoragePermanentErrors *prometheus.CounterVec
@@ -60,6 +63,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "1 while the shard holds records and has not checkpointed for longer than worker.stall_after."}, shard),
 		UnknownFields: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "recstream_worker_unknown_fields_total",
 			Help: "Event fields not in the schema, dropped (worker.unknown_fields: ignore), by field name; names past the first 32 count as other."}, []string{"field"}),
+		LateRecords: prometheus.NewCounter(prometheus.CounterOpts{Name: "recstream_worker_late_records_total",
+			Help: "Records that arrived in a flush window already closed at the stream's tip (after flush.window_grace); each such batch is written in an object of its own."}),
 		StoragePermanentErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "recstream_worker_storage_permanent_errors_total",
 			Help: "Object writes refused for a reason no retry fixes (AccessDenied, NoSuchBucket, ...), by bucket and S3 error code."}, []string{"bucket", "code"}),
 	}
@@ -68,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.RecordsIn, m.RecordsOut, m.RecordsFailed, m.MillisBehind, m.FlushObjects,
 		m.FlushBytes, m.FlushDuration, m.Retries, m.LeasesHeld, m.LeasesLost, m.LastCheckpointTS, m.CheckpointAge,
-		m.ShardStalled, m.UnknownFields, m.StoragePermanentErrors} {
+		m.ShardStalled, m.UnknownFields, m.LateRecords, m.StoragePermanentErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register worker metrics: %w", err)
 		}

@@ -48,12 +48,16 @@ type shared struct {
 	stopping *atomic.Bool
 
 	beforeCheckpoint func() // tests: see Worker.beforeCheckpoint
+	chunkRecords     int    // tests: user records per chunk of a page (see take); 0: flush.max_records
 
 	unknown    fieldNames                     // unknown field names with a series of their own
 	storageErr atomic.Pointer[storageProblem] // last permanent storage error, nil once a put succeeds
 
 	mu   sync.Mutex
 	live map[string]*processor
+	// retired: shards whose processor ended, and when; their counters and histograms are
+	// deleted shardSeriesRetention later (see retireLocked).
+	retired map[string]time.Time
 }
 
 func (s *shared) now() time.Time {
@@ -144,8 +148,11 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	p.health.started(p.lastStatus)
 	p.s.mu.Lock()
 	p.s.live[p.shard] = p
+	delete(p.s.retired, p.shard) // back before its series were deleted: they go on
 	p.s.mu.Unlock()
 	p.s.deps.Metrics.LeasesHeld.Inc()
+	// Export leases_lost_total from 0 while the shard is held, so increase() sees its first loss.
+	p.s.deps.Metrics.LeasesLost.WithLabelValues(p.shard)
 	p.log.Info("shard processor started", zap.String("checkpoint", p.checkpoint))
 }
 
@@ -171,11 +178,20 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 	if len(in.Records) > 0 {
 		p.health.holding(p.s.now())
 		if !p.take(in) {
+			// A processor that did not take its whole page must never end the shard (Shutdown
+			// TERMINATE writes SHARD_END only while active): whatever path made take give up
+			// without killing the processor, it is stopped now and the page is replayed.
+			if p.state == stateActive {
+				p.state = stateStopped
+				p.log.Warn("page not taken, processor stopped, records left for replay", zap.String("checkpoint", p.checkpoint),
+					zap.String("seq_first", aws.ToString(in.Records[0].SequenceNumber)), zap.Int("records", len(in.Records)))
+			}
 			return
 		}
 	} else if in.MillisBehindLatest == 0 && !p.buf.empty() && p.s.now().After(p.buf.windowEnd().Add(p.s.cfg.Flush.WindowGrace)) {
 		// Caught up, nothing more to read, and the window is over: any record still to come
-		// arrives in a later window.
+		// arrives in a later window (one that does not is counted as late).
+		p.buf.closeAtTip()
 		p.flush(in.Checkpointer)
 	}
 	if iv := p.s.cfg.StatusInterval; iv > 0 && p.s.now().Sub(p.lastStatus) >= iv {
@@ -226,7 +242,7 @@ func (p *processor) release() {
 	if p.s.live[p.shard] == p {
 		delete(p.s.live, p.shard)
 		p.s.deps.Metrics.LeasesHeld.Dec()
-		p.s.deps.Metrics.deleteShardSeries(p.shard)
+		p.s.retireLocked(p.shard)
 	}
 	p.s.mu.Unlock()
 }
@@ -242,7 +258,7 @@ func (s *shared) forget(shardID string) {
 	if ok {
 		delete(s.live, shardID)
 		s.deps.Metrics.LeasesHeld.Dec()
-		s.deps.Metrics.deleteShardSeries(shardID)
+		s.retireLocked(shardID)
 	}
 	s.mu.Unlock()
 	if ok {
@@ -288,11 +304,40 @@ func (p *processor) die(why string, err error) {
 // fills the buffer (never inside a KPL aggregate, so a checkpoint never skips part of one).
 // It returns false when the processor stopped or died on the way (nothing of the batch is then
 // kept unless a flush already made it durable and checkpointed it).
+//
+// The page is taken in chunks of whole Kinesis records holding at most flush.max_records user
+// records (or one aggregate, of at most aggregateLimit), so memory is bounded by one chunk, not
+// by the page: a 10 MB page of aggregates of tiny records would otherwise expand to millions
+// of user records at once. Flush boundaries do not depend on the chunks
+// (they are decided record by record against the buffer), so the objects written are the same
+// whatever the chunk size.
 func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
+	p.s.deps.Metrics.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
+	takenAt := p.s.now()
+	limit := p.s.chunkRecords
+	if limit <= 0 {
+		limit = p.s.cfg.Flush.MaxRecords
+	}
+	var chunk []userRecord
+	for _, r := range in.Records {
+		urs := expandRecord(r, aggregateLimit(p.s.cfg.Flush))
+		if len(chunk) > 0 && len(chunk)+len(urs) > limit {
+			if !p.takeChunk(chunk, in.Checkpointer, takenAt) {
+				return false
+			}
+			clear(chunk) // let the chunk's payloads and errors be collected
+			chunk = chunk[:0]
+		}
+		chunk = append(chunk, urs...)
+	}
+	return len(chunk) == 0 || p.takeChunk(chunk, in.Checkpointer, takenAt)
+}
+
+// takeChunk decodes, enriches and buffers the user records of whole Kinesis records (see take).
+// takenAt is when the batch was handed over: the shard's pending clock restarts there when a
+// flush inside the batch leaves records behind.
+func (p *processor) takeChunk(urs []userRecord, cp kcl.IRecordProcessorCheckpointer, takenAt time.Time) bool {
 	cfg := p.s.cfg
-	m := p.s.deps.Metrics
-	m.RecordsIn.WithLabelValues(p.shard).Add(float64(len(in.Records)))
-	urs := expand(in.Records)
 	p.batch = urs
 	defer func() { p.batch = nil }()
 	events := make([]Event, len(urs))
@@ -310,6 +355,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		for _, f := range events[i].Unknown {
 			p.s.countUnknownField(f)
 		}
+		p.s.countUnknownOther(events[i].UnknownOmitted)
 		valid = append(valid, i)
 	}
 	enriched := make([]enrichment, len(urs))
@@ -318,10 +364,25 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 	}
 	for i := range urs {
 		u := &urs[i]
+		// alone: a record without an arrival time taken into an empty buffer (see fileUntimed)
+		// is flushed on its own.
+		alone := false
+		if u.reason == ReasonMissingArrivalTime {
+			alone = p.fileUntimed(u)
+		}
 		if u.first && !p.buf.empty() && p.buf.windowOf(u.arrival) > p.buf.window {
-			if !p.flush(in.Checkpointer) {
+			if !p.flush(cp) {
 				return false
 			}
+		}
+		if p.buf.late(u.arrival) {
+			p.s.deps.Metrics.LateRecords.Inc()
+		}
+		if p.buf.empty() {
+			// A flush earlier in this batch reset the pending clock: the records taken from
+			// here on wait since the batch was handed over, so a later flush that never
+			// succeeds (S3 down at the tip) shows the shard stalled.
+			p.health.holding(takenAt)
 		}
 		rejected := func(reason Reason, field, msg string) {
 			p.buf.addError(ErrorRecord{Reason: reason, Field: field, Message: msg, Stream: p.s.stream, ShardID: p.shard,
@@ -329,7 +390,7 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		}
 		switch e := &enriched[i]; {
 		case u.bad != nil:
-			rejected(ReasonBadKPLAggregate, "", u.bad.Error())
+			rejected(u.reason, "", u.bad.Error())
 		case bad[i] != nil:
 			var de *DecodeError
 			errors.As(bad[i], &de)
@@ -352,11 +413,34 @@ func (p *processor) take(in *kcl.ProcessRecordsInput) bool {
 		}
 		p.publishBuffered()
 		p.taken++
-		if u.last && p.buf.full() && !p.flush(in.Checkpointer) {
+		if u.last && (alone || p.buf.full()) && !p.flush(cp) {
 			return false
 		}
 	}
 	return true
+}
+
+// untimedEpoch files a record without an arrival time that has no record before it in its
+// flush: the Unix epoch, a time no real record has, so the errors/ key says "no time".
+var untimedEpoch = time.Unix(0, 0).UTC()
+
+// fileUntimed gives a Kinesis record without ApproximateArrivalTimestamp (rejected as
+// missing_arrival_time) the time its errors/ entry is filed under, deterministically: the
+// buffer is a pure function of the stream since the last checkpoint, so a replay files it the
+// same way. With records buffered it takes the last one's arrival time: it joins the current
+// flush window and hour partition and cuts nothing. In an empty buffer it takes the Unix
+// epoch and reports alone: it is then flushed on its own, so that neither a tip flush (its
+// window is long over) nor the records after it can move a boundary a replay would not.
+func (p *processor) fileUntimed(u *userRecord) (alone bool) {
+	const msg = "; filed under "
+	if p.buf.empty() {
+		u.arrival = untimedEpoch
+		u.bad = fmt.Errorf("%w%s%s (the Unix epoch: no record before it in its flush)", u.bad, msg, untimedEpoch.Format(time.RFC3339))
+		return true
+	}
+	u.arrival = p.buf.lastArrival
+	u.bad = fmt.Errorf("%w%sthe arrival time of the record before it in its flush, %s", u.bad, msg, u.arrival.Format(time.RFC3339Nano))
+	return false
 }
 
 // enrichment is the Recommender's answer for one event, or why it has none.
@@ -367,30 +451,47 @@ type enrichment struct {
 	err     error // deterministic failure of this record: it goes to errors/
 }
 
-// enrich asks the Recommender for the events at idx and fills out[idx]. A deterministic
-// failure of the whole call is narrowed down by bisection to the records that fail alone;
-// each of those is confirmed with a neutral probe before it is sent to errors/ (see
-// failure.go). It returns false when the processor stopped or died on the way.
+// enrich asks the Recommender for the events at idx and fills out[idx], at most
+// worker.recommend_batch events per call. A call that fails deterministically, or that runs
+// past worker.recommend_timeout, for more than one event is split in halves and each half is
+// asked again: a deterministic failure is so narrowed down to the records that fail alone
+// (each confirmed with a neutral probe before it is sent to errors/, see probe and
+// failure.go), and a call too slow for the timeout becomes calls small enough to finish. A
+// single event that times out is an outage, never a bad record: it is retried with backoff.
+// It returns false when the processor stopped or died on the way (nothing of the page is then
+// kept).
 func (p *processor) enrich(events []Event, idx []int, out []enrichment) bool {
+	if n := p.s.cfg.RecommendBatch; len(idx) > n {
+		// A call's latency grows with its users (one HNSW scan each): a whole 10,000-record
+		// page in one call can outlast recommend_timeout on a large catalog and would then
+		// be retried whole, forever.
+		for lo := 0; lo < len(idx); lo += n {
+			if !p.enrich(events, idx[lo:min(lo+n, len(idx))], out) {
+				return false
+			}
+		}
+		return true
+	}
 	backoff := p.s.cfg.Retry.InitialBackoff
 	for {
 		err := p.recommend(events, idx, out)
-		if err == nil {
+		switch {
+		case err == nil:
 			return true
-		}
-		if errors.Is(err, errGaveUp) {
+		case errors.Is(err, errGaveUp):
 			return false
-		}
-		if len(idx) > 1 {
+		case len(idx) > 1:
+			if errors.Is(err, errRecommendTimeout) {
+				p.s.deps.Metrics.Retries.WithLabelValues(p.shard, opRecommend.String()).Inc()
+				p.log.Warn("recommend call timed out, splitting it", zap.Int("records", len(idx)),
+					zap.String("seq_first", p.seqOf(idx[0])), zap.String("seq_last", p.seqOf(idx[len(idx)-1])), zap.Error(err))
+			}
 			mid := len(idx) / 2
 			return p.enrich(events, idx[:mid], out) && p.enrich(events, idx[mid:], out)
 		}
 		// One record fails deterministically. Is it the record, or does the recommender now
-		// reject any input (a bad artifact, a schema change)? Ask with a neutral user.
-		perr := p.retry(opRecommend, "", func(ctx context.Context) error {
-			_, err := p.s.deps.Recommender.Recommend(ctx, []UserFeatures{{}}, nil, p.s.deps.K)
-			return err
-		})
+		// reject any input (a bad artifact, a schema change, a broken similar-items lookup)?
+		perr := p.probe(&events[idx[0]])
 		switch {
 		case perr == nil:
 			out[idx[0]].err = err
@@ -402,13 +503,72 @@ func (p *processor) enrich(events []Event, idx []int, out []enrichment) bool {
 		}
 		// The recommender rejects a neutral probe as well: no record is at fault. Wait as for
 		// an outage; the shard shows as stalled if this lasts.
+		if p.s.stopping.Load() {
+			// Nothing of this page is buffered yet: leave it for the next owner. Waiting on
+			// until the drain is abandoned would leave an active processor that took nothing,
+			// and a closed shard could then be ended past this page.
+			p.state = stateStopped
+			p.log.Info("shutdown while the recommender rejects every input, batch left for replay",
+				zap.String("sequence_number", p.seqOf(idx[0])), zap.String("checkpoint", p.checkpoint))
+			return false
+		}
 		p.s.deps.Metrics.Retries.WithLabelValues(p.shard, opRecommend.String()).Inc()
 		p.log.Error("recommender rejects every input, retrying", zap.String("sequence_number", p.seqOf(idx[0])),
 			zap.Duration("backoff", backoff), zap.NamedError("probe_error", perr), zap.Error(err))
 		if !p.pause(&backoff) {
+			// The drain context ended (shutdown_timeout): never write or checkpoint again.
+			p.die("shutdown deadline", err)
 			return false
 		}
 	}
+}
+
+// probe tells a record that cannot be enriched from a recommender that cannot enrich anything:
+// it asks a neutral question exercising every lookup the record's failing call made, and
+// returns nil when the recommender answers it (the record is then at fault), an
+// ErrDeterministic error when it rejects it too, or errGaveUp.
+//
+// Neutral means nothing of the record: the user is the empty feature set (every feature
+// unknown), and, when the record has an anchor (so its call also looked up similar items), the
+// anchor is a product the recommender itself named: the top item recommended to that neutral
+// user, which the catalog therefore holds, other than the record's own anchor. Probing with
+// the record's own anchor could not tell a bad anchor from a similar-items lookup that fails
+// for every product (both fail), and probing without an anchor would not exercise that lookup
+// at all: every record with a history would be blamed for an outage of it. The neutral user is
+// asked for k+1 items so that one of them always differs from the record's anchor. A catalog
+// that recommends nothing to the neutral user cannot be probed: that is treated as an outage,
+// not as the record's fault.
+func (p *processor) probe(ev *Event) error {
+	k := p.s.deps.K
+	var neutral Recommendations
+	err := p.retry(opRecommend, "", func(ctx context.Context) error {
+		var err error
+		neutral, err = p.s.deps.Recommender.Recommend(ctx, []UserFeatures{{}}, nil, k+1)
+		return err
+	})
+	own := ev.Anchor()
+	if err != nil || own == "" {
+		return err
+	}
+	var anchor string
+	if len(neutral.ForUser) == 1 {
+		for _, it := range neutral.ForUser[0] {
+			if it.ID != "" && it.ID != own {
+				anchor = it.ID
+				break
+			}
+		}
+	}
+	if anchor == "" {
+		return fmt.Errorf("%w: no product to probe the similar-items lookup with: the recommender named none for a neutral user", ErrDeterministic)
+	}
+	return p.retry(opRecommend, "", func(ctx context.Context) error {
+		_, err := p.s.deps.Recommender.Recommend(ctx, []UserFeatures{{}}, []string{anchor}, k)
+		if err != nil {
+			return fmt.Errorf("probe similar items of %q: %w", anchor, err)
+		}
+		return nil
+	})
 }
 
 // seqOf is the sequence number (and sub-sequence) of user record i of the batch being taken
@@ -424,7 +584,9 @@ func (p *processor) seqOf(i int) string {
 }
 
 // recommend makes one Recommender call (retried while it fails transiently) for the events at
-// idx and fills out[idx]. It returns nil, an ErrDeterministic error, or errGaveUp.
+// idx and fills out[idx]. It returns nil, an ErrDeterministic error, errRecommendTimeout (a
+// call for more than one event that ran past recommend_timeout: the caller splits it), or
+// errGaveUp.
 func (p *processor) recommend(events []Event, idx []int, out []enrichment) error {
 	users := make([]UserFeatures, len(idx))
 	var anchors []string
@@ -437,8 +599,14 @@ func (p *processor) recommend(events []Event, idx []int, out []enrichment) error
 			anchors = append(anchors, a)
 		}
 	}
+	// A timed-out call for several events goes back to enrich, which splits it; retrying the
+	// same call would time out again. A single event that times out is an outage: retried.
+	var handBack func(error) bool
+	if len(idx) > 1 {
+		handBack = func(err error) bool { return errors.Is(err, errRecommendTimeout) }
+	}
 	var recs Recommendations
-	err := p.retry(opRecommend, "", func(ctx context.Context) error {
+	err := p.retryOr(opRecommend, "", handBack, func(ctx context.Context) error {
 		var err error
 		recs, err = p.s.deps.Recommender.Recommend(ctx, users, anchors, p.s.deps.K)
 		if err == nil && len(recs.ForUser) != len(users) {
@@ -529,6 +697,10 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 // errLeaseExpiring means the lease has too little time left to start a write.
 var errLeaseExpiring = errors.New("lease has less than lease_safety_margin left")
 
+// errRecommendTimeout: a Recommender call ran past worker.recommend_timeout (transient; a
+// call for several events is split rather than retried whole).
+var errRecommendTimeout = errors.New("recommend call ran past recommend_timeout")
+
 // errGaveUp is what retry returns when the processor stopped or died on the way: the caller
 // returns at once and takes nothing more.
 var errGaveUp = errors.New("record processor gave up")
@@ -542,6 +714,12 @@ var errGaveUp = errors.New("record processor gave up")
 // as renewed meanwhile, has less than that left, so a write is abandoned before another
 // worker can take the lease. key names the object of a put (for logs).
 func (p *processor) retry(o op, key string, fn func(context.Context) error) error {
+	return p.retryOr(o, key, nil, fn)
+}
+
+// retryOr is retry, except that it returns at once an error for which handBack (when not nil)
+// reports true: the caller has a better answer to it than trying the same call again.
+func (p *processor) retryOr(o op, key string, handBack func(error) bool, fn func(context.Context) error) error {
 	cfg := p.s.cfg
 	backoff := cfg.Retry.InitialBackoff
 	for attempt := 1; ; attempt++ {
@@ -555,6 +733,9 @@ func (p *processor) retry(o op, key string, fn func(context.Context) error) erro
 		if o == opRecommend && errors.Is(err, ErrDeterministic) {
 			return err
 		}
+		if handBack != nil && handBack(err) {
+			return err
+		}
 		if errors.Is(err, errLeaseLost) || (o == opCheckpoint && p.s.deps.IsLeaseLost != nil && p.s.deps.IsLeaseLost(err)) {
 			p.die("lease lost", err)
 			return errGaveUp
@@ -565,7 +746,8 @@ func (p *processor) retry(o op, key string, fn func(context.Context) error) erro
 			return errGaveUp
 		}
 		if o == opRecommend && p.s.stopping.Load() {
-			// Nothing of this batch is buffered yet: leave it for the next owner.
+			// Nothing of this chunk is buffered yet, and a stopped processor flushes nothing
+			// (not even earlier chunks of the batch): leave it for the next owner.
 			p.state = stateStopped
 			p.log.Info("shutdown during retry, batch left for replay", zap.Stringer("op", o))
 			return errGaveUp
@@ -622,9 +804,16 @@ func (p *processor) attempt(o op, fn func(context.Context) error) error {
 		return errLeaseLost
 	}
 	if !o.fenced() {
-		ctx, cancel := context.WithTimeout(p.s.ctx, p.s.cfg.RecommendTimeout)
+		ctx, cancel := context.WithTimeoutCause(p.s.ctx, p.s.cfg.RecommendTimeout, errRecommendTimeout)
 		defer cancel()
-		return fn(ctx)
+		err := fn(ctx)
+		if err != nil && errors.Is(context.Cause(ctx), errRecommendTimeout) {
+			// Whatever the call says once its deadline has passed (a cancelled query, a
+			// closed connection) is the timeout's doing, never a verdict on the input: %v
+			// keeps an ErrDeterministic it may carry from sending a slow record to errors/.
+			return fmt.Errorf("%w (%s): %v", errRecommendTimeout, p.s.cfg.RecommendTimeout, err)
+		}
+		return err
 	}
 	if left <= p.s.cfg.LeaseSafetyMargin {
 		return errLeaseExpiring

@@ -254,10 +254,14 @@ func TestReplayTimeRange(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The fence: a shard the live worker has not checkpointed is not touched.
-	res, err = Replay(context.Background(), e.Cfg, e.Stream, Deps{Store: e.store, Recommender: versioned{"fake-v3"}, K: 5, Log: testLogger(t)},
-		e.kc, func(context.Context, string) (string, error) { return "", nil }, ReplayRequest{From: from})
-	if err != nil || len(res) != 2 || res[0].Stop != "not_processed" || res[0].Records != 0 {
-		t.Fatalf("replay without a live checkpoint: %+v, %v", res, err)
+	// The fence: a shard the live worker has not checkpointed is not touched, nor one whose
+	// checkpoint is a starting position rather than a sequence number (compared as a string,
+	// "TRIM_HORIZON" used to fence nothing off).
+	for _, cp := range []string{"", "TRIM_HORIZON", "LATEST"} {
+		res, err = Replay(context.Background(), e.Cfg, e.Stream, Deps{Store: e.store, Recommender: versioned{"fake-v3"}, K: 5, Log: testLogger(t)},
+			e.kc, func(context.Context, string) (string, error) { return cp, nil }, ReplayRequest{From: from})
+		if err != nil || len(res) != 2 || res[0].Stop != "not_processed" || res[0].Records != 0 || res[1].Records != 0 {
+			t.Fatalf("replay with live checkpoint %q: %+v, %v", cp, res, err)
+		}
 	}
 }

@@ -85,13 +85,13 @@ func (s *shared) monitor(ctx context.Context, log *zap.Logger) {
 // When the checkpointer implements Lease, uploads are fenced by its HeldUntil.
 func New(cfg Config, stream Stream, deps Deps, kc *kinesis.Client, checkpointer chk.Checkpointer) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("worker config: %w", err)
+		return nil, configError("worker", err)
 	}
 	if err := stream.Kinesis.Validate(); err != nil {
-		return nil, fmt.Errorf("kinesis config: %w", err)
+		return nil, configError("kinesis", err)
 	}
 	if err := stream.DynamoDB.Validate(); err != nil {
-		return nil, fmt.Errorf("dynamodb config: %w", err)
+		return nil, configError("dynamodb", err)
 	}
 	switch {
 	case kc == nil:

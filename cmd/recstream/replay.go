@@ -53,7 +53,7 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return usageError{err.Error()}
 	}
-	svc, closeModel, err := serveModel(ctx, app, artifacts, nil)
+	svc, closeModel, err := serveModel(ctx, app, artifacts, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -81,12 +81,14 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 		}
 		return exitCodeError{exitFailure, err}
 	}
-	var records, objects int64
+	var records, objects, deleted int64
 	for _, r := range res {
 		records += r.Records
 		objects += r.Objects
+		deleted += r.Deleted
 	}
 	app.Log.Info("replay finished", zap.Int("shards", len(res)), zap.Int64("records", records), zap.Int64("objects", objects),
+		zap.Int64("deleted", deleted),
 		zap.String("model_version", svc.Version()), zap.Duration("duration", time.Since(start)))
 	if *asJSON {
 		enc := json.NewEncoder(app.Stdout)
@@ -94,7 +96,8 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 		return enc.Encode(res)
 	}
 	for _, r := range res {
-		fmt.Fprintf(app.Stdout, "%s: %d records, %d objects rewritten (%s .. %s), stopped at %s\n", r.ShardID, r.Records, r.Objects, r.FirstSeq, r.LastSeq, r.Stop)
+		fmt.Fprintf(app.Stdout, "%s: %d records, %d objects rewritten, %d stale deleted, %d late cuts (%s .. %s), stopped at %s\n",
+			r.ShardID, r.Records, r.Objects, r.Deleted, r.LateCuts, r.FirstSeq, r.LastSeq, r.Stop)
 	}
 	return nil
 }

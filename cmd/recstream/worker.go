@@ -67,28 +67,48 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
 	reg.MustRegister(queryLatency)
 
-	svc, closeModel, err := serveModel(ctx, app, artifacts, reg)
-	if err != nil {
-		return err
-	}
-	defer closeModel()
-	pool := svc.Pool
+	// The model is loaded after the dependencies answer; the worker is built now, so that a
+	// wiring mistake fails before any connection.
+	rec := &recommender{latency: queryLatency}
 	w, err := worker.New(wcfg, worker.Stream{Kinesis: cfg.Kinesis, DynamoDB: cfg.DynamoDB}, worker.Deps{
-		Store: out, Recommender: recommender{svc: svc.Service, latency: queryLatency}, K: cfg.Inference.K, Metrics: metrics, Log: log,
+		Store: out, Recommender: rec, K: cfg.Inference.K, Metrics: metrics, Log: log,
 		IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) },
 	}, kc, store)
 	if err != nil {
 		return usageError{err.Error()}
 	}
 
-	// The model reloader and the metrics server stop with ctx; the worker drains after it.
-	aux, auxCtx := errgroup.WithContext(ctx)
-	aux.Go(func() error { return svc.Run(auxCtx) })
+	// The HTTP server comes up first: while start-up waits for a dependency, /healthz answers
+	// (the process is alive: no restart loop) and /readyz says what it waits for.
+	st := worker.NewStartup(wcfg, log)
+	auxRoot, stopAux := context.WithCancel(ctx)
+	defer stopAux()
+	aux, auxCtx := errgroup.WithContext(auxRoot)
+	var srv *httpserve.Server
 	if cfg.Metrics.Listen != "" {
-		srv, err := httpserve.New(cfg.Metrics.Listen, reg, log)
-		if err != nil {
+		if srv, err = httpserve.New(cfg.Metrics.Listen, reg, log); err != nil {
 			return usageError{err.Error()}
 		}
+		srv.AddCheck("startup", func(context.Context) error { return st.Health() })
+		aux.Go(func() error { return srv.Run(auxCtx) })
+	}
+	// Waits end with auxCtx: SIGTERM, or the HTTP server failing to listen.
+	svc, closeModel, err := serveModel(auxCtx, app, artifacts, reg, st)
+	if err == nil {
+		defer closeModel()
+		err = waitForStream(auxCtx, st, store, kc, cfg.Kinesis.Stream)
+	}
+	if err != nil {
+		stopAux()
+		return startupFailed(ctx, aux, err, log)
+	}
+	st.Started()
+	pool := svc.Pool
+	rec.svc = svc.Service // before Run: nothing calls the recommender earlier
+
+	// The model reloader and the metrics server stop with ctx; the worker drains after it.
+	aux.Go(func() error { return svc.Run(auxCtx) })
+	if srv != nil {
 		srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 		srv.AddCheck("dynamodb", func(ctx context.Context) error {
 			_, err := db.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(cfg.DynamoDB.LeaseTable)})
@@ -98,7 +118,6 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		srv.AddCheck("shards", func(context.Context) error { return w.Health() })
 		// The live embeddings version's model is the one served (names both when not).
 		srv.AddCheck("model", func(context.Context) error { return svc.Health() })
-		aux.Go(func() error { return srv.Run(auxCtx) })
 	}
 	runErr := w.Run(ctx)
 	auxErr := aux.Wait()
@@ -169,16 +188,35 @@ type servedModel struct {
 // serveModel migrates the vector schema, connects to PostgreSQL and loads the live version's
 // model: what the worker and replay need to enrich events. reg (optional) receives the
 // model-mismatch gauge. The returned func closes the pool.
-func serveModel(ctx context.Context, app *App, artifacts objstore.Store, reg prometheus.Registerer) (servedModel, func(), error) {
+//
+// With st (the worker) each step is waited for until its dependency answers (see
+// worker.Startup) and the error returned is st.Wait's; without (replay, a one-shot job) each
+// step runs once and fails the command.
+func serveModel(ctx context.Context, app *App, artifacts objstore.Store, reg prometheus.Registerer, st *worker.Startup) (servedModel, func(), error) {
 	cfg := app.Config
+	fail := func(step string, err error) error {
+		if st != nil {
+			return err // st.Wait's: interrupted, or start_timeout naming the dependency
+		}
+		if step != "" {
+			err = fmt.Errorf("%s: %w", step, err)
+		}
+		return exitCodeError{exitFailure, err}
+	}
 	// The schema may be new (first deployment): migrate it, so that the error below says what
 	// is missing (no embeddings loaded yet) rather than which relation.
-	if _, err := migratePostgres(ctx, app); err != nil {
-		return servedModel{}, nil, exitCodeError{exitFailure, err}
+	if err := startStep(ctx, st, "postgres", func(ctx context.Context) error {
+		_, err := migratePostgres(ctx, app)
+		return err
+	}); err != nil {
+		return servedModel{}, nil, fail("", err)
 	}
-	pool, err := pg.Connect(ctx, cfg.Postgres)
-	if err != nil {
-		return servedModel{}, nil, exitCodeError{exitFailure, fmt.Errorf("connect postgres: %w", err)}
+	var pool *pgxpool.Pool
+	if err := startStep(ctx, st, "postgres", func(ctx context.Context) (err error) {
+		pool, err = pg.Connect(ctx, cfg.Postgres)
+		return err
+	}); err != nil {
+		return servedModel{}, nil, fail("connect postgres", err)
 	}
 	index, err := inference.NewVectorIndex(pool, cfg.Postgres)
 	if err != nil {
@@ -204,17 +242,74 @@ func serveModel(ctx context.Context, app *App, artifacts objstore.Store, reg pro
 			}
 		})
 	}
-	if err := svc.Load(ctx); err != nil {
-		pool.Close()
+	if err := startStep(ctx, st, "postgres", func(ctx context.Context) error {
+		err := svc.Load(ctx)
 		switch {
+		case err == nil:
 		case errors.Is(err, inference.ErrNoLiveVersion):
-			err = fmt.Errorf("%w: load a model's embeddings first (recstream train, then recstream batch embeddings)", err)
+			err = &worker.DependencyError{Dependency: "postgres", Err: err,
+				Action: "load a model's embeddings first (recstream train, then recstream batch embeddings)"}
+		case errors.Is(err, inference.ErrModelUnavailable) && errors.Is(err, objstore.ErrNotExist):
+			err = &worker.DependencyError{Dependency: "s3", Err: err,
+				Action: "publish the live version's model (recstream train) or load a version that has one (recstream batch embeddings, or --rollback)"}
 		case errors.Is(err, inference.ErrModelUnavailable):
-			err = fmt.Errorf("%w: publish the live version's model (recstream train) or load a version that has one (recstream batch embeddings, or --rollback)", err)
+			// The live version was read: what failed is reading its artifacts.
+			err = &worker.DependencyError{Dependency: "s3", Err: fmt.Errorf("artifacts %s: %w", artifacts.URL(""), err)}
 		}
-		return servedModel{}, nil, exitCodeError{exitFailure, fmt.Errorf("load model: %w", err)}
+		return err
+	}); err != nil {
+		pool.Close()
+		var de *worker.DependencyError
+		if st == nil && errors.As(err, &de) && de.Action != "" {
+			err = fmt.Errorf("%w: %s", err, de.Action)
+		}
+		return servedModel{}, nil, fail("load model", err)
 	}
 	return servedModel{Service: svc, Pool: pool}, pool.Close, nil
+}
+
+// startStep runs attempt under st's start-up wait for dep, or once when st is nil.
+func startStep(ctx context.Context, st *worker.Startup, dep string, attempt func(context.Context) error) error {
+	if st == nil {
+		return attempt(ctx)
+	}
+	return st.Wait(ctx, dep, attempt)
+}
+
+// waitForStream waits until the lease table exists (created when missing) and the stream is
+// readable: the KCL library's Start fails at once without the table, and without the stream
+// its event loop only logs, so the wait happens here, where /readyz can say so.
+func waitForStream(ctx context.Context, st *worker.Startup, store *checkpoint.Store, kc *kinesis.Client, stream string) error {
+	if err := st.Wait(ctx, "dynamodb", store.EnsureTable); err != nil {
+		return err
+	}
+	return st.Wait(ctx, "kinesis", func(ctx context.Context) error {
+		// ListShards (which the task role grants: the worker lists shards anyway) answers only
+		// for a readable stream: ResourceNotFoundException when it is missing,
+		// ResourceInUseException while it is being created.
+		if _, err := kc.ListShards(ctx, &kinesis.ListShardsInput{StreamName: aws.String(stream), MaxResults: aws.Int32(1)}); err != nil {
+			return fmt.Errorf("list shards of %s: %w", stream, err)
+		}
+		return nil
+	})
+}
+
+// startupFailed ends a start-up that did not complete: SIGTERM during the wait exits cleanly,
+// worker.start_timeout exits non-zero naming the dependency, and the HTTP server failing to
+// listen returns its error.
+func startupFailed(ctx context.Context, aux *errgroup.Group, err error, log *zap.Logger) error {
+	auxErr := aux.Wait() // the caller stopped the server; when it failed, that ended the wait
+	var te *worker.StartTimeoutError
+	switch {
+	case errors.As(err, &te):
+		return exitCodeError{exitFailure, fmt.Errorf("start-up: %w", err)}
+	case ctx.Err() != nil:
+		log.Info("worker stopped during start-up", zap.String("component", "startup"), zap.String("reason", err.Error()))
+		return nil
+	case auxErr != nil:
+		return auxErr
+	}
+	return err
 }
 
 // streamClients are what the stream commands (worker, replay) talk to.

@@ -134,9 +134,10 @@ func load(ctx context.Context, region string, opts []Option) (aws.Config, error)
 	return cfg, nil
 }
 
-// Kinesis returns a Kinesis client for c.
+// Kinesis returns a Kinesis client for c. It retries throttling answers after shorter pauses
+// than the SDK's default (see ThrottleBaseDelay).
 func Kinesis(ctx context.Context, c KinesisConfig, opts ...Option) (*kinesis.Client, error) {
-	cfg, err := load(ctx, c.Region, opts)
+	cfg, err := load(ctx, c.Region, append([]Option{throttleRetry}, opts...))
 	if err != nil {
 		return nil, err
 	}
@@ -160,9 +161,10 @@ func DynamoDB(ctx context.Context, c DynamoDBConfig, opts ...Option) (*dynamodb.
 	}), nil
 }
 
-// S3 returns an S3 client for c.
+// S3 returns an S3 client for c. It retries SlowDown after shorter pauses than the SDK's
+// default (see ThrottleBaseDelay).
 func S3(ctx context.Context, c S3Config, opts ...Option) (*s3.Client, error) {
-	cfg, err := load(ctx, c.Region, opts)
+	cfg, err := load(ctx, c.Region, append([]Option{throttleRetry}, opts...))
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,9 @@
 // Package config decodes recstream's config.yaml strictly: an unknown key, a value of the wrong
 // type or a value a section's Validate rejects stops start-up with an error naming the key path
 // ("worker.flush.max_age: must be > 0, got 0s"). Every key can be overridden from the
-// environment: worker.flush.max_age ← RECSTREAM_WORKER_FLUSH_MAX_AGE.
+// environment: worker.flush.max_age ← RECSTREAM_WORKER_FLUSH_MAX_AGE. The environment is as
+// strict as the file: a RECSTREAM_* variable that names no key (a typo in a task definition)
+// is an error naming the variable, except the few that are not config keys (NonConfigEnv).
 //
 // YAML parsing is gopkg.in/yaml.v3's; this package only walks its node tree beside the target
 // struct so that errors carry the full key path, which yaml.v3's own strict mode does not give.
@@ -68,6 +70,9 @@ func Load(r io.Reader, dst any, env []string) error {
 			return err
 		}
 	}
+	if unknown := UnknownEnv(dst, env); len(unknown) > 0 {
+		return unknownEnvError(rv.Elem().Type(), unknown)
+	}
 	if err := applyEnv(rv.Elem(), "", envMap(env)); err != nil {
 		return err
 	}
@@ -82,6 +87,104 @@ func envMap(env []string) map[string]string {
 		}
 	}
 	return m
+}
+
+// NonConfigEnv are the RECSTREAM_* variables that are not config keys, so Load leaves them
+// alone: each is read where it is named, by a test, a benchmark or a script (and one at run
+// time). Secrets (RECSTREAM_MYSQL_PASSWORD, RECSTREAM_POSTGRES_PASSWORD) are config keys,
+// read from the environment only.
+var NonConfigEnv = map[string]string{
+	"RECSTREAM_AWS_OPLOG":         "internal/awsenv: file to log every AWS operation to (make demo, for the IAM policy check)",
+	"RECSTREAM_IAM_OPLOG":         "deploy tests: the operation log the IAM policy check reads (make test)",
+	"RECSTREAM_LEASE_BENCH":       "worker lease benchmark switch",
+	"RECSTREAM_WORKER_BENCH":      "worker end-to-end benchmarks switch",
+	"RECSTREAM_FAULT_SEED":        "worker throttled-drain benchmark: the fault proxies' seed",
+	"RECSTREAM_WORKER_TEST_CHILD": "worker tests: the spec of a child worker process",
+	"RECSTREAM_TEST_LOG":          "worker tests: log to stderr",
+	"RECSTREAM_BENCH_1M":          "inference 1M-vector benchmark switch",
+	"RECSTREAM_BENCH_1M_SCHEMA":   "inference 1M-vector benchmark: reuse a loaded schema",
+	"RECSTREAM_BENCH_DATA":        "inference 1M-vector benchmark: data shape",
+	"RECSTREAM_BENCH_MWM":         "inference 1M-vector benchmark: maintenance_work_mem",
+	"RECSTREAM_BENCH_DB":          "batch etl benchmark: the seeded database",
+	"RECSTREAM_BENCH_LOCATION":    "batch etl benchmark: output location",
+	"RECSTREAM_STACK_DIR":         "scripts/stack.sh: state directory of the local stack",
+	"RECSTREAM_STACK_DB_PASSWORD": "scripts/stack.sh: the local databases' password",
+	"RECSTREAM_DATA":              "scripts/bench_worker_rss.sh: the seed data",
+}
+
+// UnknownEnv returns, sorted, the RECSTREAM_* variables of env (os.Environ() form) that name no
+// key of dst (a pointer to a config struct) and are not in NonConfigEnv.
+func UnknownEnv(dst any, env []string) []string {
+	t := reflect.TypeOf(dst)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	known := envKeys(t, "", map[string]string{})
+	var out []string
+	for name := range envMap(env) {
+		if _, ok := known[name]; ok {
+			continue
+		}
+		if _, ok := NonConfigEnv[name]; ok {
+			continue
+		}
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// envKeys maps the override variable of every key of struct type t to its key path.
+func envKeys(t reflect.Type, path string, out map[string]string) map[string]string {
+	for _, f := range fields(t) {
+		p := join(path, f.name)
+		if ft := t.Field(f.index).Type; ft.Kind() == reflect.Struct {
+			envKeys(ft, p, out)
+			continue
+		}
+		out[EnvName(p)] = p
+	}
+	return out
+}
+
+// unknownEnvError names each unknown variable and, when one is a near miss, the key meant.
+func unknownEnvError(t reflect.Type, unknown []string) error {
+	known := envKeys(t, "", map[string]string{})
+	msgs := make([]string, len(unknown))
+	for i, name := range unknown {
+		msgs[i] = "unknown environment variable " + name + ": no config key has that name"
+		best, bestD := "", 3 // suggest only near misses: a dropped or doubled underscore, a typo
+		for k := range known {
+			if d := editDistance(name, k); d < bestD || d == bestD && k < best {
+				best, bestD = k, d
+			}
+		}
+		if best != "" {
+			msgs[i] += fmt.Sprintf("; did you mean %s (%s)?", best, known[best])
+		}
+	}
+	return &Error{Msg: strings.Join(msgs, "; ")}
+}
+
+// editDistance is the Levenshtein distance between a and b (bytes; variable names are ASCII).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			sub := prev[j-1]
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // EnvName is the override variable for a dotted key path.

@@ -90,7 +90,17 @@ func TestLoad(t *testing.T) {
 		}},
 		{name: "bad env value names key and variable", env: []string{"RECSTREAM_WORKER_FLUSH_MAX_RECORDS=lots"}, wantErr: `worker.flush.max_records: invalid value "lots" from RECSTREAM_WORKER_FLUSH_MAX_RECORDS: want an integer`},
 		{name: "env value is validated", env: []string{"RECSTREAM_WORKER_FLUSH_MAX_AGE=0s"}, wantErr: "worker.flush.max_age: must be > 0"},
-		{name: "unrelated env ignored", env: []string{"PATH=/bin", "RECSTREAM_NOT_A_KEY=1"}},
+		{name: "unrelated env ignored", env: []string{"PATH=/bin", "RECSTREAMX=1", "recstream_worker_flush_maxage=1s"}},
+		// An unknown RECSTREAM_* variable was silently ignored: a typo in a task definition
+		// left the default in force. It is an error naming the variable, like an unknown key.
+		{name: "unknown env is an error", env: []string{"RECSTREAM_NOT_A_KEY=1"}, wantErr: "unknown environment variable RECSTREAM_NOT_A_KEY: no config key has that name"},
+		{name: "env typo names the key meant", env: []string{"RECSTREAM_WORKER_FLUSH_MAXAGE=3s"},
+			wantErr: "unknown environment variable RECSTREAM_WORKER_FLUSH_MAXAGE: no config key has that name; did you mean RECSTREAM_WORKER_FLUSH_MAX_AGE (worker.flush.max_age)?"},
+		{name: "env naming a section is unknown", env: []string{"RECSTREAM_WORKER_FLUSH=3s"}, wantErr: "unknown environment variable RECSTREAM_WORKER_FLUSH:"},
+		{name: "every unknown env is named", env: []string{"RECSTREAM_ZZZ_TOP=1", "RECSTREAM_AAA=1", "RECSTREAM_WORKER_FORMAT=jsonl"},
+			wantErr: "unknown environment variable RECSTREAM_AAA: no config key has that name; unknown environment variable RECSTREAM_ZZZ_TOP:"},
+		{name: "unknown env value is never shown", env: []string{"RECSTREAM_DB_PASSWROD=hunter2"}, wantErr: "did you mean RECSTREAM_DB_PASSWORD (db.password)?"},
+		{name: "non-config variables allowed", env: []string{"RECSTREAM_AWS_OPLOG=/tmp/ops.log", "RECSTREAM_LEASE_BENCH=1", "RECSTREAM_STACK_DIR=/x", "RECSTREAM_WORKER_BENCH=1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := defaults()
@@ -98,6 +108,9 @@ func TestLoad(t *testing.T) {
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error = %v, want it to contain %q", err, tc.wantErr)
+				}
+				if strings.Contains(err.Error(), "hunter2") {
+					t.Fatalf("error %v shows a value", err)
 				}
 				return
 			}

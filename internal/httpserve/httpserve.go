@@ -21,7 +21,8 @@ import (
 // Check reports whether one dependency is usable; it must honour ctx's deadline.
 type Check func(ctx context.Context) error
 
-// Server is the operational HTTP endpoint. Checks may be added before Run.
+// Server is the operational HTTP endpoint. Checks may be added at any time, also while Run
+// serves (a worker adds its dependencies' checks once start-up found them).
 type Server struct {
 	addr    string
 	reg     *prometheus.Registry

@@ -9,16 +9,18 @@ import (
 
 // Proxy is a TCP proxy in front of a real service, for outage tests: Stop makes the service
 // unreachable for whoever connects through the proxy (new connections are refused, open ones
-// are cut), Start brings it back on the same address. The service itself keeps running, so
-// other tests sharing it are unaffected.
+// are cut), Drop makes it accept connections and close them at once, Start brings it back on
+// the same address. The service itself keeps running, so other tests sharing it are
+// unaffected.
 type Proxy struct {
 	t      testing.TB
 	target string
 	addr   string
 
-	mu    sync.Mutex
-	ln    net.Listener
-	conns map[net.Conn]bool
+	mu       sync.Mutex
+	ln       net.Listener
+	dropping bool
+	conns    map[net.Conn]bool
 }
 
 // NewProxy listens on a free loopback port and forwards to target; it is stopped in Cleanup.
@@ -42,6 +44,7 @@ func (p *Proxy) Addr() string { return p.addr }
 func (p *Proxy) Stop() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.dropping = false
 	if p.ln != nil {
 		p.ln.Close()
 		p.ln = nil
@@ -52,8 +55,31 @@ func (p *Proxy) Stop() {
 	p.conns = map[net.Conn]bool{}
 }
 
-// Start listens again on the same address.
+// Drop cuts the open connections and, from now until Start or Stop, accepts each new one and
+// closes it before a byte is exchanged: a service that is restarting behind a load balancer
+// or a port forward. Clients then see "unexpected EOF" or "connection reset", not "refused".
+func (p *Proxy) Drop() {
+	p.t.Helper()
+	p.Stop()
+	p.mu.Lock()
+	p.dropping = true
+	p.mu.Unlock()
+	p.listen()
+}
+
+// Start forwards to the service again (listening again on the same address after Stop).
 func (p *Proxy) Start() {
+	p.t.Helper()
+	p.mu.Lock()
+	p.dropping = false
+	listening := p.ln != nil
+	p.mu.Unlock()
+	if !listening {
+		p.listen()
+	}
+}
+
+func (p *Proxy) listen() {
 	p.t.Helper()
 	ln, err := net.Listen("tcp", p.addr)
 	if err != nil {
@@ -89,6 +115,13 @@ func (p *Proxy) track(c net.Conn) bool {
 }
 
 func (p *Proxy) pipe(c net.Conn) {
+	p.mu.Lock()
+	drop := p.dropping
+	p.mu.Unlock()
+	if drop {
+		c.Close()
+		return
+	}
 	up, err := net.Dial("tcp", p.target)
 	if err != nil {
 		c.Close()

@@ -3,6 +3,9 @@ package stacktest_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -111,4 +114,43 @@ func TestStackSmoke(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestEmulatorsSurviveAbortedRequests: a client that drops its connection halfway through
+// sending a request (a cancelled context, a fault proxy's reset) must not take the emulator
+// down for everyone else, as it does unguarded (scripts/abort-guard.js).
+func TestEmulatorsSurviveAbortedRequests(t *testing.T) {
+	for _, svc := range []struct{ section, target string }{
+		{"dynamodb", "DynamoDB_20120810.ListTables"},
+		{"kinesis", "Kinesis_20131202.ListStreams"},
+	} {
+		t.Run(svc.section, func(t *testing.T) {
+			endpoint := stacktest.Endpoint(t, svc.section)
+			addr := strings.TrimPrefix(strings.TrimPrefix(endpoint, "http://"), "https://")
+			stacktest.Require(t, svc.section, addr)
+			for i := 0; i < 3; i++ {
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				if err != nil {
+					t.Fatalf("dial %s: %v", addr, err)
+				}
+				fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: %s\r\nContent-Length: 100\r\n\r\n{\"Li", addr, svc.target)
+				// Wait until the server has read the partial body, then reset the connection.
+				_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+				_, _ = c.Read(make([]byte, 1))
+				_ = c.(*net.TCPConn).SetLinger(0)
+				_ = c.Close()
+			}
+			stacktest.Eventually(t, 10*time.Second, 100*time.Millisecond, func() bool {
+				req, _ := http.NewRequest(http.MethodPost, endpoint, strings.NewReader("{}"))
+				req.Header.Set("Content-Type", "application/x-amz-json-1.1")
+				req.Header.Set("X-Amz-Target", svc.target)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					return false
+				}
+				resp.Body.Close()
+				return true
+			}, "%s does not answer after aborted requests", svc.section)
+		})
+	}
 }
