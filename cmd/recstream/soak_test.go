@@ -203,6 +203,7 @@ type soakProc struct {
 type soakFleet struct {
 	t      *testing.T
 	bin    string
+	config string
 	env    []string
 	logDir string
 
@@ -234,7 +235,7 @@ func (f *soakFleet) start(slot int) *soakProc {
 		f.t.Errorf("soak: %v", err)
 		return nil
 	}
-	p.cmd = exec.Command(f.bin, "--config", "../../config.yaml", "--log-format", "json", "worker")
+	p.cmd = exec.Command(f.bin, "--config", f.config, "--log-format", "json", "worker")
 	p.cmd.Env = append(append([]string(nil), f.env...), "RECSTREAM_METRICS_LISTEN="+p.metrics)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
@@ -551,6 +552,12 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	cancel()
+	// The workers read a copy of config.yaml taken with the binary: restarts late in a long run
+	// must not meet a checkout that moved on meanwhile.
+	cfgCopy := filepath.Join(filepath.Dir(bin), "config.yaml")
+	if b, err := os.ReadFile("../../config.yaml"); err != nil || os.WriteFile(cfgCopy, b, 0o644) != nil {
+		t.Fatalf("copy config.yaml: %v", err)
+	}
 
 	// An isolated deployment: stream, lease table, schema, artifacts, output prefix.
 	stream := stacktest.UniqueName("rs-soak-")
@@ -615,7 +622,7 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pgProxy.Close() })
-	fleet := &soakFleet{t: t, bin: bin, logDir: logDir, ckpt: map[string][]float64{}, ckptSeen: map[string]map[float64]bool{},
+	fleet := &soakFleet{t: t, bin: bin, config: cfgCopy, logDir: logDir, ckpt: map[string][]float64{}, ckptSeen: map[string]map[float64]bool{},
 		env: append(env,
 			"RECSTREAM_KINESIS_ENDPOINT="+httpProxies[soakKinesis].URL(),
 			"RECSTREAM_DYNAMODB_ENDPOINT="+httpProxies[soakDynamoDB].URL(),
