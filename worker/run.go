@@ -45,7 +45,13 @@ type Worker struct {
 	beforeCheckpoint func()
 
 	running atomic.Pointer[shared] // the processors' shared state while Run runs
+
+	startup *Startup // waits out the library's start; nil: Run makes its own
 }
+
+// SetStartup makes Run report the library's start through st (the process's start-up
+// waiter, whose /readyz check and worker.start_timeout clock it shares). Call before Run.
+func (w *Worker) SetStartup(st *Startup) { w.startup = st }
 
 // monitorInterval is how often the shard gauges (checkpoint age, lag, stalled) are updated.
 const monitorInterval = time.Second
@@ -195,9 +201,23 @@ func (w *Worker) Run(ctx context.Context) error {
 	go s.monitor(monCtx, log)
 
 	kw := kclworker.NewWorker(s, kc).WithKinesis(guard.kinesis(w.kc)).WithCheckpointer(guard)
-	if err := kw.Start(); err != nil {
+	// The library's Start fails at once when the lease table cannot be described (DynamoDB
+	// throttling or dark for a moment, even right after start-up's own wait succeeded). That
+	// is an outage, not a reason to exit: it is retried like every start-up step (one line
+	// per attempt, /readyz red, worker.start_timeout). A failed Start has started no
+	// goroutine (it fails in its initialisation), so calling it again is safe.
+	st := w.startup
+	if st == nil {
+		st = NewStartup(w.cfg, w.deps.Log)
+	}
+	if err := st.Wait(ctx, "dynamodb", func(context.Context) error { return kw.Start() }); err != nil {
+		if ctx.Err() != nil {
+			log.Info("worker stopped during start-up", zap.String("reason", err.Error()))
+			return nil
+		}
 		return fmt.Errorf("start kcl worker for stream %s: %w", w.stream.Kinesis.Stream, err)
 	}
+	st.Started()
 	log.Info("worker started", zap.String("worker_id", w.workerID), zap.String("lease_table", w.stream.DynamoDB.LeaseTable))
 	<-ctx.Done()
 

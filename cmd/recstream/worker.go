@@ -102,7 +102,8 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		stopAux()
 		return startupFailed(ctx, aux, err, log)
 	}
-	st.Started()
+	// st.Started comes from w.Run, once the library has started too (it describes the lease
+	// table again and may meet an outage there).
 	pool := svc.Pool
 	rec.svc = svc.Service // before Run: nothing calls the recommender earlier
 
@@ -119,7 +120,13 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		// The live embeddings version's model is the one served (names both when not).
 		srv.AddCheck("model", func(context.Context) error { return svc.Health() })
 	}
+	w.SetStartup(st)
 	runErr := w.Run(ctx)
+	if runErr != nil {
+		// The worker ended on its own (not by SIGTERM): stop the server and the reloader too,
+		// or the process would live on serving /healthz while processing nothing.
+		stopAux()
+	}
 	auxErr := aux.Wait()
 	if errors.Is(runErr, worker.ErrShutdownTimeout) {
 		return exitCodeError{exitFailure, runErr}
