@@ -34,7 +34,8 @@ vet:
 	$(GO) vet ./...
 
 ## test: set up the local stack, vet, run every test under the race detector (unit + integration
-## over the wire; the heavy training tests in a second pass without it), then the
+## over the wire; the heavy training tests in a second pass without it), a 2-minute seeded soak
+## (three workers under injected faults and SIGKILLs, see soak), then the
 ## demo (the whole system, self-checking) with AWS API recording, and check the IAM policies
 ## against the operations the demo's subcommands really called.
 # Training tests are pure arithmetic on one goroutine per gradient shard and run ten times slower
@@ -45,6 +46,7 @@ RACE_SKIP := ^(TestSeedSpread|TestSeedSpreadGenerated|TestTrainOnRealDataMeetsTa
 test: stack vet
 	CI=$${CI:-true} $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -skip '$(RACE_SKIP)' ./...
 	CI=$${CI:-true} $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -run '$(RACE_SKIP)' ./inference/train/ ./cmd/recstream/
+	$(MAKE) --no-print-directory soak SOAK_DURATION=$${TEST_SOAK_DURATION:-2m} SOAK_SEED=$${TEST_SOAK_SEED:-1}
 	$(MAKE) --no-print-directory build
 	rm -f out/aws-ops.log && mkdir -p out
 	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
