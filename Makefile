@@ -32,6 +32,7 @@ stack-status:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags soak ./cmd/recstream/
 
 ## test: set up the local stack, vet, run every test under the race detector (unit + integration
 ## over the wire; the heavy training tests in a second pass without it), a 2-minute seeded soak
@@ -77,4 +78,4 @@ clean:
 ## no unexplained exits, flat memory and per-fault recovery (cmd/recstream/soak_test.go).
 ## SOAK_DURATION (default 10m) and SOAK_SEED (default 1) choose the run; logs in out/soak/.
 soak: stack
-	CI=$${CI:-true} SOAK_DURATION=$${SOAK_DURATION:-10m} SOAK_SEED=$${SOAK_SEED:-1} $(GO) test -count=1 -p 1 -timeout 60m -run '^TestSoak$$' -v ./cmd/recstream/
+	CI=$${CI:-true} SOAK_DURATION=$${SOAK_DURATION:-10m} SOAK_SEED=$${SOAK_SEED:-1} $(GO) test -tags soak -count=1 -p 1 -timeout 60m -run '^TestSoak' -v ./cmd/recstream/
