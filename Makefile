@@ -14,7 +14,7 @@ export RECSTREAM_POSTGRES_PASSWORD ?= recstream
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz soak clean
+.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz soak soak-recovery clean
 
 all: build
 
@@ -77,5 +77,11 @@ clean:
 ## answers, blackouts, PostgreSQL cuts, SIGKILLs) while events flow; checks exactly-once output,
 ## no unexplained exits, flat memory and per-fault recovery (cmd/recstream/soak_test.go).
 ## SOAK_DURATION (default 10m) and SOAK_SEED (default 1) choose the run; logs in out/soak/.
+## soak-recovery: the recovery schedule: every fault kind alone (blackouts shorter and longer
+## than the lease time), each after the fleet recovered from the previous one; fails when a
+## shard takes longer than 5 s (failover_time + 5 s where a lease moved) to checkpoint again.
+soak-recovery:
+	$(MAKE) --no-print-directory soak SOAK_ISOLATED=1 SOAK_DURATION=$${SOAK_DURATION:-2m}
+
 soak: stack
 	CI=$${CI:-true} SOAK_DURATION=$${SOAK_DURATION:-10m} SOAK_SEED=$${SOAK_SEED:-1} $(GO) test -tags soak -count=1 -p 1 -timeout 60m -run '^TestSoak' -v ./cmd/recstream/

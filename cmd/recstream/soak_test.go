@@ -144,6 +144,37 @@ func soakSchedule(seed uint64, from, to time.Duration) []soakEpisode {
 	return eps
 }
 
+// soakFailover is config.yaml's worker.failover_time, which the soak does not override: the
+// recovery budget of an episode during which a lease had to move.
+const soakFailover = 10 * time.Second
+
+// soakIsolatedSchedule is the recovery schedule (SOAK_ISOLATED=1): every fault kind of every
+// target once, one at a time, in a seeded order, with blackouts twice (shorter and longer than
+// the lease time). Start is unused: each episode begins once the previous one has recovered.
+func soakIsolatedSchedule(seed uint64) []soakEpisode {
+	rng := rand.New(rand.NewPCG(seed, 0x150))
+	var eps []soakEpisode
+	for _, s := range []faults.Service{faults.Kinesis, faults.DynamoDB, faults.S3} {
+		for _, k := range faults.Kinds(s) {
+			rate := 0.5
+			if k == faults.LostAnswer {
+				rate = 0.3
+			}
+			eps = append(eps, soakEpisode{Target: string(s), Kind: k, Dur: 4 * time.Second, Rate: rate})
+		}
+		eps = append(eps,
+			soakEpisode{Target: string(s), Kind: faults.Blackout, Dur: 4 * time.Second},
+			soakEpisode{Target: string(s), Kind: faults.Blackout, Dur: soakFailover + 5*time.Second})
+	}
+	eps = append(eps,
+		soakEpisode{Target: soakPostgres, Kind: faults.Cut},
+		soakEpisode{Target: soakPostgres, Kind: faults.Blackout, Dur: 4 * time.Second},
+		soakEpisode{Target: soakPostgres, Kind: faults.Blackout, Dur: soakFailover + 5*time.Second},
+		soakEpisode{Target: soakWorker, Kind: soakKill, Dur: time.Second, Slot: 1 + rng.IntN(soakWorkers-1)})
+	rng.Shuffle(len(eps), func(i, j int) { eps[i], eps[j] = eps[j], eps[i] })
+	return eps
+}
+
 // TestSoakScheduleDeterministic: the same seed gives the same schedule, another seed another
 // one, and a two-minute run meets every fault kind of every target.
 func TestSoakScheduleDeterministic(t *testing.T) {
@@ -177,6 +208,39 @@ func TestSoakScheduleDeterministic(t *testing.T) {
 				t.Errorf("seed %d: no %s episode", seed, k)
 			}
 		}
+	}
+}
+
+// TestSoakIsolatedSchedule: the recovery schedule has every kind of every target once, the
+// blackouts once shorter and once longer than the lease time, and is seeded.
+func TestSoakIsolatedSchedule(t *testing.T) {
+	a, b := soakIsolatedSchedule(1), soakIsolatedSchedule(2)
+	if fmt.Sprint(a) == fmt.Sprint(b) {
+		t.Error("different seeds, same order")
+	}
+	count := map[string]int{}
+	long := map[string]bool{}
+	for _, e := range a {
+		k := e.Target + "/" + string(e.Kind)
+		count[k]++
+		if e.Kind == faults.Blackout && e.Dur > soakFailover {
+			long[e.Target] = true
+		}
+	}
+	for _, s := range []faults.Service{faults.Kinesis, faults.DynamoDB, faults.S3} {
+		for _, k := range faults.Kinds(s) {
+			if count[string(s)+"/"+string(k)] != 1 {
+				t.Errorf("%s %s: %d episodes, want 1", s, k, count[string(s)+"/"+string(k)])
+			}
+		}
+	}
+	for _, target := range []string{soakKinesis, soakDynamoDB, soakS3, soakPostgres} {
+		if count[target+"/blackout"] != 2 || !long[target] {
+			t.Errorf("%s: %d blackouts (one longer than the lease time: %v), want 2 and true", target, count[target+"/blackout"], long[target])
+		}
+	}
+	if count["postgres/cut"] != 1 || count["worker/sigkill"] != 1 {
+		t.Errorf("postgres cut %d, sigkill %d, want 1 each", count["postgres/cut"], count["worker/sigkill"])
 	}
 }
 
@@ -423,13 +487,20 @@ type soakRecorder struct {
 	kc  *kinesis.Client
 	lim worker.Limits
 
+	stopped atomic.Bool // set: refuse new calls (the producer is being stopped)
+
 	mu      sync.Mutex
 	valid   map[string]bool
 	invalid map[string]bool
 }
 
 func (r *soakRecorder) PutRecords(ctx context.Context, in *kinesis.PutRecordsInput, opts ...func(*kinesis.Options)) (*kinesis.PutRecordsOutput, error) {
-	out, err := r.kc.PutRecords(ctx, in, opts...)
+	if r.stopped.Load() {
+		return nil, context.Canceled
+	}
+	// Not cancelled with the producer: a call under way completes and is recorded, so no event
+	// reaches the stream unrecorded.
+	out, err := r.kc.PutRecords(context.WithoutCancel(ctx), in, opts...)
 	if err != nil {
 		return out, err
 	}
@@ -658,7 +729,14 @@ func TestSoak(t *testing.T) {
 
 	// The run: producer, metrics sampler, fault schedule.
 	faultFrom, faultTo := 5*time.Second, max(dur-25*time.Second, dur/2)
+	isolatedMode := os.Getenv("SOAK_ISOLATED") == "1"
 	schedule := soakSchedule(seed, faultFrom, faultTo)
+	prodDur := dur
+	if isolatedMode {
+		// One fault at a time, each after the previous one recovered: the producer runs until
+		// the last episode is over.
+		schedule, prodDur = soakIsolatedSchedule(seed), 24*time.Hour
+	}
 	var sched strings.Builder
 	for _, e := range schedule {
 		fmt.Fprintln(&sched, e)
@@ -672,13 +750,15 @@ func TestSoak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prod, err := produce.New(produce.Config{Stream: stream, Rate: soakRate, Duration: dur}, gen, rec, zap.NewNop())
+	prod, err := produce.New(produce.Config{Stream: stream, Rate: soakRate, Duration: prodDur}, gen, rec, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	prodDone := make(chan error, 1)
+	prodCtx, stopProd := context.WithCancel(ctx)
+	defer stopProd()
 	go func() {
-		_, err := prod.Run(ctx)
+		_, err := prod.Run(prodCtx)
 		prodDone <- err
 	}()
 
@@ -699,55 +779,67 @@ func TestSoak(t *testing.T) {
 	}()
 	defer func() { stopSampler(); <-samplerDone }()
 
-	// The schedule runs on wall-clock offsets from t0: the episodes' actual end times are
-	// kept for the recovery measurement.
-	var done []soakHappened
-	type step struct {
-		at  time.Duration
-		ep  int
-		end bool
-	}
-	var steps []step
-	for i, e := range schedule {
-		steps = append(steps, step{e.Start, i, false}, step{e.Start + e.Dur, i, true})
-	}
-	sort.SliceStable(steps, func(i, j int) bool { return steps[i].at < steps[j].at })
-	began := make([]time.Time, len(schedule))
-	for _, s := range steps {
-		if d := time.Until(t0.Add(s.at)); d > 0 {
-			time.Sleep(d) // the schedule's clock, not a wait for a condition
-		}
-		e := schedule[s.ep]
-		if !s.end {
-			began[s.ep] = time.Now()
-		}
+	// apply turns episode e on (or, with end, off).
+	apply := func(e soakEpisode, end bool) {
 		switch e.Target {
 		case soakWorker:
-			if !s.end {
+			if !end {
 				fleet.kill(e.Slot)
 			} else {
 				fleet.start(e.Slot)
 			}
 		case soakPostgres:
 			switch {
-			case e.Kind == faults.Cut && !s.end:
+			case e.Kind == faults.Cut && !end:
 				pgProxy.Cut()
 			case e.Kind == faults.Blackout:
-				pgProxy.SetBlackout(!s.end)
+				pgProxy.SetBlackout(!end)
 			}
 		default:
 			p := httpProxies[e.Target]
 			switch {
 			case e.Kind == faults.Blackout:
-				p.SetBlackout(!s.end)
-			case s.end:
+				p.SetBlackout(!end)
+			case end:
 				p.SetRate(e.Kind, 0)
 			default:
 				p.SetRate(e.Kind, e.Rate)
 			}
 		}
-		if s.end {
-			done = append(done, soakHappened{e, began[s.ep], time.Now()})
+	}
+	var done []soakHappened
+	var isolated []soakIsolatedResult
+	if isolatedMode {
+		isolated = runIsolated(t, fleet, schedule, apply, httpProxies, shards)
+		for _, r := range isolated {
+			done = append(done, r.happened)
+		}
+	} else {
+		// The schedule runs on wall-clock offsets from t0: the episodes' actual end times are
+		// kept for the recovery measurement.
+		type step struct {
+			at  time.Duration
+			ep  int
+			end bool
+		}
+		var steps []step
+		for i, e := range schedule {
+			steps = append(steps, step{e.Start, i, false}, step{e.Start + e.Dur, i, true})
+		}
+		sort.SliceStable(steps, func(i, j int) bool { return steps[i].at < steps[j].at })
+		began := make([]time.Time, len(schedule))
+		for _, s := range steps {
+			if d := time.Until(t0.Add(s.at)); d > 0 {
+				time.Sleep(d) // the schedule's clock, not a wait for a condition
+			}
+			e := schedule[s.ep]
+			if !s.end {
+				began[s.ep] = time.Now()
+			}
+			apply(e, s.end)
+			if s.end {
+				done = append(done, soakHappened{e, began[s.ep], time.Now()})
+			}
 		}
 	}
 	for _, p := range httpProxies {
@@ -756,11 +848,16 @@ func TestSoak(t *testing.T) {
 	}
 	pgProxy.SetBlackout(false)
 	t.Logf("soak: fault phase over after %s (%d episodes); producing until %s", time.Since(t0).Round(time.Second), len(done), dur)
+	if isolatedMode {
+		faultTo = time.Since(t0)
+		stopProd()
+		rec.stopped.Store(true) // no new PutRecords; one in flight completes and is recorded
+	}
 
 	var prodErr error
 	select {
 	case prodErr = <-prodDone:
-	case <-time.After(time.Until(t0.Add(dur + 2*time.Minute))):
+	case <-time.After(time.Until(t0.Add(faultTo + dur + 2*time.Minute))):
 		prodErr = fmt.Errorf("producer still running 2 min after its %s", dur)
 	}
 	if prodErr != nil {
@@ -1011,6 +1108,27 @@ func TestSoak(t *testing.T) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", target, kind, seed, r.episodes, hit, rec)
 	}
 	tw.Flush()
+	if isolatedMode {
+		tb.WriteString("\none fault at a time (recovery: fault end, or the kill, until every shard checkpointed again):\n")
+		tw = tabwriter.NewWriter(&tb, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(tw, "target\tfault\tlength\trequests hit\tlease moved\trecovery\tbudget\n")
+		for _, r := range isolated {
+			rec := r.recovery.Round(100 * time.Millisecond).String()
+			if !r.recovered {
+				rec = "NEVER"
+			}
+			hit := "-"
+			if httpProxies[r.happened.ep.Target] != nil {
+				hit = strconv.Itoa(r.hit)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\n", r.happened.ep.Target, r.happened.ep.Kind,
+				r.happened.to.Sub(r.happened.from).Round(100*time.Millisecond), hit, r.moved, rec, r.budget())
+			if !r.recovered || r.recovery > r.budget() {
+				t.Errorf("recovery after %s: %s, budget %s (lease moved: %v)", r.happened.ep, rec, r.budget(), r.moved)
+			}
+		}
+		tw.Flush()
+	}
 	summary := fmt.Sprintf("soak seed %d, %s: %d valid + %d invalid events, %d worker processes (%d killed by the soak, %d exited on their own)\n%s\n%s\n%s",
 		seed, dur, nValid, nInvalid, len(all), soakKills(schedule), len(unexpected), tb.String(), soakLogSummary(logDir), soakLeaseEvents(logDir, t0, done))
 	_ = os.WriteFile(filepath.Join(logDir, "report.txt"), []byte(summary), 0o644)
@@ -1018,6 +1136,85 @@ func TestSoak(t *testing.T) {
 	if !shardsOK {
 		t.Errorf("shards that never checkpointed again after a fault: %v", notRecovered)
 	}
+}
+
+// soakIsolatedResult is one episode of the recovery schedule as it ran: the requests its fault
+// met, whether a lease moved, and the time from the fault's end until every shard had
+// checkpointed again (for a SIGKILL, from the kill: the survivors must take the leases over).
+type soakIsolatedResult struct {
+	happened  soakHappened
+	hit       int
+	moved     bool
+	recovery  time.Duration
+	recovered bool
+}
+
+// budget is the recovery the issue allows: 5 s, or failover_time + 5 s where a lease moved.
+func (r soakIsolatedResult) budget() time.Duration {
+	if r.moved {
+		return soakFailover + 5*time.Second
+	}
+	return 5 * time.Second
+}
+
+// runIsolated runs the recovery schedule: each episode on a fleet that has recovered from the
+// previous one, then a bounded wait until every shard has checkpointed after the fault, polled
+// from the workers' metrics.
+func runIsolated(t *testing.T, fleet *soakFleet, schedule []soakEpisode, apply func(soakEpisode, bool),
+	proxies map[string]*faults.HTTPProxy, shards []string) []soakIsolatedResult {
+	t.Helper()
+	client := &http.Client{Timeout: 2 * time.Second}
+	var out []soakIsolatedResult
+	for i, e := range schedule {
+		var before map[faults.Kind]int
+		if p := proxies[e.Target]; p != nil {
+			before, _ = p.Counts()
+		}
+		from := time.Now()
+		apply(e, false)
+		time.Sleep(e.Dur) // the episode's length, not a wait for a condition
+		apply(e, true)
+		to := time.Now()
+		r := soakIsolatedResult{happened: soakHappened{e, from, to}}
+		if p := proxies[e.Target]; p != nil {
+			after, _ := p.Counts()
+			r.hit = after[e.Kind] - before[e.Kind]
+		}
+		ref := to
+		if e.Target == soakWorker {
+			ref = from
+		}
+		// Bounded: three times the largest budget; past it the shard counts as never recovered.
+		deadline := ref.Add(3 * (soakFailover + 5*time.Second))
+		for time.Now().Before(deadline) {
+			fleet.sample(client)
+			if rd, ok := fleet.recovery(ref, shards); ok {
+				r.recovery, r.recovered = rd, true
+				break
+			}
+			time.Sleep(250 * time.Millisecond) // poll interval of the bounded wait above
+		}
+		r.moved = soakProcessorStarts(fleet.logDir, from, ref.Add(r.recovery))
+		t.Logf("soak: episode %d/%d %s: recovered %v in %s (lease moved: %v)", i+1, len(schedule), e, r.recovered, r.recovery.Round(100*time.Millisecond), r.moved)
+		out = append(out, r)
+		// A quiet second between episodes, so that the next fault meets a settled fleet.
+		time.Sleep(time.Second)
+	}
+	return out
+}
+
+// soakProcessorStarts reports whether any worker started a shard processor (took a lease)
+// between from and to.
+func soakProcessorStarts(dir string, from, to time.Time) bool {
+	files, _ := filepath.Glob(filepath.Join(dir, "worker-*.log"))
+	for _, f := range files {
+		for _, ts := range soakLogTimes(f, "shard processor started") {
+			if !ts.Before(from) && !ts.After(to) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // soakHappened is an episode as it ran: its wall-clock start and end.
