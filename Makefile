@@ -14,7 +14,7 @@ export RECSTREAM_POSTGRES_PASSWORD ?= recstream
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz soak soak-recovery clean
+.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz soak soak-recovery bench-lab-rate clean
 
 all: build
 
@@ -77,6 +77,11 @@ clean:
 ## answers, blackouts, PostgreSQL cuts, SIGKILLs) while events flow; checks exactly-once output,
 ## no unexplained exits, flat memory and per-fault recovery (cmd/recstream/soak_test.go).
 ## SOAK_DURATION (default 10m) and SOAK_SEED (default 1) choose the run; logs in out/soak/.
+## bench-lab-rate: the shipped flush settings at the lab's rate (one event per 10 s, 4 shards) for
+## LAB_RATE_DURATION (default 10m): objects per shard (<= 60 per shard-hour) and p99 put→visible.
+bench-lab-rate: stack
+	RECSTREAM_WORKER_BENCH=1 LAB_RATE_DURATION=$${LAB_RATE_DURATION:-10m} $(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkLabRateDefaults$$' -benchtime 1x -v ./worker/
+
 ## soak-recovery: the recovery schedule: every fault kind alone (blackouts shorter and longer
 ## than the lease time), each after the fleet recovered from the previous one; fails when a
 ## shard takes longer than 5 s (failover_time + 5 s where a lease moved) to checkpoint again.

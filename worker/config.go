@@ -98,7 +98,7 @@ func DefaultConfig() Config {
 		MaxEventBytes:         64 << 10,
 		MaxBrowseHistory:      100,
 		Format:                "parquet",
-		Flush:                 FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: time.Second, WindowGrace: time.Second},
+		Flush:                 FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: time.Minute, WindowGrace: time.Second},
 		Retry:                 RetryConfig{InitialBackoff: 200 * time.Millisecond, MaxBackoff: 10 * time.Second},
 		StatusInterval:        30 * time.Second,
 		UnknownFields:         "ignore",

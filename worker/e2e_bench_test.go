@@ -306,70 +306,9 @@ func BenchmarkLatency(b *testing.B) {
 			return len(o.count) == len(warm) && len(shards) == 4
 		}, "warm-up records not written from all 4 shards")
 
-		ctx := context.Background()
-		putAt := make([]time.Time, n)
-		seenAt := make([]time.Time, n)
-		var putErr error
-		putDone := make(chan struct{})
-		go func() {
-			defer close(putDone)
-			tick := time.NewTicker(every)
-			defer tick.Stop()
-			for i := range n {
-				<-tick.C
-				putAt[i] = time.Now()
-				if _, err := e.kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String(e.Stream), Data: event(i, "lat"),
-					PartitionKey: aws.String(strconv.Itoa(i))}); err != nil {
-					putErr = err
-					return
-				}
-			}
-		}()
-		seenKeys := map[string]bool{}
-		seen := 0
-		deadline := time.Now().Add(n*every + time.Minute)
-		for seen < n && time.Now().Before(deadline) {
-			objs, err := e.store.List(ctx, "")
-			now := time.Now()
-			if err != nil {
-				b.Fatalf("list: %v", err)
-			}
-			for _, o := range objs {
-				if seenKeys[o.Key] || strings.HasPrefix(o.Key, ErrorsPrefix+"/") {
-					continue
-				}
-				seenKeys[o.Key] = true
-				body, err := objstore.ReadAll(ctx, e.store, o.Key)
-				if err != nil {
-					b.Fatalf("read %s: %v", o.Key, err)
-				}
-				recs, err := DecodeObject(e.Cfg.Format, body)
-				if err != nil {
-					b.Fatalf("%s: %v", o.Key, err)
-				}
-				for _, rec := range recs {
-					var i int
-					if _, err := fmt.Sscanf(rec.SessionID, "lat-%d", &i); err != nil || i < 0 || i >= n {
-						continue
-					}
-					if !seenAt[i].IsZero() {
-						b.Fatalf("record %s in two objects", rec.SessionID)
-					}
-					seenAt[i] = now
-					seen++
-				}
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		<-putDone
-		if putErr != nil {
-			b.Fatal(putErr)
-		}
+		putAt, seenAt, _ := e.putAndWatch(b, "lat", n, every, time.Minute)
 		if err := r.stop(b); err != nil {
 			b.Fatal(err)
-		}
-		if seen != n {
-			b.Fatalf("%d of %d records visible within the deadline", seen, n)
 		}
 		lat := make([]time.Duration, n)
 		for i := range lat {
@@ -380,6 +319,137 @@ func BenchmarkLatency(b *testing.B) {
 		b.ReportMetric(q(0.50).Seconds(), "p50-s")
 		b.ReportMetric(q(0.99).Seconds(), "p99-s")
 		b.ReportMetric(lat[n-1].Seconds(), "max-s")
+	}
+}
+
+// putAndWatch puts n events of run, one every every, and polls the output until each is
+// visible (at most wait after the last put). It returns when each was put and first seen,
+// and the output objects holding them (key → shard).
+func (e *testEnv) putAndWatch(b *testing.B, run string, n int, every, wait time.Duration) (putAt, seenAt []time.Time, objects map[string]string) {
+	b.Helper()
+	ctx := context.Background()
+	putAt, seenAt = make([]time.Time, n), make([]time.Time, n)
+	objects = map[string]string{}
+	var putErr error
+	putDone := make(chan struct{})
+	go func() {
+		defer close(putDone)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for i := range n {
+			<-tick.C
+			putAt[i] = time.Now()
+			if _, err := e.kc.PutRecord(ctx, &kinesis.PutRecordInput{StreamName: aws.String(e.Stream), Data: event(i, run),
+				PartitionKey: aws.String(strconv.Itoa(i))}); err != nil {
+				putErr = err
+				return
+			}
+		}
+	}()
+	seenKeys := map[string]bool{}
+	seen := 0
+	deadline := time.Now().Add(time.Duration(n)*every + wait)
+	for seen < n && time.Now().Before(deadline) {
+		objs, err := e.store.List(ctx, "")
+		now := time.Now()
+		if err != nil {
+			b.Fatalf("list: %v", err)
+		}
+		for _, o := range objs {
+			if seenKeys[o.Key] || strings.HasPrefix(o.Key, ErrorsPrefix+"/") {
+				continue
+			}
+			seenKeys[o.Key] = true
+			body, err := objstore.ReadAll(ctx, e.store, o.Key)
+			if err != nil {
+				b.Fatalf("read %s: %v", o.Key, err)
+			}
+			recs, err := DecodeObject(e.Cfg.Format, body)
+			if err != nil {
+				b.Fatalf("%s: %v", o.Key, err)
+			}
+			for _, rec := range recs {
+				var i int
+				if _, err := fmt.Sscanf(rec.SessionID, run+"-%d", &i); err != nil || i < 0 || i >= n {
+					continue
+				}
+				if !seenAt[i].IsZero() {
+					b.Fatalf("record %s in two objects", rec.SessionID)
+				}
+				seenAt[i] = now
+				objects[o.Key] = rec.ShardID
+				seen++
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval of the bounded wait above
+	}
+	<-putDone
+	if putErr != nil {
+		b.Fatal(putErr)
+	}
+	if seen != n {
+		b.Fatalf("%d of %d records visible within the deadline", seen, n)
+	}
+	return putAt, seenAt, objects
+}
+
+// BenchmarkLabRateDefaults: the shipped flush settings (config.yaml, DefaultConfig) at the
+// lab's rate, one event every 10 s on a 4-shard stream, for LAB_RATE_DURATION (default 10m):
+// objects per shard and put→visible latency. It fails when a shard holds more objects than
+// the run has flush windows could need at Firehose-like economy (10 for 10 minutes, i.e.
+// <= 60 per shard-hour) or when p99 exceeds 65 s.
+func BenchmarkLabRateDefaults(b *testing.B) {
+	requireBench(b)
+	dur := 10 * time.Minute
+	if v := os.Getenv("LAB_RATE_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Minute {
+			b.Fatalf("LAB_RATE_DURATION=%q: want a duration of at least 1m", v)
+		}
+		dur = d
+	}
+	const every = 10 * time.Second
+	n := int(dur / every)
+	for range b.N {
+		e := newTestEnv(b, 4)
+		e.Cfg = DefaultConfig() // the shipped settings (equal to config.yaml's, cmd/recstream TestShippedConfigMatchesDefaults)
+		e.Cfg.StatusInterval = 0
+		w, _ := e.benchWorker(b, "lab", fakeRecommender{})
+		r := start(w)
+		// The worker holds the four leases before the first event (a first object proves it).
+		e.put(b, [][]byte{event(0, "warm")})
+		stacktest.Eventually(b, 3*time.Minute, 500*time.Millisecond, func() bool { return len(e.read(b).count) == 1 },
+			"warm-up record not written")
+		putAt, seenAt, objects := e.putAndWatch(b, "lab", n, every, e.Cfg.Flush.MaxAge+e.Cfg.Flush.WindowGrace+time.Minute)
+		if err := r.stop(b); err != nil {
+			b.Fatal(err)
+		}
+		perShard := map[string]int{}
+		for _, shard := range objects {
+			perShard[shard]++
+		}
+		most := 0
+		for _, c := range perShard {
+			most = max(most, c)
+		}
+		lat := make([]time.Duration, n)
+		for i := range lat {
+			lat[i] = seenAt[i].Sub(putAt[i])
+		}
+		slices.Sort(lat)
+		p99 := lat[min(n-1, int(0.99*float64(n)+0.5)-1)]
+		b.Logf("%s at one event per %s: %d objects (per shard %v), p50 %s, p99 %s, max %s",
+			dur, every, len(objects), perShard, lat[n/2].Round(100*time.Millisecond), p99.Round(100*time.Millisecond), lat[n-1].Round(100*time.Millisecond))
+		b.ReportMetric(float64(most), "max-objects/shard")
+		b.ReportMetric(float64(most)*float64(time.Hour)/float64(dur), "objects/shard-hour")
+		b.ReportMetric(lat[n/2].Seconds(), "p50-s")
+		b.ReportMetric(p99.Seconds(), "p99-s")
+		if limit := int(dur / time.Minute); most > limit {
+			b.Errorf("a shard holds %d objects after %s at the lab's rate, want <= %d (60 per shard-hour)", most, dur, limit)
+		}
+		if p99 > 65*time.Second {
+			b.Errorf("p99 put→visible %s, want <= 65 s", p99)
+		}
 	}
 }
 
