@@ -45,6 +45,7 @@ func BenchmarkDrainThrottled(b *testing.B) {
 	for range b.N {
 		e := newTestEnv(b, 4)
 		e.Cfg = DefaultConfig()
+		e.Cfg.Flush.MaxAge = time.Second // equal 1 s windows in both runs: no tail waits for a 60 s window
 		e.Cfg.MaxRecords = 1000
 		e.Cfg.Flush.MaxRecords = 1000
 		// The library takes at most one new lease per shard sync: sync often so that the four
