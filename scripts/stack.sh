@@ -27,6 +27,7 @@ PG_MAJOR=15
 
 # Pinned tool versions.
 KINESALITE_VERSION=3.3.3
+DUCKDB_NODE_VERSION=1.5.6-r.1   # @duckdb/node-api: the reader of the Hive layout in the tests
 DYNALITE_VERSION=4.0.0
 VERSITYGW_VERSION=v1.8.0
 PGVECTOR_VERSION=0.8.0
@@ -208,6 +209,19 @@ node_tools() {
   fi
 }
 
+# DuckDB (its Node.js client; npm, not a server): an engine analysts use, as an independent
+# reader of the worker's Hive layout in the tests (worker/hive_duckdb_test.go).
+duckdb_up() {
+  local dir="$STACK_DIR/duckdb"
+  grep -q "\"version\": \"$DUCKDB_NODE_VERSION\"" "$dir/node_modules/@duckdb/node-api/package.json" 2>/dev/null && return 0
+  command -v npm >/dev/null || apt_install nodejs npm
+  mkdir -p "$dir"
+  log "installing @duckdb/node-api@$DUCKDB_NODE_VERSION"
+  [ -f "$dir/package.json" ] || echo '{"name":"recstream-duckdb","private":true}' >"$dir/package.json"
+  npm install --prefix "$dir" --no-audit --no-fund --silent --ignore-scripts "@duckdb/node-api@$DUCKDB_NODE_VERSION" >"$STACK_DIR/logs/npm-duckdb.log" 2>&1 \
+    || die "npm install @duckdb/node-api failed (see $STACK_DIR/logs/npm-duckdb.log)"
+}
+
 kinesis_up() {
   port_open "$KINESIS_PORT" && return 0
   node_tools
@@ -280,6 +294,7 @@ cmd_up() {
   s3_up
   resources_up
   promtool_up
+  duckdb_up
   cmd_status
 }
 
