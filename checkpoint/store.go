@@ -85,6 +85,7 @@ type Store struct {
 	topo      map[string][]string // shard id -> parents, as Kinesis lists the stream; nil: unknown
 	view      leaseView
 	lastClaim time.Time
+	share     shareMemo
 	viewMu    sync.Mutex
 }
 
