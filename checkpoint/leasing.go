@@ -88,6 +88,9 @@ func (s *Store) freshView(ctx context.Context) error {
 	defer s.viewMu.Unlock()
 	s.mu.Lock()
 	fresh := s.view.valid && s.now().Sub(s.view.at) < s.leasing.SyncInterval
+	// With a live leader a worker does not Scan: its view is kept up to date by its own
+	// writes and by the rows the claim index names it on (see leader.go).
+	fresh = fresh || (s.view.valid && s.leaderKnownLocked() && !s.coord.leader)
 	s.mu.Unlock()
 	if fresh {
 		return nil
@@ -234,6 +237,13 @@ func (s *Store) admitLocked(shard *par.ShardStatus) (Lease, bool, error) {
 	if ok && cur.Closed() {
 		return refuse(ErrLeaseHeld, cur.Owner)
 	}
+	if s.leaderKnownLocked() {
+		// The leader decided (parents finished, fair share): take what it assigned, only.
+		if ok && cur.ClaimRequest == s.cfg.WorkerID && (cur.Owner == "" || cur.Owner == s.cfg.WorkerID) {
+			return cur, ok, nil
+		}
+		return refuse(errNotAssigned, "")
+	}
 	for _, p := range s.parentsLocked(shard.ID, shard.ParentShardId) {
 		if !s.finishedLocked(p) {
 			return refuse(ErrParentOpen, p)
@@ -379,6 +389,9 @@ func (s *Store) stealView(ctx context.Context, shardStatus map[string]*par.Shard
 	none := map[string][]*par.ShardStatus{}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.leaderKnownLocked() {
+		return none, nil // the leader balances (claims for the least loaded worker)
+	}
 	if s.leasing.StealInterval <= 0 || (!s.lastClaim.IsZero() && s.now().Sub(s.lastClaim) < s.leasing.StealInterval) {
 		return none, nil
 	}

@@ -86,6 +86,7 @@ type Store struct {
 	view      leaseView
 	lastClaim time.Time
 	share     shareMemo
+	coord     coordination
 	viewMu    sync.Mutex
 }
 
@@ -212,6 +213,7 @@ func (s *Store) dropHeld(shardID string) bool {
 	defer s.mu.Unlock()
 	_, ok := s.held[shardID]
 	delete(s.held, shardID)
+	delete(s.coord.claimSeen, shardID)
 	return ok
 }
 

@@ -69,6 +69,7 @@ func newSimFleet(t testing.TB, shards int) *simFleet {
 	cfg := DefaultConfig()
 	cfg.StatusInterval = 0
 	cfg.Format = "jsonl"
+	cfg.LeaderAssigned = os.Getenv("RECSTREAM_LEASE_SIM_LEADER") != "0"
 	f := &simFleet{t: t, cfg: cfg, table: leasesim.NewTable(simTable, checkpoint.AttrShardID), stream: leasesim.NewStream("sim", shards),
 		log: zap.NewNop(), lastRead: map[string]time.Time{}, deliveries: map[string]int{}, puts: map[string]int{}}
 	f.stream.OnRead(f.onRead)
@@ -466,4 +467,40 @@ func sortedKeys(m map[string]int64) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// TestLeaseCostFlatInWorkers: the fleet's DynamoDB read and write units per minute at 256
+// shards are the same (within 20 %) for 16 and 100 workers, and grow at most linearly from
+// 64 to 256 shards (16 workers). Before the leader-assigned leases, every worker Scanned the
+// table twice a second: 100 workers read 6 times what 16 did.
+func TestLeaseCostFlatInWorkers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a few minutes of simulation")
+	}
+	simQuiet(t)
+	o := simOptions{window: time.Minute}
+	small := runSim(t, 64, 16, o)
+	few := runSim(t, 256, 16, o)
+	many := runSim(t, 256, 100, o)
+	for _, r := range []simResult{small, few, many} {
+		t.Log(r.row())
+	}
+	fr, fw := few.perMinute()
+	mr, mw := many.perMinute()
+	sr, sw := small.perMinute()
+	within := func(name string, a, b float64) {
+		if b > a*1.2 || b < a/1.2 {
+			t.Errorf("%s per minute at 256 shards: %.0f with 16 workers, %.0f with 100 (more than 20 %% apart)", name, a, b)
+		}
+	}
+	within("RCU", fr, mr)
+	within("WCU", fw, mw)
+	for _, c := range []struct {
+		name        string
+		at64, at256 float64
+	}{{"RCU", sr, fr}, {"WCU", sw, fw}} {
+		if c.at256 > c.at64*4*1.2 {
+			t.Errorf("%s per minute: %.0f at 64 shards, %.0f at 256: more than linear", c.name, c.at64, c.at256)
+		}
+	}
 }
