@@ -474,8 +474,10 @@ func sortedKeys(m map[string]int64) []string {
 // 64 to 256 shards (16 workers). Before the leader-assigned leases, every worker Scanned the
 // table twice a second: 100 workers read 6 times what 16 did.
 func TestLeaseCostFlatInWorkers(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a few minutes of simulation")
+	if os.Getenv("RECSTREAM_LEASE_SIM_FLAT") == "" {
+		// At 100 workers the simulation needs more than 15 minutes of this machine's CPU
+		// (docs/benchmarks.md): not part of the normal run until that is brought down.
+		t.Skip("set RECSTREAM_LEASE_SIM_FLAT=1 (more than 15 minutes of simulation)")
 	}
 	simQuiet(t)
 	o := simOptions{window: time.Minute}
