@@ -71,7 +71,7 @@ bench: stack build
 ## cost, all-leased, failover and rolling-restart table of docs/benchmarks.md.
 ## LEASE_SIM selects the grid ("all", or e.g. 1000x100,256x16), LEASE_SIM_ROLLING caps the
 ## workers restarted one by one per cell.
-LEASE_SIM ?= 1000x100
+LEASE_SIM ?= 16x4,64x16,256x16
 LEASE_SIM_ROLLING ?= 20
 bench-leases:
 	RECSTREAM_LEASE_SIM=$(LEASE_SIM) RECSTREAM_LEASE_SIM_ROLLING=$(LEASE_SIM_ROLLING) $(GO) test -count=1 -timeout 30m -run '^TestLeaseSim$$' -v ./worker/ | grep -v '^=== RUN'
