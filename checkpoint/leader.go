@@ -306,7 +306,16 @@ func (s *Store) plan(ctx context.Context) error {
 		s.mu.Unlock()
 		return nil // no shard list yet
 	}
+	// The live workers: this one and the owners of leases that have not expired. A claimant
+	// that owns nothing live (killed, or drained after it was named a successor) gets nothing,
+	// and a free row claimed for it is planned again at once.
 	counts := map[string]int{s.cfg.WorkerID: 0}
+	for id := range s.topo {
+		if l, ok := s.view.rows[id]; ok && l.Owner != "" && !l.Closed() && !s.expiredLocked(l) {
+			counts[l.Owner] += 0
+		}
+	}
+	live := func(w string) bool { _, ok := counts[w]; return ok }
 	type move struct {
 		id     string
 		cur    Lease
@@ -336,12 +345,16 @@ func (s *Store) plan(ctx context.Context) error {
 			held[s.cfg.WorkerID] = append(held[s.cfg.WorkerID], id)
 		case !ok:
 			missing = append(missing, id)
-		case l.Owner == "" && (l.ClaimRequest == "" || s.expiredClaimLocked(l)):
+		case l.Owner == "" && (l.ClaimRequest == "" || !live(l.ClaimRequest) || s.expiredClaimLocked(l)):
 			todo = append(todo, l)
 		case l.Owner == "":
 			counts[l.ClaimRequest]++ // a hand-over in progress
 		case s.expiredLocked(l):
 			todo = append(todo, l)
+		case l.ClaimRequest != "" && l.ClaimRequest != l.Owner && !live(l.ClaimRequest):
+			// Claimed for a worker that is gone: claim it again for a live one.
+			counts[l.Owner]++
+			held[l.Owner] = append(held[l.Owner], id)
 		default:
 			counts[l.Owner]++
 			if l.ClaimRequest == "" && l.Owner != s.cfg.WorkerID {
@@ -462,10 +475,16 @@ func (s *Store) transfer(ctx context.Context, id string, cur Lease, exists bool,
 }
 
 // claimFor writes a hand-over claim for worker to on the held row cur.
+// A claim already on the row (for a worker that is gone) is replaced, conditionally.
 func (s *Store) claimFor(ctx context.Context, cur Lease, to string) error {
-	return s.updateRow(ctx, cur.ShardID, "SET #claim = :to", "#owner = :owner AND #counter = :n AND attribute_not_exists(#claim)",
-		map[string]string{"#claim": AttrClaim, "#owner": AttrOwner, "#counter": AttrCounter},
-		map[string]types.AttributeValue{":to": str(to), ":owner": str(cur.Owner), ":n": num(cur.Counter)})
+	cond := "#owner = :owner AND #counter = :n AND attribute_not_exists(#claim)"
+	values := map[string]types.AttributeValue{":to": str(to), ":owner": str(cur.Owner), ":n": num(cur.Counter)}
+	if cur.ClaimRequest != "" {
+		cond = "#owner = :owner AND #counter = :n AND #claim = :old"
+		values[":old"] = str(cur.ClaimRequest)
+	}
+	return s.updateRow(ctx, cur.ShardID, "SET #claim = :to", cond,
+		map[string]string{"#claim": AttrClaim, "#owner": AttrOwner, "#counter": AttrCounter}, values)
 }
 
 // HandOff claims each lease this worker holds for a successor (the least loaded other live

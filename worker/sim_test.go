@@ -72,6 +72,14 @@ func newSimFleet(t testing.TB, shards int) *simFleet {
 	cfg.LeaderAssigned = os.Getenv("RECSTREAM_LEASE_SIM_LEADER") != "0"
 	f := &simFleet{t: t, cfg: cfg, table: leasesim.NewTable(simTable, checkpoint.AttrShardID), stream: leasesim.NewStream("sim", shards),
 		log: zap.NewNop(), lastRead: map[string]time.Time{}, deliveries: map[string]int{}, puts: map[string]int{}}
+	if p := os.Getenv("RECSTREAM_LEASE_SIM_LOG"); p != "" {
+		zc := zap.NewDevelopmentConfig()
+		zc.OutputPaths = []string{p}
+		zc.Level = zap.NewAtomicLevelAt(zap.InfoLevel)
+		if l, err := zc.Build(); err == nil {
+			f.log = l
+		}
+	}
 	f.stream.OnRead(f.onRead)
 	f.stream.SetReadLatency(100 * time.Millisecond)
 	return f
@@ -83,6 +91,8 @@ func (f *simFleet) onRead(reader, shardID string, recs []ktypes.Record) {
 	defer f.mu.Unlock()
 	if last, ok := f.lastRead[shardID]; ok && f.watching && now.Sub(last) > f.silence {
 		f.silence, f.silentID = now.Sub(last), shardID
+		f.log.Info("sim: longest silence so far", zap.String("shard_id", shardID), zap.String("reader", reader),
+			zap.Time("from", last), zap.Duration("silence", now.Sub(last)))
 	}
 	f.lastRead[shardID] = now
 	for _, r := range recs {
