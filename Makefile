@@ -14,7 +14,7 @@ export RECSTREAM_POSTGRES_PASSWORD ?= recstream
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz soak soak-recovery bench-lab-rate clean
+.PHONY: all build stack stack-down stack-status test unit vet demo bench bench-leases bench-lab-rate fuzz soak soak-recovery clean
 
 all: build
 
@@ -65,6 +65,16 @@ demo: stack build
 ## bench: the benchmarks whose figures the README quotes (long; see docs/benchmarks.md).
 bench: stack build
 	scripts/bench.sh
+
+## bench-leases: the lease simulation (no stack needed): real workers against an in-memory
+## DynamoDB that bills capacity units and an in-memory Kinesis, in virtual time; prints the
+## cost, all-leased, failover and rolling-restart table of docs/benchmarks.md.
+## LEASE_SIM selects the grid ("all", or e.g. 1000x100,256x16), LEASE_SIM_ROLLING caps the
+## workers restarted one by one per cell.
+LEASE_SIM ?= 16x4,64x16,256x16
+LEASE_SIM_ROLLING ?= 20
+bench-leases:
+	RECSTREAM_LEASE_SIM=$(LEASE_SIM) RECSTREAM_LEASE_SIM_ROLLING=$(LEASE_SIM_ROLLING) $(GO) test -count=1 -timeout 30m -run '^TestLeaseSim$$' -v ./worker/ | grep -v '^=== RUN'
 
 ## fuzz: a short run of every fuzz target.
 fuzz:

@@ -33,6 +33,9 @@ func (s *Store) GetLease(shard *par.ShardStatus, owner string) error {
 	if owner != s.cfg.WorkerID {
 		return fmt.Errorf("get lease %s: owner %q is not this store's worker id %q", shard.ID, owner, s.cfg.WorkerID)
 	}
+	if err := s.refuseEarly(shard); err != nil {
+		return err
+	}
 	return s.onRow(shard.ID, func(ctx context.Context, h heldLease, held bool) error {
 		if held {
 			return s.renew(ctx, shard, h)

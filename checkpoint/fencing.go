@@ -33,7 +33,7 @@ func (s *Store) renew(ctx context.Context, shard *par.ShardStatus, h heldLease) 
 		s.observe(shard.ID, cur, ok)
 		return s.lost(OpRenew, shard.ID, cur.Owner)
 	}
-	if cur.ClaimRequest != "" && cur.ClaimRequest != s.cfg.WorkerID {
+	if cur.ClaimRequest != "" && cur.ClaimRequest != s.cfg.WorkerID && !s.holdClaimed(shard.ID, cur.ClaimRequest) {
 		// Hand over: stop renewing; the consumer fails and releases the lease once stopped.
 		s.mu.Lock()
 		if hl, ok := s.held[shard.ID]; ok && hl.claimedBy == "" {
@@ -82,6 +82,7 @@ func (s *Store) acquireFrom(ctx context.Context, shard *par.ShardStatus, cur Lea
 		return err
 	}
 	s.mu.Lock()
+	delete(s.coord.claimSeen, shard.ID)
 	s.held[shard.ID] = heldLease{counter: next, renewedAt: t0}
 	s.seen[shard.ID] = observation{owner: me, counter: next, checkpoint: cur.Checkpoint, seenAt: t0}
 	s.mu.Unlock()
@@ -163,6 +164,10 @@ func takeCondition(shardID string, cur Lease, expired bool, me string) (cond str
 		cond = "attribute_not_exists(#owner)"
 	case cur.Owner == "":
 		return "", nil, &LeaseError{Op: OpAcquire, ShardID: shardID, Owner: cur.ClaimRequest, Err: ErrLeaseClaimed}
+	case cur.Owner == me && cur.ClaimRequest == me:
+		// Transferred to us by the leader (leader.go): ours to adopt, not to wait out.
+		cond = "#owner = :old AND #claim = :old"
+		values[":old"] = str(me)
 	case expired:
 		cond = "#owner = :old"
 		values[":old"] = str(cur.Owner)

@@ -88,6 +88,9 @@ func (s *Store) freshView(ctx context.Context) error {
 	defer s.viewMu.Unlock()
 	s.mu.Lock()
 	fresh := s.view.valid && s.now().Sub(s.view.at) < s.leasing.SyncInterval
+	// With a live leader a worker does not Scan: its view is kept up to date by its own
+	// writes and by the rows the claim index names it on (see leader.go).
+	fresh = fresh || (s.view.valid && s.leaderKnownLocked() && !s.coord.leader)
 	s.mu.Unlock()
 	if fresh {
 		return nil
@@ -205,12 +208,41 @@ func (s *Store) admit(ctx context.Context, shard *par.ShardStatus) (Lease, bool,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.admitLocked(shard)
+}
+
+// refuseEarly is the policy's answer to an acquisition of a shard this store does not hold,
+// from a fresh view, before any row lock or I/O: the library asks for every shard it does not
+// hold on every pass, and at a thousand shards the refusals are nearly all of its calls. nil:
+// go on with the acquisition (which decides again, under the row's lock).
+func (s *Store) refuseEarly(shard *par.ShardStatus) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.leasing.SyncInterval <= 0 || !s.view.valid || s.now().Sub(s.view.at) >= s.leasing.SyncInterval {
+		return nil
+	}
+	if _, held := s.held[shard.ID]; held {
+		return nil
+	}
+	_, _, err := s.admitLocked(shard)
+	return err
+}
+
+// admitLocked is admit's decision from the current view, with s.mu held.
+func (s *Store) admitLocked(shard *par.ShardStatus) (Lease, bool, error) {
 	refuse := func(err error, who string) (Lease, bool, error) {
 		return Lease{}, false, &LeaseError{Op: OpAcquire, ShardID: shard.ID, Owner: who, Err: err}
 	}
 	cur, ok := s.view.rows[shard.ID]
 	if ok && cur.Closed() {
 		return refuse(ErrLeaseHeld, cur.Owner)
+	}
+	if s.leaderKnownLocked() {
+		// The leader decided (parents finished, fair share): take what it assigned, only.
+		if ok && cur.ClaimRequest == s.cfg.WorkerID && (cur.Owner == "" || cur.Owner == s.cfg.WorkerID) {
+			return cur, ok, nil
+		}
+		return refuse(errNotAssigned, "")
 	}
 	for _, p := range s.parentsLocked(shard.ID, shard.ParentShardId) {
 		if !s.finishedLocked(p) {
@@ -220,10 +252,34 @@ func (s *Store) admit(ctx context.Context, shard *par.ShardStatus) (Lease, bool,
 	if ok && cur.Owner == "" && cur.ClaimRequest == s.cfg.WorkerID {
 		return cur, ok, nil // a hand-over to us: whatever our count
 	}
-	if target, mine, _, _ := s.shareLocked(); mine >= target {
+	if target, mine := s.cachedShareLocked(); mine >= target {
 		return refuse(ErrFairShare, "")
 	}
 	return cur, ok, nil
+}
+
+// shareMemo is the last fair share admit computed, and what it was computed from.
+type shareMemo struct {
+	at           time.Time // s.now() when computed
+	viewAt       time.Time // the view it read
+	held, topo   int
+	target, mine int
+}
+
+// cachedShareLocked is shareLocked's target and count, reused for up to a lease pass while
+// the view, the held leases and the shard list stay the same: the library asks for every
+// shard it does not hold on every pass, and shareLocked walks every shard, so without it a
+// pass costs shards² map lookups (a second of CPU a pass at a thousand shards). A share up
+// to 50 ms stale only delays or advances one acquisition, which is conditional anyway.
+func (s *Store) cachedShareLocked() (target, mine int) {
+	m := s.share
+	now := s.now()
+	if now.Sub(m.at) < 50*time.Millisecond && m.viewAt.Equal(s.view.at) && m.held == len(s.held) && m.topo == len(s.topo) {
+		return m.target, m.mine
+	}
+	target, mine, _, _ = s.shareLocked()
+	s.share = shareMemo{at: now, viewAt: s.view.at, held: len(s.held), topo: len(s.topo), target: target, mine: mine}
+	return target, mine
 }
 
 // parentsLocked returns the parents of shard id: from the shard list, else the library's
@@ -333,6 +389,9 @@ func (s *Store) stealView(ctx context.Context, shardStatus map[string]*par.Shard
 	none := map[string][]*par.ShardStatus{}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.leaderKnownLocked() {
+		return none, nil // the leader balances (claims for the least loaded worker)
+	}
 	if s.leasing.StealInterval <= 0 || (!s.lastClaim.IsZero() && s.now().Sub(s.lastClaim) < s.leasing.StealInterval) {
 		return none, nil
 	}

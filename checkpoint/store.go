@@ -85,6 +85,8 @@ type Store struct {
 	topo      map[string][]string // shard id -> parents, as Kinesis lists the stream; nil: unknown
 	view      leaseView
 	lastClaim time.Time
+	share     shareMemo
+	coord     coordination
 	viewMu    sync.Mutex
 }
 
@@ -211,6 +213,7 @@ func (s *Store) dropHeld(shardID string) bool {
 	defer s.mu.Unlock()
 	_, ok := s.held[shardID]
 	delete(s.held, shardID)
+	delete(s.coord.claimSeen, shardID)
 	return ok
 }
 

@@ -18,18 +18,47 @@ import (
 // The conditional writes return the SDK's error unwrapped (their callers test it for
 // *types.ConditionalCheckFailedException and wrap it with the lease operation).
 
-// EnsureTable creates the lease table with on-demand billing unless it exists, then waits with
-// the SDK's table-exists waiter until it is ACTIVE. Concurrent callers are fine.
+// claimIndex is the definition of IndexClaims (see leader.go): keyed on ClaimRequest, so
+// sparse, with every attribute projected (rows are a few hundred bytes).
+func claimIndex() (types.AttributeDefinition, types.KeySchemaElement, *types.Projection) {
+	return types.AttributeDefinition{AttributeName: aws.String(AttrClaim), AttributeType: types.ScalarAttributeTypeS},
+		types.KeySchemaElement{AttributeName: aws.String(AttrClaim), KeyType: types.KeyTypeHash},
+		&types.Projection{ProjectionType: types.ProjectionTypeAll}
+}
+
+// EnsureTable creates the lease table with on-demand billing and the claim index unless it
+// exists, adds the claim index to a table created before it (UpdateTable; until DynamoDB has
+// built it, workers fall back to Scans), then waits with the SDK's table-exists waiter until
+// the table is ACTIVE. Concurrent callers are fine.
 func (s *Store) EnsureTable(ctx context.Context) error {
-	_, err := s.db.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(s.cfg.Table)})
+	desc, err := s.db.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(s.cfg.Table)})
 	var nf *types.ResourceNotFoundException
+	def, ks, proj := claimIndex()
 	switch {
+	case err == nil && desc.Table != nil && !hasIndex(desc.Table, IndexClaims):
+		_, err = s.db.UpdateTable(ctx, &dynamodb.UpdateTableInput{
+			TableName:            aws.String(s.cfg.Table),
+			AttributeDefinitions: []types.AttributeDefinition{def},
+			GlobalSecondaryIndexUpdates: []types.GlobalSecondaryIndexUpdate{{Create: &types.CreateGlobalSecondaryIndexAction{
+				IndexName: aws.String(IndexClaims), KeySchema: []types.KeySchemaElement{ks}, Projection: proj}}},
+		})
+		var inUse *types.ResourceInUseException
+		var le *types.LimitExceededException
+		if err != nil && !errors.As(err, &inUse) && !errors.As(err, &le) {
+			// Not fatal: without the index every worker Scans, as before.
+			s.log.Warn("cannot add the claim index to the lease table", zap.String("table", s.cfg.Table), zap.Error(err))
+		} else if err == nil {
+			s.log.Info("adding the claim index to the lease table", zap.String("table", s.cfg.Table), zap.String("index", IndexClaims))
+		}
 	case errors.As(err, &nf):
 		_, err = s.db.CreateTable(ctx, &dynamodb.CreateTableInput{
-			TableName:            aws.String(s.cfg.Table),
-			AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String(AttrShardID), AttributeType: types.ScalarAttributeTypeS}},
-			KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String(AttrShardID), KeyType: types.KeyTypeHash}},
-			BillingMode:          types.BillingModePayPerRequest,
+			TableName: aws.String(s.cfg.Table),
+			AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String(AttrShardID), AttributeType: types.ScalarAttributeTypeS},
+				def},
+			KeySchema:   []types.KeySchemaElement{{AttributeName: aws.String(AttrShardID), KeyType: types.KeyTypeHash}},
+			BillingMode: types.BillingModePayPerRequest,
+			GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{{IndexName: aws.String(IndexClaims),
+				KeySchema: []types.KeySchemaElement{ks}, Projection: proj}},
 		})
 		var inUse *types.ResourceInUseException
 		if err != nil && !errors.As(err, &inUse) {
@@ -50,6 +79,16 @@ func (s *Store) EnsureTable(ctx context.Context) error {
 		return fmt.Errorf("wait for lease table %s to be active: %w", s.cfg.Table, err)
 	}
 	return nil
+}
+
+// hasIndex reports whether the table has a global secondary index named name.
+func hasIndex(t *types.TableDescription, name string) bool {
+	for _, x := range t.GlobalSecondaryIndexes {
+		if aws.ToString(x.IndexName) == name {
+			return true
+		}
+	}
+	return false
 }
 
 // deadlineOr returns ctx's deadline, or def when it has none.

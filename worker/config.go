@@ -26,6 +26,11 @@ type Config struct {
 	// through the lease table); 0 turns it off, so a joining worker only gets free or expired
 	// leases.
 	LeaseStealingInterval time.Duration `yaml:"lease_stealing_interval"`
+	// LeaderAssigned turns on leader-assigned leases (checkpoint/leader.go): one worker
+	// Scans the lease table and assigns leases, the others read only the rows that name them,
+	// so the table's cost stops growing with the worker count. Off: every worker Scans every
+	// shard_sync_interval.
+	LeaderAssigned bool `yaml:"leader_assigned"`
 	// LeaseSafetyMargin: uploads start only while the lease has at least this long left.
 	LeaseSafetyMargin time.Duration `yaml:"lease_safety_margin"`
 	// ShutdownTimeout bounds SIGTERM drain (below ECS's 30 s stop timeout).

@@ -35,6 +35,12 @@ type (
 	leasePeeker interface {
 		Peek(shard *par.ShardStatus) error
 	}
+	// leaseCoordinator is the store's leader-assigned leasing (checkpoint/leader.go).
+	leaseCoordinator interface {
+		Coordinate(ctx context.Context)
+		HandOff(ctx context.Context) time.Duration
+		ResignLeadership()
+	}
 	leasePolicy interface {
 		SetLeasing(checkpoint.Leasing)
 		SetShards([]checkpoint.ShardInfo)

@@ -219,9 +219,36 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	st.Started()
 	log.Info("worker started", zap.String("worker_id", w.workerID), zap.String("lease_table", w.stream.DynamoDB.LeaseTable))
+	coordCtx, stopCoordinating := context.WithCancel(context.Background())
+	coordDone := make(chan struct{})
+	co, coordinated := inner.(leaseCoordinator)
+	coordinated = coordinated && w.cfg.LeaderAssigned
+	if coordinated {
+		go func() {
+			defer close(coordDone)
+			co.Coordinate(coordCtx)
+		}()
+	} else {
+		close(coordDone)
+	}
 	<-ctx.Done()
 
 	start := time.Now()
+	if coordinated {
+		// Hand the leases over before stopping: successors are told (a claim on each lease)
+		// and watch the rows while this worker goes on processing for the hand-over delay;
+		// the releases of the drain then start them at once.
+		hctx, cancel := context.WithTimeout(context.Background(), w.cfg.ShutdownTimeout/4)
+		delay := co.HandOff(hctx)
+		cancel()
+		if delay > 0 {
+			time.Sleep(min(delay, w.cfg.ShutdownTimeout/4))
+		}
+		stopCoordinating()
+		<-coordDone
+		co.ResignLeadership()
+	}
+	stopCoordinating()
 	stopping.Store(true)
 	log.Info("shutting down", zap.Duration("shutdown_timeout", w.cfg.ShutdownTimeout))
 	done := make(chan struct{})
@@ -231,7 +258,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	// Keep a little of the bound for abandoning writes and exiting.
 	slack := min(2*time.Second, w.cfg.ShutdownTimeout/5)
-	timer := time.NewTimer(w.cfg.ShutdownTimeout - slack)
+	timer := time.NewTimer(w.cfg.ShutdownTimeout - slack - time.Since(start))
 	defer timer.Stop()
 	select {
 	case <-done:

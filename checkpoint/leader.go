@@ -1,0 +1,564 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	par "github.com/vmware/vmware-go-kcl-v2/clientlibrary/partition"
+	"go.uber.org/zap"
+)
+
+// Leader-assigned leases: the lease table's cost grows with the shards, not with
+// shards × workers.
+//
+// Without a leader every worker Scans the whole table every shard_sync_interval, so the
+// fleet reads workers × table size per interval. With Coordinate running:
+//
+//   - One worker, the holder of the lease on the row LeaderRow (fenced and renewed like a
+//     shard lease), Scans the table every SyncInterval. It writes the plan into the rows
+//     themselves: a free, missing or expired lease is transferred to the least loaded live
+//     worker (AssignedTo and ClaimRequest set to it, LeaseCounter + 1, conditional on the state
+//     it saw), and when the busiest worker holds two or more leases more than the least
+//     loaded one, a lease of the busiest is claimed for the least loaded (ClaimRequest).
+//   - Every worker reads only what concerns it: its own leases (renewals, as before) and, every
+//     FailoverTime/4, the rows whose ClaimRequest names it, through the sparse global
+//     secondary index IndexClaims (a Query of a handful of items: half a read unit). A
+//     transferred row is adopted (taken with a write conditional on the leader's state); a
+//     claimed row held by another worker is watched (a consistent GetItem every 200 ms) until
+//     its holder releases it, and taken at once.
+//   - A holder that sees a claim on its lease keeps it for HandOverDelay more (so the
+//     claimant is watching when it lets go), then releases it; a worker that drains (SIGTERM)
+//     first claims each of its leases for a successor (HandOff) and lets go after the same
+//     delay. The new owner starts within a watch period of the release, not at expiry.
+//   - Non-leaders check the leader row every FailoverTime/2 and take it over when it is free
+//     or has not moved for FailoverTime. Until a leader is known (fleet start, a table of old
+//     workers) a worker falls back to the per-worker Scans and fair share of Leasing.
+//
+// The fleet's reads per minute: the leader's Scans (table size / 4 KB per SyncInterval),
+// the renewals (one GetItem per lease per FailoverTime/4), plus half a unit per worker per
+// FailoverTime/4 for the claim Query and one unit per worker per FailoverTime/2 for the leader
+// check: flat in the workers up to those per-worker units, linear in the shards.
+const (
+	// LeaderRow is the lease table row whose lease makes a worker the leader. It is not a
+	// shard: the library never lists it, and `status` does not show it.
+	LeaderRow = "__leader__"
+	// IndexClaims is the global secondary index on ClaimRequest (sparse: only rows with a
+	// pending claim or transfer are in it). EnsureTable creates it.
+	IndexClaims = "ClaimRequest-index"
+	// watchPeriod is how often a worker reads a row it claimed until the holder lets go.
+	watchPeriod = 200 * time.Millisecond
+)
+
+// coordination is the leader and claim state of a Store (leader.go), guarded by Store.mu.
+type coordination struct {
+	on          bool
+	leader      bool
+	leaderSt    *par.ShardStatus
+	leaderAlive time.Time // when the leader row was last seen moving or held by us
+	watch       map[string]time.Time
+	claimSeen   map[string]time.Time // held leases: when another worker's claim was first seen
+	noIndex     bool                 // the claim index is missing: fall back to Scans
+}
+
+// HandOverDelay is how long a holder keeps a lease after it first sees a claim on it (or
+// after HandOff claimed it), so that the claimant, which finds its claims every
+// FailoverTime/4, is watching the row when it is released.
+func (s *Store) HandOverDelay() time.Duration { return s.cfg.FailoverTime/4 + 500*time.Millisecond }
+
+// leaderKnown reports whether a live leader (this store or another) coordinates the fleet,
+// with s.mu held.
+func (s *Store) leaderKnownLocked() bool {
+	c := &s.coord
+	if !c.on || c.noIndex {
+		return false
+	}
+	return c.leader || (!c.leaderAlive.IsZero() && s.now().Sub(c.leaderAlive) < s.cfg.FailoverTime)
+}
+
+// Coordinate runs the leader election, the leader's plan and this worker's claim reads until
+// ctx ends (see the comment above). worker.Run starts it when the store's lease policy is on.
+func (s *Store) Coordinate(ctx context.Context) {
+	s.mu.Lock()
+	s.coord.on = true
+	s.coord.watch = map[string]time.Time{}
+	s.coord.claimSeen = map[string]time.Time{}
+	s.coord.leaderSt = &par.ShardStatus{ID: LeaderRow, Mux: &sync.RWMutex{}}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.coord.on, s.coord.leader = false, false
+		s.mu.Unlock()
+	}()
+	tick := time.NewTicker(watchPeriod)
+	defer tick.Stop()
+	var lastLeader, lastInbox, lastPlan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := s.now()
+		s.mu.Lock()
+		leader := s.coord.leader
+		s.mu.Unlock()
+		if leaderEvery := s.cfg.FailoverTime / 2; leader {
+			leaderEvery = s.cfg.FailoverTime / 4
+			if now.Sub(lastLeader) >= leaderEvery {
+				lastLeader = now
+				s.keepLeadership()
+			}
+		} else if now.Sub(lastLeader) >= leaderEvery {
+			lastLeader = now
+			s.checkLeader(ctx)
+		}
+		if now.Sub(lastInbox) >= s.cfg.FailoverTime/4 {
+			lastInbox = now
+			s.readClaims(ctx)
+		}
+		s.pollWatched(ctx)
+		s.mu.Lock()
+		leader, sync := s.coord.leader, s.leasing.SyncInterval
+		s.mu.Unlock()
+		if leader && now.Sub(lastPlan) >= sync {
+			lastPlan = now
+			if err := s.plan(ctx); err != nil {
+				s.log.Warn("lease plan failed", zap.Error(err))
+			}
+		}
+	}
+}
+
+// keepLeadership renews the leader row; a failure ends the leadership.
+func (s *Store) keepLeadership() {
+	err := s.Renew(s.coord.leaderSt)
+	if err == nil {
+		s.mu.Lock()
+		s.coord.leaderAlive = s.now()
+		s.mu.Unlock()
+		return
+	}
+	var le *LeaseError
+	if errors.As(err, &le) && errors.Is(err, ErrLeaseClaimed) {
+		return // nobody claims the leader row; keep it
+	}
+	s.log.Warn("leadership lost", zap.Error(err))
+	s.mu.Lock()
+	s.coord.leader = false
+	s.mu.Unlock()
+}
+
+// checkLeader reads the leader row and takes it when it is missing, free, or has not moved
+// for FailoverTime (this store's observations).
+func (s *Store) checkLeader(ctx context.Context) {
+	err := s.onRow(LeaderRow, func(ctx context.Context, h heldLease, held bool) error {
+		if held {
+			return nil
+		}
+		cur, ok, err := s.getLease(ctx, LeaderRow)
+		if err != nil {
+			return err
+		}
+		obs := s.observe(LeaderRow, cur, ok)
+		alive := ok && cur.Owner != "" && s.now().Sub(obs.seenAt) < s.cfg.FailoverTime
+		if alive {
+			s.mu.Lock()
+			s.coord.leaderAlive = obs.seenAt
+			s.mu.Unlock()
+			return nil
+		}
+		if err := s.acquireFrom(ctx, s.coord.leaderSt, cur, ok); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.coord.leader, s.coord.leaderAlive = true, s.now()
+		s.mu.Unlock()
+		s.log.Info("became the lease leader")
+		return nil
+	})
+	var le *LeaseError
+	if err != nil && !errors.As(err, &le) {
+		s.log.Debug("leader check failed", zap.Error(err))
+	}
+}
+
+// readClaims queries the claim index for the rows naming this worker: transfers to adopt,
+// hand-overs to watch.
+func (s *Store) readClaims(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*s.cfg.CallTimeout)
+	defer cancel()
+	in := &dynamodb.QueryInput{TableName: aws.String(s.cfg.Table), IndexName: aws.String(IndexClaims),
+		KeyConditionExpression:    aws.String("#claim = :me"),
+		ExpressionAttributeNames:  map[string]string{"#claim": AttrClaim},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":me": str(s.cfg.WorkerID)}}
+	p := dynamodb.NewQueryPaginator(s.db, in)
+	var rows []Lease
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			s.mu.Lock()
+			if !s.coord.noIndex {
+				s.log.Warn("cannot read the claim index: falling back to a Scan per worker", zap.String("index", IndexClaims), zap.Error(err))
+			}
+			s.coord.noIndex = true
+			s.mu.Unlock()
+			return
+		}
+		for _, item := range page.Items {
+			l, err := parseLease(item)
+			if err == nil {
+				rows = append(rows, l)
+			}
+		}
+	}
+	s.mu.Lock()
+	s.coord.noIndex = false
+	s.mu.Unlock()
+	for _, l := range rows {
+		if l.ShardID == LeaderRow {
+			continue
+		}
+		s.mu.Lock()
+		_, held := s.held[l.ShardID]
+		s.mu.Unlock()
+		if held {
+			continue
+		}
+		s.observe(l.ShardID, l, true)
+		s.noteRow(l)
+		if l.Owner != "" && l.Owner != s.cfg.WorkerID {
+			s.mu.Lock()
+			if _, ok := s.coord.watch[l.ShardID]; !ok {
+				s.coord.watch[l.ShardID] = s.now()
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// pollWatched reads every claimed row whose holder has not let go yet.
+func (s *Store) pollWatched(ctx context.Context) {
+	s.mu.Lock()
+	var ids []string
+	for id, since := range s.coord.watch {
+		if s.now().Sub(since) > 2*s.cfg.FailoverTime {
+			delete(s.coord.watch, id) // the claim is stale: the leader will plan again
+			continue
+		}
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+		l, ok, err := s.getLease(cctx, id)
+		cancel()
+		if err != nil {
+			continue
+		}
+		done := !ok || l.ClaimRequest != s.cfg.WorkerID || l.Owner == "" || l.Owner == s.cfg.WorkerID
+		if ok {
+			s.observe(id, l, true)
+			s.noteRow(l)
+		}
+		if done {
+			s.mu.Lock()
+			delete(s.coord.watch, id)
+			s.mu.Unlock()
+		}
+	}
+}
+
+// holdClaimed reports whether the holder should keep renewing its lease on shardID although
+// claimant claimed it: for HandOverDelay after it first saw the claim.
+func (s *Store) holdClaimed(shardID, claimant string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.coord.on {
+		return false
+	}
+	first, ok := s.coord.claimSeen[shardID]
+	if !ok {
+		first = s.now()
+		s.coord.claimSeen[shardID] = first
+	}
+	return s.now().Sub(first) < s.HandOverDelay()
+}
+
+// plan is the leader's pass: one Scan, then the transfers and claims described above.
+func (s *Store) plan(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 4*s.cfg.CallTimeout)
+	defer cancel()
+	s.mu.Lock()
+	s.view.valid = false // the leader's view is never older than SyncInterval
+	s.mu.Unlock()
+	if err := s.freshView(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.topo == nil {
+		s.mu.Unlock()
+		return nil // no shard list yet
+	}
+	// The live workers: this one and the owners of leases that have not expired. A claimant
+	// that owns nothing live (killed, or drained after it was named a successor) gets nothing,
+	// and a free row claimed for it is planned again at once.
+	counts := map[string]int{s.cfg.WorkerID: 0}
+	for id := range s.topo {
+		if l, ok := s.view.rows[id]; ok && l.Owner != "" && !l.Closed() && !s.expiredLocked(l) {
+			counts[l.Owner] += 0
+		}
+	}
+	live := func(w string) bool { _, ok := counts[w]; return ok }
+	type move struct {
+		id     string
+		cur    Lease
+		exists bool
+		to     string
+		claim  bool // a hand-over claim on a held row, not a transfer
+	}
+	var todo []Lease
+	var missing []string
+	held := map[string][]string{}
+	for id, parents := range s.topo {
+		l, ok := s.view.rows[id]
+		if ok && l.Closed() {
+			continue
+		}
+		ready := true
+		for _, p := range parents {
+			ready = ready && s.finishedLocked(p)
+		}
+		if !ready {
+			continue
+		}
+		_, mine := s.held[id]
+		switch {
+		case mine:
+			counts[s.cfg.WorkerID]++
+			held[s.cfg.WorkerID] = append(held[s.cfg.WorkerID], id)
+		case !ok:
+			missing = append(missing, id)
+		case l.Owner == "" && (l.ClaimRequest == "" || !live(l.ClaimRequest) || s.expiredClaimLocked(l)):
+			todo = append(todo, l)
+		case l.Owner == "":
+			counts[l.ClaimRequest]++ // a hand-over in progress
+		case s.expiredLocked(l):
+			todo = append(todo, l)
+		case l.ClaimRequest != "" && l.ClaimRequest != l.Owner && !live(l.ClaimRequest):
+			// Claimed for a worker that is gone: claim it again for a live one.
+			counts[l.Owner]++
+			held[l.Owner] = append(held[l.Owner], id)
+		default:
+			counts[l.Owner]++
+			if l.ClaimRequest == "" && l.Owner != s.cfg.WorkerID {
+				held[l.Owner] = append(held[l.Owner], id)
+			}
+		}
+	}
+	s.mu.Unlock()
+	least := func(not string) string {
+		best := ""
+		for w, n := range counts {
+			if w != not && (best == "" || n < counts[best] || n == counts[best] && w < best) {
+				best = w
+			}
+		}
+		return best
+	}
+	var moves []move
+	sort.Strings(missing)
+	for _, id := range missing {
+		to := least("")
+		counts[to]++
+		moves = append(moves, move{id: id, to: to})
+	}
+	sort.Slice(todo, func(i, j int) bool { return todo[i].ShardID < todo[j].ShardID })
+	for _, l := range todo {
+		to := least(l.Owner)
+		counts[to]++
+		moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to})
+	}
+	// Balance: move one lease at a time from the busiest to the least loaded, while they
+	// differ by two or more (at most a few per pass: each is a hand-over).
+	for range 8 {
+		to := least("")
+		from := ""
+		for w, ids := range held {
+			if len(ids) > 0 && (from == "" || counts[w] > counts[from] || counts[w] == counts[from] && w < from) {
+				from = w
+			}
+		}
+		if from == "" || counts[from]-counts[to] < 2 {
+			break
+		}
+		ids := held[from]
+		sort.Strings(ids)
+		id := ids[len(ids)-1]
+		held[from] = ids[:len(ids)-1]
+		s.mu.Lock()
+		cur := s.view.rows[id]
+		s.mu.Unlock()
+		counts[from]--
+		counts[to]++
+		moves = append(moves, move{id: id, cur: cur, exists: true, to: to, claim: true})
+	}
+	for _, m := range moves {
+		var err error
+		if m.claim {
+			err = s.claimFor(ctx, m.cur, m.to)
+		} else {
+			err = s.transfer(ctx, m.id, m.cur, m.exists, m.to)
+		}
+		var ccf *types.ConditionalCheckFailedException
+		if err != nil && !errors.As(err, &ccf) {
+			return err
+		}
+	}
+	return nil
+}
+
+// expiredClaimLocked reports whether a free row's claim has not moved for FailoverTime.
+func (s *Store) expiredClaimLocked(l Lease) bool {
+	o, ok := s.seen[l.ShardID]
+	return ok && o.claim == l.ClaimRequest && o.counter == l.Counter && s.now().Sub(o.seenAt) >= s.cfg.FailoverTime
+}
+
+// transfer gives the lease on id to worker to: a new row, or the row cur (free or expired)
+// with owner and claim set to to and the counter moved, conditional on cur's owner, counter
+// and claim.
+func (s *Store) transfer(ctx context.Context, id string, cur Lease, exists bool, to string) error {
+	if !exists {
+		s.mu.Lock()
+		var parent string
+		if ps := s.topo[id]; len(ps) > 0 {
+			parent = ps[0]
+		}
+		s.mu.Unlock()
+		item := map[string]types.AttributeValue{AttrShardID: str(id), AttrOwner: str(to), AttrCounter: num(1), AttrClaim: str(to),
+			AttrLeaseTimeout: s.leaseTimeout()}
+		if parent != "" {
+			item[AttrParent] = str(parent)
+		}
+		return s.putRow(ctx, item)
+	}
+	names := map[string]string{"#owner": AttrOwner, "#counter": AttrCounter, "#claim": AttrClaim, "#lt": AttrLeaseTimeout}
+	values := map[string]types.AttributeValue{":to": str(to), ":next": num(cur.Counter + 1), ":lt": s.leaseTimeout()}
+	cond := "attribute_not_exists(#owner)"
+	if cur.Owner != "" {
+		cond = "#owner = :old"
+		values[":old"] = str(cur.Owner)
+	}
+	if cur.Counter == 0 {
+		cond += " AND attribute_not_exists(#counter)"
+	} else {
+		cond += " AND #counter = :n"
+		values[":n"] = num(cur.Counter)
+	}
+	if cur.ClaimRequest == "" {
+		cond += " AND attribute_not_exists(#claim)"
+	} else {
+		cond += " AND #claim = :claim"
+		values[":claim"] = str(cur.ClaimRequest)
+	}
+	err := s.updateRow(ctx, id, "SET #owner = :to, #counter = :next, #claim = :to, #lt = :lt", cond, names, values)
+	if err == nil {
+		s.log.Debug("lease transferred", zap.String("shard_id", id), zap.String("from", cur.Owner), zap.String("to", to))
+	}
+	return err
+}
+
+// claimFor writes a hand-over claim for worker to on the held row cur.
+// A claim already on the row (for a worker that is gone) is replaced, conditionally.
+func (s *Store) claimFor(ctx context.Context, cur Lease, to string) error {
+	cond := "#owner = :owner AND #counter = :n AND attribute_not_exists(#claim)"
+	values := map[string]types.AttributeValue{":to": str(to), ":owner": str(cur.Owner), ":n": num(cur.Counter)}
+	if cur.ClaimRequest != "" {
+		cond = "#owner = :owner AND #counter = :n AND #claim = :old"
+		values[":old"] = str(cur.ClaimRequest)
+	}
+	return s.updateRow(ctx, cur.ShardID, "SET #claim = :to", cond,
+		map[string]string{"#claim": AttrClaim, "#owner": AttrOwner, "#counter": AttrCounter}, values)
+}
+
+// HandOff claims each lease this worker holds for a successor (the least loaded other live
+// owner in one Scan), so that when the drain releases them the successors, which will be
+// watching, take them at once. It returns how long the caller should keep the leases before
+// releasing them (zero: nothing claimed).
+func (s *Store) HandOff(ctx context.Context) time.Duration {
+	s.mu.Lock()
+	on := s.coord.on && !s.coord.noIndex
+	s.mu.Unlock()
+	if !on {
+		return 0
+	}
+	leases, err := s.ListLeases(ctx)
+	if err != nil {
+		s.log.Warn("hand-off: cannot read the lease table", zap.Error(err))
+		return 0
+	}
+	counts := map[string]int{}
+	var mine []Lease
+	s.mu.Lock()
+	for _, l := range leases {
+		if l.ShardID == LeaderRow || l.Closed() || l.Owner == "" {
+			continue
+		}
+		if h, held := s.held[l.ShardID]; held && l.Owner == s.cfg.WorkerID {
+			l.Counter = h.counter // renewed since the Scan, maybe
+			mine = append(mine, l)
+			continue
+		}
+		if l.Owner != s.cfg.WorkerID {
+			counts[l.Owner]++
+		}
+	}
+	s.mu.Unlock()
+	if len(counts) == 0 {
+		return 0
+	}
+	n := 0
+	for _, l := range mine {
+		to := ""
+		for w, c := range counts {
+			if to == "" || c < counts[to] || c == counts[to] && w < to {
+				to = w
+			}
+		}
+		if l.ClaimRequest != "" {
+			continue
+		}
+		if err := s.claimFor(ctx, l, to); err == nil {
+			counts[to]++
+			n++
+		}
+	}
+	s.log.Info("handing leases over before draining", zap.Int("leases", n), zap.Int("held", len(mine)))
+	if n == 0 {
+		return 0
+	}
+	return s.HandOverDelay()
+}
+
+// ResignLeadership releases the leader row if this store holds it (a draining worker), so
+// that another worker takes the lead at its next check instead of after FailoverTime.
+func (s *Store) ResignLeadership() {
+	s.mu.Lock()
+	_, held := s.held[LeaderRow]
+	s.coord.leader = false
+	s.mu.Unlock()
+	if held {
+		if err := s.RemoveLeaseOwner(LeaderRow); err != nil {
+			s.log.Warn("cannot release the leader row", zap.Error(err))
+		}
+	}
+}
+
+// errNotAssigned is the refusal of a lease the leader has not assigned to this worker.
+var errNotAssigned = fmt.Errorf("%w (the leader assigns leases)", ErrFairShare)
