@@ -29,7 +29,7 @@ func TestEnsureTableOnTableWithoutClaimIndex(t *testing.T) {
 	if err := dynamodb.NewTableExistsWaiter(db).Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	s := newStore(t, db, table, "w1", newFakeClock()) // Init: EnsureTable
+	s := newStore(t, db, table, "w1", newFakeClock(), func(c *Config) { c.ClaimIndex = true }) // Init: EnsureTable
 	d, err := db.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
 	if err != nil {
 		t.Fatal(err)

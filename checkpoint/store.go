@@ -28,6 +28,10 @@ type Config struct {
 	CreateTimeout time.Duration
 	// ScanPageSize is the Limit of each Scan page; zero leaves DynamoDB's 1 MB pages.
 	ScanPageSize int32
+	// ClaimIndex makes EnsureTable create the claim index (IndexClaims) with the table, or add
+	// it to a table made without it: only leader-assigned leasing (worker.leader_assigned)
+	// reads it, so a fleet that does not use it pays for no index and needs no UpdateTable.
+	ClaimIndex bool
 	// Logger receives lease lifecycle events; nil discards them.
 	Logger *zap.Logger
 	// Metrics receives the lease series (hand-overs, claims); nil keeps unregistered ones.

@@ -26,16 +26,17 @@ func claimIndex() (types.AttributeDefinition, types.KeySchemaElement, *types.Pro
 		&types.Projection{ProjectionType: types.ProjectionTypeAll}
 }
 
-// EnsureTable creates the lease table with on-demand billing and the claim index unless it
-// exists, adds the claim index to a table created before it (UpdateTable; until DynamoDB has
-// built it, workers fall back to Scans), then waits with the SDK's table-exists waiter until
+// EnsureTable creates the lease table with on-demand billing unless it exists (with the claim
+// index when Config.ClaimIndex is set), adds the claim index to a table created without it
+// when ClaimIndex is set (UpdateTable; until DynamoDB has built it, workers fall back to
+// Scans), then waits with the SDK's table-exists waiter until
 // the table is ACTIVE. Concurrent callers are fine.
 func (s *Store) EnsureTable(ctx context.Context) error {
 	desc, err := s.db.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(s.cfg.Table)})
 	var nf *types.ResourceNotFoundException
 	def, ks, proj := claimIndex()
 	switch {
-	case err == nil && desc.Table != nil && !hasIndex(desc.Table, IndexClaims):
+	case err == nil && desc.Table != nil && s.cfg.ClaimIndex && !hasIndex(desc.Table, IndexClaims):
 		_, err = s.db.UpdateTable(ctx, &dynamodb.UpdateTableInput{
 			TableName:            aws.String(s.cfg.Table),
 			AttributeDefinitions: []types.AttributeDefinition{def},
@@ -51,15 +52,18 @@ func (s *Store) EnsureTable(ctx context.Context) error {
 			s.log.Info("adding the claim index to the lease table", zap.String("table", s.cfg.Table), zap.String("index", IndexClaims))
 		}
 	case errors.As(err, &nf):
-		_, err = s.db.CreateTable(ctx, &dynamodb.CreateTableInput{
-			TableName: aws.String(s.cfg.Table),
-			AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String(AttrShardID), AttributeType: types.ScalarAttributeTypeS},
-				def},
-			KeySchema:   []types.KeySchemaElement{{AttributeName: aws.String(AttrShardID), KeyType: types.KeyTypeHash}},
-			BillingMode: types.BillingModePayPerRequest,
-			GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{{IndexName: aws.String(IndexClaims),
-				KeySchema: []types.KeySchemaElement{ks}, Projection: proj}},
-		})
+		in := &dynamodb.CreateTableInput{
+			TableName:            aws.String(s.cfg.Table),
+			AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String(AttrShardID), AttributeType: types.ScalarAttributeTypeS}},
+			KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String(AttrShardID), KeyType: types.KeyTypeHash}},
+			BillingMode:          types.BillingModePayPerRequest,
+		}
+		if s.cfg.ClaimIndex {
+			in.AttributeDefinitions = append(in.AttributeDefinitions, def)
+			in.GlobalSecondaryIndexes = []types.GlobalSecondaryIndex{{IndexName: aws.String(IndexClaims),
+				KeySchema: []types.KeySchemaElement{ks}, Projection: proj}}
+		}
+		_, err = s.db.CreateTable(ctx, in)
 		var inUse *types.ResourceInUseException
 		if err != nil && !errors.As(err, &inUse) {
 			return fmt.Errorf("create lease table %s: %w", s.cfg.Table, err)

@@ -159,7 +159,7 @@ func (f *simFleet) start() *simMember {
 	}
 	cfg := f.cfg
 	cfg.WorkerID = id
-	store, err := checkpoint.New(checkpoint.Config{Table: simTable, WorkerID: id, FailoverTime: cfg.FailoverTime, Logger: f.log},
+	store, err := checkpoint.New(checkpoint.Config{Table: simTable, WorkerID: id, FailoverTime: cfg.FailoverTime, Logger: f.log, ClaimIndex: cfg.LeaderAssigned},
 		f.table.Client(m.link))
 	if err != nil {
 		f.t.Fatal(err)

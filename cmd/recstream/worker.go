@@ -53,7 +53,7 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		return err
 	}
 	store, err := checkpoint.New(checkpoint.Config{Table: cfg.DynamoDB.LeaseTable, WorkerID: wcfg.WorkerID,
-		FailoverTime: wcfg.FailoverTime, Logger: log, Metrics: leaseMetrics}, db)
+		FailoverTime: wcfg.FailoverTime, Logger: log, Metrics: leaseMetrics, ClaimIndex: wcfg.LeaderAssigned}, db)
 	if err != nil {
 		return usageError{err.Error()}
 	}
