@@ -14,7 +14,7 @@ export RECSTREAM_POSTGRES_PASSWORD ?= recstream
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build stack stack-down stack-status test unit vet demo bench fuzz soak clean
+.PHONY: all build stack stack-down stack-status test unit vet demo bench bench-batch fuzz soak clean
 
 all: build
 
@@ -65,6 +65,12 @@ demo: stack build
 ## bench: the benchmarks whose figures the README quotes (long; see docs/benchmarks.md).
 bench: stack build
 	scripts/bench.sh
+
+## bench-batch: wall time and peak RSS of batch seed, batch etl, train and batch embeddings at
+## 100 k and 1 M ratings (BENCH_BATCH_SCALES="1000 10000 100000" adds 10 M); in its own MySQL
+## database and PostgreSQL schema of a running local stack (make stack). See scripts/bench_batch.sh.
+bench-batch: build
+	scripts/bench_batch.sh
 
 ## fuzz: a short run of every fuzz target.
 fuzz:

@@ -64,6 +64,9 @@ func (p *trainProgress) update(pr train.Progress) {
 		p.logLocked("stage started")
 	case pr.Done:
 		fields := []zap.Field{zap.Int("best_epoch", pr.BestEpoch)}
+		if pr.Stage == train.StageContent && !math.IsNaN(pr.BestRMSE) && !math.IsInf(pr.BestRMSE, 0) {
+			fields = append(fields, zap.Float64("best_stop_rmse", pr.BestRMSE))
+		}
 		if pr.TimeLimited {
 			fields = append(fields, zap.Bool("time_limited", true))
 		}
