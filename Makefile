@@ -14,7 +14,7 @@ export RECSTREAM_POSTGRES_PASSWORD ?= recstream
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build stack stack-down stack-status test unit vet demo bench bench-leases bench-lab-rate fuzz soak soak-recovery clean
+.PHONY: all build stack stack-down stack-status test unit vet demo bench bench-leases bench-lab-rate bench-batch fuzz soak soak-recovery clean
 
 all: build
 
@@ -76,6 +76,12 @@ LEASE_SIM_ROLLING ?= 20
 bench-leases:
 	RECSTREAM_LEASE_SIM=$(LEASE_SIM) RECSTREAM_LEASE_SIM_ROLLING=$(LEASE_SIM_ROLLING) $(GO) test -count=1 -timeout 30m -run '^TestLeaseSim$$' -v ./worker/ | grep -v '^=== RUN'
 
+## bench-batch: wall time and peak RSS of batch seed, batch etl, train and batch embeddings at
+## 100 k and 1 M ratings (BENCH_BATCH_SCALES="1000 10000 100000" adds 10 M); in its own MySQL
+## database and PostgreSQL schema of a running local stack (make stack). See scripts/bench_batch.sh.
+bench-batch: build
+	scripts/bench_batch.sh
+
 ## fuzz: a short run of every fuzz target.
 fuzz:
 	scripts/fuzz.sh
@@ -83,10 +89,6 @@ fuzz:
 clean:
 	rm -rf bin out
 
-## soak: three worker processes under seeded faults (AWS error answers, resets, slow and lost
-## answers, blackouts, PostgreSQL cuts, SIGKILLs) while events flow; checks exactly-once output,
-## no unexplained exits, flat memory and per-fault recovery (cmd/recstream/soak_test.go).
-## SOAK_DURATION (default 10m) and SOAK_SEED (default 1) choose the run; logs in out/soak/.
 ## bench-lab-rate: the shipped flush settings at the lab's rate (one event per 10 s, 4 shards) for
 ## LAB_RATE_DURATION (default 10m): objects per shard (<= 60 per shard-hour) and p99 put→visible.
 bench-lab-rate: stack
@@ -98,5 +100,9 @@ bench-lab-rate: stack
 soak-recovery:
 	$(MAKE) --no-print-directory soak SOAK_ISOLATED=1 SOAK_DURATION=$${SOAK_DURATION:-2m}
 
+## soak: three worker processes under seeded faults (AWS error answers, resets, slow and lost
+## answers, blackouts, PostgreSQL cuts, SIGKILLs) while events flow; checks exactly-once output,
+## no unexplained exits, flat memory and per-fault recovery (cmd/recstream/soak_test.go).
+## SOAK_DURATION (default 10m) and SOAK_SEED (default 1) choose the run; logs in out/soak/.
 soak: stack
 	CI=$${CI:-true} SOAK_DURATION=$${SOAK_DURATION:-10m} SOAK_SEED=$${SOAK_SEED:-1} $(GO) test -tags soak -count=1 -p 1 -timeout 60m -run '^TestSoak' -v ./cmd/recstream/

@@ -69,6 +69,12 @@ type Metrics struct {
 	// Warm and Cold evaluate the training procedure on held-out data (see Evaluation).
 	Warm Evaluation `json:"warm"`
 	Cold Evaluation `json:"cold"`
+	// MaxDurationSeconds is `recstream train --max-duration` (0: none). TimeLimited names the
+	// stages it ended before their own stopping rule ("; "-separated), each of which kept its
+	// best weights so far (empty: the run finished as configured). Only these two depend on
+	// the clock.
+	MaxDurationSeconds float64 `json:"max_duration_seconds,omitempty"`
+	TimeLimited        string  `json:"time_limited,omitempty"`
 }
 
 // Evaluation scores one fit, trained like the published model but without the held-out part,

@@ -32,7 +32,11 @@ type TrainConfig struct {
 	Epochs int `yaml:"epochs" json:"epochs"`
 	// Patience stops a fit after this many epochs without a lower early-stopping RMSE.
 	Patience int `yaml:"patience" json:"patience"`
-	// BatchSize is the mini-batch size for Adam.
+	// BatchSize is the content stage's mini-batch size for Adam, in ratings; 0 is full-batch
+	// (one step per epoch), which costs O(customers + products + ratings) per epoch: each step
+	// passes every customer and product of its batch through its tower, so small batches of
+	// a large shop pay for most customers at every step. The personal stage is always
+	// full-batch.
 	BatchSize int `yaml:"batch_size" json:"batch_size"`
 	// LearningRate is Adam's step size.
 	LearningRate float64 `yaml:"learning_rate" json:"learning_rate"`
@@ -56,7 +60,7 @@ type TrainConfig struct {
 // DefaultConfig matches config.yaml.
 func DefaultConfig() Config {
 	return Config{K: 5, ArtifactsVersion: "latest", ReloadInterval: time.Minute,
-		Train: TrainConfig{Epochs: 400, Patience: 30, BatchSize: 4096, LearningRate: 0.003, ValidationShare: 0.2, Seed: 42,
+		Train: TrainConfig{Epochs: 400, Patience: 30, BatchSize: 0, LearningRate: 0.003, ValidationShare: 0.2, Seed: 42,
 			BiasPenalty: 5, EmbeddingPenalty: 1, WeightDecay: 0.0001}}
 }
 
@@ -82,8 +86,8 @@ func (c TrainConfig) Validate() error {
 	if c.Patience < 1 {
 		return fmt.Errorf("patience: must be >= 1, got %d", c.Patience)
 	}
-	if c.BatchSize < 1 {
-		return fmt.Errorf("batch_size: must be >= 1, got %d", c.BatchSize)
+	if c.BatchSize < 0 {
+		return fmt.Errorf("batch_size: must be >= 0 (0: full batch), got %d", c.BatchSize)
 	}
 	if !(c.LearningRate > 0 && c.LearningRate < 1) {
 		return fmt.Errorf("learning_rate: must be in (0, 1), got %g", c.LearningRate)

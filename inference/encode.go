@@ -137,6 +137,15 @@ func (e *OneHotEncoder) CapCategories(c int, rows [][]string, max int) error {
 			n[v]++
 		}
 	}
+	return e.CapCategoriesCounted(c, n, max)
+}
+
+// CapCategoriesCounted is CapCategories given the number of rows of each normalised category
+// of column c (the trainer counts per customer instead of holding one row per rating).
+func (e *OneHotEncoder) CapCategoriesCounted(c int, n map[string]int, max int) error {
+	if len(e.Categories[c]) <= max {
+		return nil
+	}
 	cats := slices.Clone(e.Categories[c])
 	slices.SortFunc(cats, func(a, b string) int { return cmp.Or(cmp.Compare(n[b], n[a]), cmp.Compare(a, b)) })
 	cats = cats[:max]
@@ -199,30 +208,47 @@ type StandardScaler struct {
 
 // FitStandard learns mean and scale per column; rows[r][c] is row r's value of column c.
 func FitStandard(features []string, rows [][]float64) *StandardScaler {
+	return FitStandardWeighted(features, rows, nil)
+}
+
+// FitStandardWeighted is FitStandard where row r stands for weights[r] identical rows (nil:
+// every weight is 1): the trainer fits on each distinct customer or product weighted by its
+// number of ratings, instead of on one row per rating.
+func FitStandardWeighted(features []string, rows [][]float64, weights []float64) *StandardScaler {
 	n := len(features)
 	s := &StandardScaler{Features: append([]string(nil), features...), Mean: make([]float64, n), Scale: make([]float64, n)}
-	if len(rows) == 0 {
+	w := func(r int) float64 {
+		if weights == nil {
+			return 1
+		}
+		return weights[r]
+	}
+	var total float64
+	for r := range rows {
+		total += w(r)
+	}
+	if len(rows) == 0 || !(total > 0) {
 		for c := range s.Scale {
 			s.Scale[c] = 1
 		}
 		return s
 	}
-	for _, row := range rows {
+	for r, row := range rows {
 		for c, v := range row {
-			s.Mean[c] += v
+			s.Mean[c] += w(r) * v
 		}
 	}
 	for c := range s.Mean {
-		s.Mean[c] /= float64(len(rows))
+		s.Mean[c] /= total
 	}
-	for _, row := range rows {
+	for r, row := range rows {
 		for c, v := range row {
 			d := v - s.Mean[c]
-			s.Scale[c] += d * d
+			s.Scale[c] += w(r) * d * d
 		}
 	}
 	for c := range s.Scale {
-		s.Scale[c] = math.Sqrt(s.Scale[c] / float64(len(rows)))
+		s.Scale[c] = math.Sqrt(s.Scale[c] / total)
 		if s.Scale[c] == 0 {
 			s.Scale[c] = 1
 		}
@@ -308,6 +334,17 @@ func (e Encoder) encode(dst []float32, cat []string, num []float64) {
 	w := e.OneHot.Width()
 	e.OneHot.Encode(dst[:w], cat[:len(e.OneHot.Features)])
 	e.Std.Encode(dst[w:], num)
+}
+
+// EncodeUser writes one user's input row into dst (Width() values). The trainer encodes
+// customers one at a time: a dense matrix of every customer is customers × profiles wide.
+func (e Encoder) EncodeUser(dst []float32, u UserFeatures) {
+	e.encode(dst, u.Categorical(), u.Numeric())
+}
+
+// EncodeItem writes one item's input row into dst (Width() values).
+func (e Encoder) EncodeItem(dst []float32, it ItemFeatures) {
+	e.encode(dst, it.Categorical(), it.Numeric())
 }
 
 // EncodeUsers returns the user tower's input matrix, len(users) rows of Width() values.

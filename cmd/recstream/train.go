@@ -30,52 +30,67 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	publish := fs.Bool("publish", true, "publish the artifacts (false: train and report only)")
 	fs.Int64Var(&cfg.Seed, "seed", cfg.Seed, "random seed (split, initial weights, batch order)")
 	fs.IntVar(&cfg.Epochs, "epochs", cfg.Epochs, "most epochs of each training stage (early stopping ends them sooner)")
+	maxDuration := fs.Duration("max-duration", 0, "bound the training (not the reading) to this long: a stage that runs out of its share ends with its best weights so far, and the log and the model card (metrics.time_limited) say so; 0 = no bound")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err.Error()}
 	}
+	if *maxDuration < 0 {
+		return usageError{fmt.Sprintf("--max-duration: must be >= 0, got %s", *maxDuration)}
+	}
 
-	var examples []train.Example
+	// A log line at least every trainProgressInterval, from the first read on.
+	prog := newTrainProgress(app.Log, time.Now)
+	progCtx, stopProg := context.WithCancel(ctx)
+	ticker := time.NewTicker(trainProgressInterval)
+	progDone := make(chan struct{})
+	go func() {
+		defer close(progDone)
+		prog.run(progCtx, ticker.C)
+	}()
+	defer func() {
+		ticker.Stop()
+		stopProg()
+		<-progDone
+	}()
+
+	var ratings *train.Ratings
 	var source string
 	var err error
 	if *csvPath != "" {
-		examples, err = readTrainingCSV(*csvPath)
+		ratings, err = readTrainingCSV(*csvPath)
 		source = *csvPath
 	} else {
-		examples, source, err = readTrainingDataset(ctx, app, *from)
+		ratings, source, err = readTrainingDataset(ctx, app, *from, prog.read)
 	}
 	if err != nil {
 		return err
 	}
-	app.Log.Info("training started", zap.String("component", "train"), zap.Int("records", len(examples)),
-		zap.Int("epochs", cfg.Epochs), zap.Int64("seed", cfg.Seed))
+	app.Log.Info("training started", zap.String("component", "train"), zap.Int("records", ratings.Len()), zap.Int("customers", len(ratings.Users)),
+		zap.Int("products", len(ratings.Items)), zap.Int("epochs", cfg.Epochs), zap.Int64("seed", cfg.Seed), zap.Duration("max_duration", *maxDuration))
 
 	// Three fits (warm and cold evaluation, then the published model) of two stages each.
 	bar := progressBar(app, 6, "training", "stages")
 	start := time.Now()
-	res, err := train.Train(ctx, examples, cfg, func(p train.Progress) {
+	res, err := train.TrainRatings(ctx, ratings, cfg, train.Options{MaxDuration: *maxDuration, Progress: func(p train.Progress) {
+		prog.update(p)
 		app.Log.Debug("epoch done", zap.String("component", "train"), zap.String("phase", p.Phase), zap.String("stage", p.Stage), zap.Int("epoch", p.Epoch),
 			zap.Float64("train_loss", p.TrainLoss), zap.Float64("stop_rmse", p.StopRMSE), zap.Duration("duration", p.Duration))
-		if !p.Done {
-			return
-		}
-		fields := []zap.Field{zap.String("component", "train"), zap.String("phase", p.Phase), zap.String("stage", p.Stage),
-			zap.Int("epochs", p.Epoch), zap.Float64("train_loss", p.TrainLoss)}
-		if p.Stage == train.StageContent {
-			fields = append(fields, zap.Int("best_epoch", p.BestEpoch), zap.Float64("stop_rmse", p.BestRMSE))
-		}
-		app.Log.Info("stage done", fields...)
-		if bar != nil {
+		if p.Done && bar != nil {
 			_ = bar.Add(1)
 		}
-	})
+	}})
 	if err != nil {
 		return fmt.Errorf("train: %w", err)
 	}
 	took := time.Since(start)
 	m := res.Metrics
+	if m.TimeLimited != "" {
+		app.Log.Warn("training stopped by --max-duration: the stages named kept their best weights so far (model card: metrics.time_limited)",
+			zap.String("component", "train"), zap.Duration("max_duration", *maxDuration), zap.String("time_limited", m.TimeLimited))
+	}
 	fmt.Fprintf(app.Stdout, "evaluation (RMSE in stars, lower is better; NDCG@5 of each held-out customer's held-out items, higher is better):\n")
 	if err := train.WriteTable(app.Stdout, m); err != nil {
 		return err
@@ -117,7 +132,7 @@ func runTrain(ctx context.Context, app *App, args []string) error {
 	return nil
 }
 
-func readTrainingCSV(path string) ([]train.Example, error) {
+func readTrainingCSV(path string) (*train.Ratings, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, usageError{fmt.Sprintf("--csv: %v", err)}
@@ -127,7 +142,11 @@ func readTrainingCSV(path string) ([]train.Example, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return ex, nil
+	r, err := train.NewRatings(ex)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, nil
 }
 
 func readProductsCSV(path string) ([]train.Item, error) {
@@ -143,10 +162,12 @@ func readProductsCSV(path string) ([]train.Item, error) {
 	return items, nil
 }
 
-// readTrainingDataset reads the ETL's published dataset through its manifest. An etl run that
-// publishes meanwhile deletes the files of the previous manifest once its own is written; when
-// a file is missing and the manifest has changed, the read starts over with the new one.
-func readTrainingDataset(ctx context.Context, app *App, loc string) ([]train.Example, string, error) {
+// readTrainingDataset reads the ETL's published dataset through its manifest into compact
+// Ratings, calling read with the number of ratings read so far every readReport ratings. An
+// etl run that publishes meanwhile deletes the files of the previous manifest once its own is
+// written; when a file is missing and the manifest has changed, the read starts over with the
+// new one.
+func readTrainingDataset(ctx context.Context, app *App, loc string, read func(n int)) (*train.Ratings, string, error) {
 	store, err := openStore(ctx, app, "datalake", loc)
 	if err != nil {
 		return nil, "", err
@@ -159,13 +180,24 @@ func readTrainingDataset(ctx context.Context, app *App, loc string) ([]train.Exa
 		if err != nil {
 			return nil, "", err
 		}
-		examples := make([]train.Example, 0, m.Rows)
+		app.Log.Info("reading dataset", zap.String("component", "train"), zap.String("stage", "read"), zap.Int64("rows", m.Rows), zap.String("run_id", m.RunID))
+		b := train.NewRatingsBuilder(int(min(m.Rows, 1<<31-1)))
 		err = dataset.ReadTrainingRows(ctx, store, m, func(r dataset.TrainingRow) error {
-			examples = append(examples, train.ExampleFromRow(r))
+			if err := b.Add(train.ExampleFromRow(r)); err != nil {
+				return err
+			}
+			if n := b.Len(); n%readReport == 0 {
+				read(n)
+			}
 			return nil
 		})
 		if err == nil {
-			return examples, store.URL(dataset.ManifestKey) + " run " + m.RunID, nil
+			read(b.Len())
+			r, err := b.Finish()
+			if err != nil {
+				return nil, "", err
+			}
+			return r, store.URL(dataset.ManifestKey) + " run " + m.RunID, nil
 		}
 		if errors.Is(err, objstore.ErrNotExist) && attempt < 3 {
 			if now, merr := dataset.ReadManifest(ctx, store); merr == nil && (now.RunID != m.RunID || !now.FinishedAt.Equal(m.FinishedAt)) {
@@ -176,3 +208,6 @@ func readTrainingDataset(ctx context.Context, app *App, loc string) ([]train.Exa
 		return nil, "", err
 	}
 }
+
+// readReport is how often (in ratings) reading reports its count to the progress log.
+const readReport = 10000

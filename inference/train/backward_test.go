@@ -1,15 +1,18 @@
 package train
 
 import (
+	"cmp"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/recstream/recstream/inference"
 	"github.com/recstream/recstream/inference/internal/towerref"
 )
 
-// TestBackwardMatchesFiniteDifferences checks the hand-written backward pass of both stages:
+// TestBackwardMatchesFiniteDifferences checks the hand-written backward pass of both stages
+// (the personal stage's from its per-customer sums, personalGradients):
 // the gradient of the batch loss (squared errors plus the penalties of trainer.gradients) with
 // respect to sampled weights of every layer of both towers equals the central difference of
 // the float64 reference loss. Users are drawn both inside and outside the user ball (both
@@ -23,30 +26,48 @@ func TestBackwardMatchesFiniteDifferences(t *testing.T) {
 		for j := 6; j < 10; j++ {
 			d.identity[j] = true
 		}
+		var xu, xi []float32
 		for r := 0; r < nu; r++ {
 			x := towerref.RandomInput(rng, wu)
 			x[6+r%4] = 1                // a profile
 			x[wu-1] *= float32(1 + 4*r) // larger inputs: outputs outside the ball
-			d.xu = append(d.xu, x...)
+			xu = append(xu, x...)
 		}
 		for r := 0; r < ni; r++ {
-			d.xi = append(d.xi, towerref.RandomInput(rng, wi)...)
+			xi = append(xi, towerref.RandomInput(rng, wi)...)
 		}
+		d.xu = encodeSparse(nu, wu, func(dst []float32, k int) { copy(dst, xu[k*wu:]) })
+		d.xi = encodeSparse(ni, wi, func(dst []float32, k int) { copy(dst, xi[k*wi:]) })
 		const lb, le = 3, 2
 		tr := newTrainer(d, inference.TrainConfig{LearningRate: 0.001, BiasPenalty: lb, EmbeddingPenalty: le})
 		tr.user.InitUniform(rng)
 		tr.item.InitUniform(rng)
+		tr.zeroBlocks()
 		tr.mean = 0.1
 		batch := make([]row, 9)
 		for r := range batch {
-			batch[r] = row{u: r % nu, i: (r*3 + 1) % ni, y: float32(rng.Float64()*2 - 1)}
+			batch[r] = row{u: int32(r % nu), i: int32((r*3 + 1) % ni), y: float32(rng.Float64()*2 - 1)}
 		}
+		slices.SortFunc(batch, func(a, b row) int { return cmp.Or(cmp.Compare(a.u, b.u), cmp.Compare(a.i, b.i)) })
 		// The counts and anchors come from the unperturbed towers, as in training.
 		tr.begin(st, batch)
-		tr.gradients(batch)
+		if st == stagePersonal {
+			// As after some personal epochs: the identity readout is no longer zero.
+			w2 := tr.user.Layers[2].W
+			for j := inference.Hidden2 - inference.IdentityHidden2; j < inference.Hidden2; j++ {
+				w2[inference.UserBiasIndex*inference.Hidden2+j] = float32(rng.Float64()*2-1) * 0.3
+			}
+			tr.personalGradients()
+		} else {
+			tr.gradients(batch)
+		}
 		inside, outside := 0, 0
-		for k := range tr.uList {
-			if tr.uState[k].N > inference.UserRadius {
+		rs := inference.NewRowState()
+		for u := int32(0); u < nu; u++ {
+			idx, val := d.xu.row(u)
+			forward(tr.user, idx, val, rs, inference.Hidden1, inference.Hidden2)
+			inference.HeadBias.Apply(inference.UserSide, rs)
+			if rs.N > inference.UserRadius {
 				outside++
 			} else {
 				inside++
@@ -66,12 +87,12 @@ func TestBackwardMatchesFiniteDifferences(t *testing.T) {
 			}
 			var sum float64
 			for _, r := range batch {
-				xu, xi := make([]float64, wu), make([]float64, wi)
-				for j := range xu {
-					xu[j] = float64(d.xu[r.u*wu+j])
+				fu, fi := make([]float64, wu), make([]float64, wi)
+				for j := range fu {
+					fu[j] = float64(xu[int(r.u)*wu+j])
 				}
-				for j := range xi {
-					xi[j] = float64(d.xi[r.i*wi+j])
+				for j := range fi {
+					fi[j] = float64(xi[int(r.i)*wi+j])
 				}
 				pu, pi := towerref.NoPerturb, towerref.NoPerturb
 				if sd == inference.UserSide {
@@ -79,8 +100,8 @@ func TestBackwardMatchesFiniteDifferences(t *testing.T) {
 				} else {
 					pi = pert
 				}
-				u := towerref.Head(inference.HeadBias, inference.UserSide, towerref.Raw(tr.user, xu, pu))
-				v := towerref.Head(inference.HeadBias, inference.ItemSide, towerref.Raw(tr.item, xi, pi))
+				u := towerref.Head(inference.HeadBias, inference.UserSide, towerref.Raw(tr.user, fu, pu))
+				v := towerref.Head(inference.HeadBias, inference.ItemSide, towerref.Raw(tr.item, fi, pi))
 				if st == stagePersonal {
 					for k := range v {
 						v[k] = float64(fixedItems[r.i][k])
@@ -147,7 +168,13 @@ func TestBackwardMatchesFiniteDifferences(t *testing.T) {
 				}
 			}
 		}
-		if checked < 15*len(sides) {
+		// The personal stage computes only what it trains: the identity path's weights (three
+		// layers), not the biases.
+		want := 30
+		if st == stagePersonal {
+			want = 9
+		}
+		if checked < want {
 			t.Fatalf("stage %d: checked only %d gradients", st, checked)
 		}
 	}

@@ -17,56 +17,69 @@ const UserMeanShrinkage = 5
 // NDCGDepth is the rank cut-off of the ranking metric.
 const NDCGDepth = 5
 
-// evaluate scores model (fitted on train) on test.
-func evaluate(model *inference.Model, train, test []Example, userMean bool) inference.Evaluation {
+// evaluate scores model (fitted on the ratings train of r) on the ratings test of r.
+func evaluate(model *inference.Model, r *Ratings, train, test []int32, userMean bool) inference.Evaluation {
 	ev := inference.Evaluation{TrainRows: len(train), TestRows: len(test)}
-	// The model's scores, through the serving path: encode and embed each distinct user and item.
 	var sum float64
-	itemSum, itemN := map[string]float64{}, map[string]int{}
-	for _, e := range train {
-		sum += e.Rating
-		itemSum[e.ProductCode] += e.Rating
-		itemN[e.ProductCode]++
+	itemSum, itemN := make([]float64, len(r.Items)), make([]int, len(r.Items))
+	userSum, userN := make([]float64, len(r.Users)), make([]int, len(r.Users))
+	for _, k := range train {
+		s := float64(r.Stars[k])
+		sum += s
+		itemSum[r.I[k]] += s
+		itemN[r.I[k]]++
 	}
-	// The published embeddings of every item of the fit and of the test (their popularity
-	// priors rank them among each other).
-	uIdx, iIdx := map[int64]int{}, map[string]int{}
-	var uf []inference.UserFeatures
-	var items []Item
-	for _, part := range [][]Example{train, test} {
-		for _, e := range part {
-			if _, ok := iIdx[e.ProductCode]; !ok {
-				iIdx[e.ProductCode] = len(items)
-				items = append(items, Item{ProductCode: e.ProductCode, Features: e.Item, Ratings: itemN[e.ProductCode]})
-			}
-		}
-	}
-	for _, e := range test {
-		if _, ok := uIdx[e.CustomerNumber]; !ok {
-			uIdx[e.CustomerNumber] = len(uf)
-			uf = append(uf, e.User)
-		}
-	}
-	ue, ie := model.UserEmbeddings(uf), PublishedItemEmbeddings(model, items)
-
 	mean := sum / float64(len(train))
-	userSum, userN := map[int64]float64{}, map[int64]int{}
-	for _, e := range train {
-		userSum[e.CustomerNumber] += e.Rating - mean
-		userN[e.CustomerNumber]++
+	for _, k := range train {
+		userSum[r.U[k]] += float64(r.Stars[k]) - mean
+		userN[r.U[k]]++
 	}
+	// The model's scores, through the serving path: encode and embed each distinct user and
+	// item. The published embeddings of every item of the fit and of the test (their
+	// popularity priors rank them among each other).
+	iIdx, uIdx := make([]int32, len(r.Items)), make([]int32, len(r.Users))
+	for k := range iIdx {
+		iIdx[k] = -1
+	}
+	for k := range uIdx {
+		uIdx[k] = -1
+	}
+	for _, part := range [][]int32{train, test} {
+		for _, k := range part {
+			iIdx[r.I[k]] = 0
+		}
+	}
+	var items []Item
+	for i, used := range iIdx {
+		if used == 0 {
+			iIdx[i] = int32(len(items))
+			it := r.Items[i]
+			it.Ratings = itemN[i]
+			items = append(items, it)
+		}
+	}
+	var users []int32
+	for _, k := range test {
+		if u := r.U[k]; uIdx[u] < 0 {
+			uIdx[u] = int32(len(users))
+			users = append(users, u)
+		}
+	}
+	ue, ie := UserEmbeddings(model, r.userFeatures(users)), PublishedItemEmbeddings(model, items)
+
 	rows := make([]scored, len(test))
 	var se [4]float64
-	for k, e := range test {
-		s := inference.Dot(ue[uIdx[e.CustomerNumber]], ie[iIdx[e.ProductCode]])
-		rows[k] = scored{user: e.CustomerNumber, item: e.ProductCode, stars: e.Rating, score: s, pop: itemN[e.ProductCode]}
+	for n, k := range test {
+		u, i, stars := r.U[k], r.I[k], float64(r.Stars[k])
+		s := inference.Dot(ue[uIdx[u]], ie[iIdx[i]])
+		rows[n] = scored{user: r.Users[u].CustomerNumber, item: r.Items[i].ProductCode, stars: stars, score: s, pop: itemN[i]}
 		item := mean
-		if n := itemN[e.ProductCode]; n > 0 {
-			item = itemSum[e.ProductCode] / float64(n)
+		if itemN[i] > 0 {
+			item = itemSum[i] / float64(itemN[i])
 		}
-		user := mean + userSum[e.CustomerNumber]/(float64(userN[e.CustomerNumber])+UserMeanShrinkage)
+		user := mean + userSum[u]/(float64(userN[u])+UserMeanShrinkage)
 		for j, p := range []float64{inference.Stars(s), mean, item, user} {
-			se[j] += (p - e.Rating) * (p - e.Rating)
+			se[j] += (p - stars) * (p - stars)
 		}
 	}
 	n := float64(len(test))
@@ -74,7 +87,7 @@ func evaluate(model *inference.Model, train, test []Example, userMean bool) infe
 	if userMean {
 		ev.UserMeanRMSE = math.Sqrt(se[3] / n)
 	}
-	ev.TestUsers = len(uf)
+	ev.TestUsers = len(users)
 
 	// Rank each held-out user's held-out items (test is sorted by customer, then product).
 	var model_, pop float64
@@ -94,6 +107,20 @@ func evaluate(model *inference.Model, train, test []Example, userMean bool) infe
 		ev.ModelNDCG, ev.PopularityNDCG = model_/float64(ev.NDCGUsers), pop/float64(ev.NDCGUsers)
 	}
 	return ev
+}
+
+// embedChunk is how many users UserEmbeddings encodes at once: a user's dense input is as wide
+// as the profiles (up to MaxProfiles), so all of a shop's customers at once would take
+// gigabytes.
+const embedChunk = 256
+
+// UserEmbeddings returns m.UserEmbeddings(users), computed embedChunk users at a time.
+func UserEmbeddings(m *inference.Model, users []inference.UserFeatures) [][]float32 {
+	out := make([][]float32, 0, len(users))
+	for lo := 0; lo < len(users); lo += embedChunk {
+		out = append(out, m.UserEmbeddings(users[lo:min(lo+embedChunk, len(users))])...)
+	}
+	return out
 }
 
 // scored is one held-out rating with the model's score and its item's popularity.

@@ -68,7 +68,7 @@ func Publish(ctx context.Context, store objstore.Store, res *TrainResult, cfg in
 	for i, it := range res.Items {
 		iids[i] = it.ProductCode
 	}
-	files[artifacts.UserEmbeddingsKey] = EncodeEmbeddingsCSV(uids, m.UserEmbeddings(uf))
+	files[artifacts.UserEmbeddingsKey] = EncodeEmbeddingsCSV(uids, UserEmbeddings(m, uf))
 	files[artifacts.ItemEmbeddingsKey] = EncodeEmbeddingsCSV(iids, PublishedItemEmbeddings(m, res.Items))
 	card.Files = map[string]string{}
 	for _, k := range artifacts.HashedKeys() {

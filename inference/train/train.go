@@ -13,6 +13,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,23 +58,32 @@ const (
 	earlyStoppingShare = 0.1
 )
 
-// Progress is reported once per epoch.
+// Progress is reported when a stage begins and after each of its epochs.
 type Progress struct {
 	// Phase is the fit the epoch belongs to: PhaseWarm and PhaseCold (the evaluation fits) or
-	// PhaseFinal (the published model). Stage is StageContent or StagePersonal.
+	// PhaseFinal (the published model). Stage is StageContent or StagePersonal, or
+	// StageEvaluate while an evaluation fit is scored (Begin only).
 	Phase, Stage  string
 	Epoch, Epochs int
+	// Begin marks the start of a stage (Epoch 0, no loss yet).
+	Begin bool
 	// TrainLoss is the mean squared error on the scaled target in [-1, 1], over the epoch.
 	TrainLoss float64
 	// StopRMSE is the RMSE in stars on the stage's early-stopping ratings after the epoch (NaN
 	// in the personal stage, which has none).
 	StopRMSE float64
 	Duration time.Duration
+	// ETA is the longest the stage can still take at the pace of its epochs so far: until its
+	// patience or its epoch limit runs out (or its share of Options.MaxDuration).
+	ETA time.Duration
 	// Done marks the stage's last epoch; then BestEpoch and BestRMSE describe the kept weights
 	// (the personal stage keeps its last epoch; BestRMSE is NaN).
 	Done      bool
 	BestEpoch int
 	BestRMSE  float64
+	// TimeLimited marks a stage that Options.MaxDuration ended before its own stopping rule;
+	// it kept its best weights so far.
+	TimeLimited bool
 }
 
 // Phases of a training run, in order, and the two stages of every fit.
@@ -83,7 +93,22 @@ const (
 	PhaseFinal    = "final"
 	StageContent  = "content"
 	StagePersonal = "personal"
+	StageEvaluate = "evaluate"
 )
+
+// Options are TrainRatings' optional settings.
+type Options struct {
+	// Progress, if not nil, is called on the calling goroutine when a stage begins and after
+	// each epoch.
+	Progress func(Progress)
+	// MaxDuration, if > 0, bounds the training: each fit gets a share of what is left (the
+	// evaluation fits a quarter and a third, the published model the rest), each content stage
+	// four fifths of its fit's share, and a stage that reaches its share stops with its best
+	// weights so far (Metrics.TimeLimited names it).
+	MaxDuration time.Duration
+	// Now is the clock of MaxDuration and ETAs (time.Now if nil).
+	Now func() time.Time
+}
 
 // TrainResult is a trained model and what is needed to publish it.
 type TrainResult struct {
@@ -95,63 +120,100 @@ type TrainResult struct {
 	Items []Item
 }
 
-// Train fits encoders and towers on examples and evaluates the training procedure. The
-// examples are first sorted by (customer, product), so the input order does not matter;
-// cfg.Seed then drives the splits, the initial weights and the batch order, so one seed gives
-// bit-identical weights and figures.
+// Train is TrainRatings on examples (in any order), with progress (may be nil) as
+// Options.Progress.
+func Train(ctx context.Context, examples []Example, cfg inference.TrainConfig, progress func(Progress)) (*TrainResult, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("train config: %w", err)
+	}
+	r, err := NewRatings(examples)
+	if err != nil {
+		return nil, err
+	}
+	return TrainRatings(ctx, r, cfg, Options{Progress: progress})
+}
+
+// TrainRatings fits encoders and towers on r and evaluates the training procedure. cfg.Seed
+// drives the splits, the initial weights and the batch order, so one seed gives bit-identical
+// weights and figures (unless Options.MaxDuration cuts a stage short).
 //
 // A run does three fits with the same procedure (fit): on a warm split (cfg.ValidationShare of
 // the ratings held out) and on a cold split (that share of the customers held out with all
 // their ratings), each scored on its held-out part the way the worker would score it (encoders
 // fitted on the fit's own ratings, embeddings from the model) against baselines; then the
-// published model on all ratings. progress, if not nil, is called after each epoch on the
-// calling goroutine. Train returns ctx.Err() if ctx ends.
-func Train(ctx context.Context, examples []Example, cfg inference.TrainConfig, progress func(Progress)) (*TrainResult, error) {
+// published model on all ratings. Every fit costs time linear in its ratings (plus its
+// customers and products): see fit. TrainRatings returns ctx.Err() if ctx ends.
+func TrainRatings(ctx context.Context, r *Ratings, cfg inference.TrainConfig, opts Options) (*TrainResult, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("train config: %w", err)
 	}
-	ex, users, items, err := prepare(examples)
+	if r == nil || r.Len() == 0 {
+		return nil, fmt.Errorf("train: no ratings")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	warmTrain, warmTest, err := warmSplit(r, cfg)
 	if err != nil {
 		return nil, err
 	}
-	warmTrain, warmTest, err := warmSplit(ex, cfg)
-	if err != nil {
-		return nil, err
-	}
-	coldTrain, coldTest, err := coldSplit(ex, users, cfg)
+	coldTrain, coldTest, err := coldSplit(r, cfg)
 	if err != nil {
 		return nil, err
 	}
 	report := func(phase string) func(Progress) {
-		if progress == nil {
+		if opts.Progress == nil {
 			return nil
 		}
-		return func(p Progress) { p.Phase = phase; progress(p) }
+		return func(p Progress) { p.Phase = phase; opts.Progress(p) }
+	}
+	var end time.Time
+	if opts.MaxDuration > 0 {
+		end = opts.Now().Add(opts.MaxDuration)
+	}
+	// fitEnd gives a fit weight/remaining of the time left.
+	fitEnd := func(weight, remaining float64) time.Time {
+		if end.IsZero() {
+			return time.Time{}
+		}
+		now := opts.Now()
+		return now.Add(time.Duration(float64(end.Sub(now)) * weight / remaining))
 	}
 	var m inference.Metrics
-	for _, ev := range []struct {
+	m.MaxDurationSeconds = opts.MaxDuration.Seconds()
+	var limited []string
+	for k, ev := range []struct {
 		phase       string
-		train, test []Example
+		train, test []int32
 		dst         *inference.Evaluation
 	}{
 		{PhaseWarm, warmTrain, warmTest, &m.Warm},
 		{PhaseCold, coldTrain, coldTest, &m.Cold},
 	} {
-		model, f, err := fitExamples(ctx, ev.train, cfg, ev.phase, report(ev.phase))
+		model, f, err := fitRatings(ctx, r, ev.train, cfg, ev.phase, report(ev.phase), fitEnd(1, float64(4-k)), opts.Now)
 		if err != nil {
 			return nil, err
 		}
-		*ev.dst = evaluate(model, ev.train, ev.test, ev.phase == PhaseWarm)
+		if p := report(ev.phase); p != nil {
+			p(Progress{Stage: StageEvaluate, Begin: true, StopRMSE: math.NaN(), BestRMSE: math.NaN()})
+		}
+		*ev.dst = evaluate(model, r, ev.train, ev.test, ev.phase == PhaseWarm)
 		ev.dst.Split, ev.dst.ContentEpoch, ev.dst.PersonalEpochs = ev.phase, f.content.best, f.personal.epochs
+		limited = append(limited, f.limited...)
 	}
-	model, f, err := fitExamples(ctx, ex, cfg, PhaseFinal, report(PhaseFinal))
+	all := make([]int32, r.Len())
+	for k := range all {
+		all[k] = int32(k)
+	}
+	model, f, err := fitRatings(ctx, r, all, cfg, PhaseFinal, report(PhaseFinal), fitEnd(1, 1), opts.Now)
 	if err != nil {
 		return nil, err
 	}
-	m.Rows, m.TrainRows, m.EarlyStoppingRows = len(ex), f.trainRows, len(ex)-f.trainRows
+	m.TimeLimited = strings.Join(append(limited, f.limited...), "; ")
+	m.Rows, m.TrainRows, m.EarlyStoppingRows = r.Len(), f.trainRows, r.Len()-f.trainRows
 	m.ContentEpoch, m.ContentRMSE = f.content.best, f.content.rmse
 	m.PersonalEpochs, m.PersonalLoss = f.personal.epochs, f.personal.loss
-	return &TrainResult{Model: model, Metrics: m, Users: users, Items: items}, nil
+	return &TrainResult{Model: model, Metrics: m, Users: r.Users, Items: slices.Clone(r.Items)}, nil
 }
 
 // AddItems adds the products of items that are not already in r.Items (products without any
@@ -176,50 +238,6 @@ func (r *TrainResult) AddItems(items []Item) int {
 	return added
 }
 
-// prepare validates the examples, sorts them and extracts the distinct users and items. A
-// customer's (or product's) features are taken from its first row in (customer, product) order.
-func prepare(examples []Example) ([]Example, []User, []Item, error) {
-	if len(examples) == 0 {
-		return nil, nil, nil, fmt.Errorf("train: no ratings")
-	}
-	ex := slices.Clone(examples)
-	slices.SortFunc(ex, func(a, b Example) int {
-		return cmp.Or(cmp.Compare(a.CustomerNumber, b.CustomerNumber), cmp.Compare(a.ProductCode, b.ProductCode))
-	})
-	var users []User
-	itemSet := map[string]inference.ItemFeatures{}
-	itemN := map[string]int{}
-	for i, e := range ex {
-		if i > 0 && e.CustomerNumber == ex[i-1].CustomerNumber && e.ProductCode == ex[i-1].ProductCode {
-			return nil, nil, nil, fmt.Errorf("train: customer %d rated product %s twice", e.CustomerNumber, e.ProductCode)
-		}
-		if !(e.Rating >= 1 && e.Rating <= 5) {
-			return nil, nil, nil, fmt.Errorf("train: customer %d product %s: rating %g is outside [1, 5]", e.CustomerNumber, e.ProductCode, e.Rating)
-		}
-		if e.ProductCode == "" {
-			return nil, nil, nil, fmt.Errorf("train: customer %d: empty product code", e.CustomerNumber)
-		}
-		for name, v := range map[string]float64{"creditLimit": e.User.CreditLimit, "quantityInStock": e.Item.QuantityInStock, "buyPrice": e.Item.BuyPrice, "MSRP": e.Item.MSRP} {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return nil, nil, nil, fmt.Errorf("train: customer %d product %s: %s is not a finite number", e.CustomerNumber, e.ProductCode, name)
-			}
-		}
-		if len(users) == 0 || users[len(users)-1].CustomerNumber != e.CustomerNumber {
-			users = append(users, User{CustomerNumber: e.CustomerNumber, Features: e.User})
-		}
-		if _, ok := itemSet[e.ProductCode]; !ok {
-			itemSet[e.ProductCode] = e.Item
-		}
-		itemN[e.ProductCode]++
-	}
-	items := make([]Item, 0, len(itemSet))
-	for code, f := range itemSet {
-		items = append(items, Item{ProductCode: code, Features: f, Ratings: itemN[code]})
-	}
-	slices.SortFunc(items, func(a, b Item) int { return cmp.Compare(a.ProductCode, b.ProductCode) })
-	return ex, users, items, nil
-}
-
 // Random streams of one seed, kept apart so that changing one use does not shift the others.
 const (
 	streamWarm uint64 = 0x7761726d // "warm"
@@ -240,38 +258,39 @@ func phaseStream(phase string) uint64 {
 	return streamFit<<32 | h&0xffffffff
 }
 
-// warmSplit holds out cfg.ValidationShare of the ratings (seeded).
-func warmSplit(ex []Example, cfg inference.TrainConfig) (train, test []Example, err error) {
-	n := int(math.Round(cfg.ValidationShare * float64(len(ex))))
-	if n < 1 || len(ex)-n < 2 {
-		return nil, nil, fmt.Errorf("train: %d ratings are too few to hold out %g of them for the warm evaluation", len(ex), cfg.ValidationShare)
+// warmSplit holds out cfg.ValidationShare of the ratings (seeded); both parts are indexes
+// into r, sorted.
+func warmSplit(r *Ratings, cfg inference.TrainConfig) (train, test []int32, err error) {
+	n := int(math.Round(cfg.ValidationShare * float64(r.Len())))
+	if n < 1 || r.Len()-n < 2 {
+		return nil, nil, fmt.Errorf("train: %d ratings are too few to hold out %g of them for the warm evaluation", r.Len(), cfg.ValidationShare)
 	}
-	all := slices.Clone(ex)
+	all := make([]int32, r.Len())
+	for k := range all {
+		all[k] = int32(k)
+	}
 	seeded(cfg.Seed, streamWarm).Shuffle(len(all), func(a, b int) { all[a], all[b] = all[b], all[a] })
 	test, train = all[:n], all[n:]
-	byKey := func(a, b Example) int {
-		return cmp.Or(cmp.Compare(a.CustomerNumber, b.CustomerNumber), cmp.Compare(a.ProductCode, b.ProductCode))
-	}
-	slices.SortFunc(train, byKey)
-	slices.SortFunc(test, byKey)
+	slices.Sort(train)
+	slices.Sort(test)
 	return train, test, nil
 }
 
 // coldSplit holds out cfg.ValidationShare of the customers (seeded) with all their ratings.
-func coldSplit(ex []Example, users []User, cfg inference.TrainConfig) (train, test []Example, err error) {
-	n := int(math.Round(cfg.ValidationShare * float64(len(users))))
-	if n < 1 || len(users)-n < 1 {
-		return nil, nil, fmt.Errorf("train: %d customers are too few to hold out %g of them for the cold evaluation", len(users), cfg.ValidationShare)
+func coldSplit(r *Ratings, cfg inference.TrainConfig) (train, test []int32, err error) {
+	n := int(math.Round(cfg.ValidationShare * float64(len(r.Users))))
+	if n < 1 || len(r.Users)-n < 1 {
+		return nil, nil, fmt.Errorf("train: %d customers are too few to hold out %g of them for the cold evaluation", len(r.Users), cfg.ValidationShare)
 	}
-	held := map[int64]bool{}
-	for _, u := range seeded(cfg.Seed, streamCold).Perm(len(users))[:n] {
-		held[users[u].CustomerNumber] = true
+	held := make([]bool, len(r.Users))
+	for _, u := range seeded(cfg.Seed, streamCold).Perm(len(r.Users))[:n] {
+		held[u] = true
 	}
-	for _, e := range ex {
-		if held[e.CustomerNumber] {
-			test = append(test, e)
+	for k, u := range r.U {
+		if held[u] {
+			test = append(test, int32(k))
 		} else {
-			train = append(train, e)
+			train = append(train, int32(k))
 		}
 	}
 	if len(train) < 2 {
@@ -280,87 +299,119 @@ func coldSplit(ex []Example, users []User, cfg inference.TrainConfig) (train, te
 	return train, test, nil
 }
 
-// row is one rating: indexes into the distinct users and items, the scaled target and stars.
+// row is one rating of a fit: indexes into Ratings' users and items, the scaled target and
+// the stars (16 bytes).
 type row struct {
-	u, i  int
+	u, i  int32
 	y     float32
-	stars float64
+	stars float32
+}
+
+// sparseRows holds encoded tower inputs by their non-zero entries (compressed rows): a
+// customer's input is as wide as the profiles (up to MaxProfiles) but has four non-zeros.
+type sparseRows struct {
+	off []int32 // row k is idx[off[k]:off[k+1]]
+	idx []int32
+	val []float32
+}
+
+func (s *sparseRows) row(k int32) ([]int32, []float32) {
+	lo, hi := s.off[k], s.off[k+1]
+	return s.idx[lo:hi], s.val[lo:hi]
+}
+
+// encodeSparse encodes n rows of width w (enc writes row k into a zeroed dst).
+func encodeSparse(n, w int, enc func(dst []float32, k int)) sparseRows {
+	dense := make([]float32, w)
+	s := sparseRows{off: make([]int32, 1, n+1)}
+	for k := 0; k < n; k++ {
+		clear(dense)
+		enc(dense, k)
+		for j, v := range dense {
+			if v != 0 {
+				s.idx = append(s.idx, int32(j))
+				s.val = append(s.val, v)
+			}
+		}
+		s.off = append(s.off, int32(len(s.idx)))
+	}
+	return s
 }
 
 // dataset is one fit's encoded training data: the encoders fitted on its ratings, every
-// distinct user and item encoded once, and the ratings as rows of indexes.
+// customer and product of the Ratings encoded once (those without a rating in the fit have
+// no row), and the fit's ratings as rows of indexes.
 type dataset struct {
 	userEnc, itemEnc inference.Encoder
-	xu, xi           []float32 // encoded distinct users / items, row-major
-	wu, wi           int       // input widths
+	xu, xi           sparseRows
+	wu, wi           int // input widths
 	nUsers, nItems   int
 	rows             []row // sorted by (customer, product)
 	// identity marks the user input columns of the credit-limit category (see fit).
 	identity []bool
 }
 
-// newDataset fits the encoders on ex (sorted by customer and product; the encoders see
-// features, never ratings) and encodes it.
-func newDataset(ex []Example) (*dataset, error) {
-	userCat, userNum := make([][]string, len(ex)), make([][]float64, len(ex))
-	itemCat, itemNum := make([][]string, len(ex)), make([][]float64, len(ex))
-	for i, e := range ex {
-		userCat[i], userNum[i] = e.User.Categorical(), e.User.Numeric()
-		itemCat[i], itemNum[i] = e.Item.Categorical(), e.Item.Numeric()
+// newDataset fits the encoders on the ratings idx of r (sorted; the encoders see features,
+// never ratings) and encodes them. Each customer and product counts once per rating, as if
+// the encoders were fitted on the joined rows.
+func newDataset(r *Ratings, idx []int32) (*dataset, error) {
+	uN, iN := make([]int, len(r.Users)), make([]int, len(r.Items))
+	for _, k := range idx {
+		uN[r.U[k]]++
+		iN[r.I[k]]++
+	}
+	profileCol := slices.Index(inference.UserCategorical, inference.ProfileFeature)
+	var userCat, itemCat [][]string
+	var userNum, itemNum [][]float64
+	var uw, iw []float64
+	profiles := map[string]int{}
+	for u, n := range uN {
+		if n == 0 {
+			continue
+		}
+		f := r.Users[u].Features
+		cat := f.Categorical()
+		userCat, userNum, uw = append(userCat, cat), append(userNum, f.Numeric()), append(uw, float64(n))
+		if p := inference.NormalizeCategory(cat[profileCol]); p != "" {
+			profiles[p] += n
+		}
+	}
+	for i, n := range iN {
+		if n == 0 {
+			continue
+		}
+		f := r.Items[i].Features
+		itemCat, itemNum, iw = append(itemCat, f.Categorical()), append(itemNum, f.Numeric()), append(iw, float64(n))
 	}
 	uohe, err := inference.FitOneHot(inference.UserCategorical, userCat)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	if err := uohe.CapCategories(slices.Index(inference.UserCategorical, inference.ProfileFeature), userCat, MaxProfiles); err != nil {
+	if err := uohe.CapCategoriesCounted(profileCol, profiles, MaxProfiles); err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
 	iohe, err := inference.FitOneHot(inference.ItemCategorical, itemCat)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	userEnc, err := inference.NewEncoder("user", uohe, inference.FitStandard(inference.UserNumeric, userNum), inference.UserCategorical, inference.UserNumeric)
+	userEnc, err := inference.NewEncoder("user", uohe, inference.FitStandardWeighted(inference.UserNumeric, userNum, uw), inference.UserCategorical, inference.UserNumeric)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	itemEnc, err := inference.NewEncoder("item", iohe, inference.FitStandard(inference.ItemNumeric, itemNum), inference.ItemCategorical, inference.ItemNumeric)
+	itemEnc, err := inference.NewEncoder("item", iohe, inference.FitStandardWeighted(inference.ItemNumeric, itemNum, iw), inference.ItemCategorical, inference.ItemNumeric)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
-	}
-	uIdx, iIdx := map[int64]int{}, map[string]int{}
-	var uf []inference.UserFeatures
-	var itf []inference.ItemFeatures
-	var items []string
-	for _, e := range ex {
-		if _, ok := uIdx[e.CustomerNumber]; !ok {
-			uIdx[e.CustomerNumber] = len(uf)
-			uf = append(uf, e.User)
-		}
-		if _, ok := iIdx[e.ProductCode]; !ok {
-			iIdx[e.ProductCode] = -1
-			items = append(items, e.ProductCode)
-		}
-	}
-	slices.Sort(items)
-	itemFeat := map[string]inference.ItemFeatures{}
-	for _, e := range ex {
-		if _, ok := itemFeat[e.ProductCode]; !ok {
-			itemFeat[e.ProductCode] = e.Item
-		}
-	}
-	for i, code := range items {
-		iIdx[code] = i
-		itf = append(itf, itemFeat[code])
 	}
 	d := &dataset{
 		userEnc: userEnc, itemEnc: itemEnc,
-		xu: userEnc.EncodeUsers(uf), xi: itemEnc.EncodeItems(itf),
 		wu: userEnc.Width(), wi: itemEnc.Width(),
-		nUsers: len(uf), nItems: len(itf),
-		rows: make([]row, len(ex)), identity: make([]bool, userEnc.Width()),
+		nUsers: len(r.Users), nItems: len(r.Items),
+		rows: make([]row, len(idx)), identity: make([]bool, userEnc.Width()),
 	}
-	for i, e := range ex {
-		d.rows[i] = row{u: uIdx[e.CustomerNumber], i: iIdx[e.ProductCode], y: starsToScaled(e.Rating), stars: e.Rating}
+	d.xu = encodeSparse(d.nUsers, d.wu, func(dst []float32, k int) { userEnc.EncodeUser(dst, r.Users[k].Features) })
+	d.xi = encodeSparse(d.nItems, d.wi, func(dst []float32, k int) { itemEnc.EncodeItem(dst, r.Items[k].Features) })
+	for n, k := range idx {
+		d.rows[n] = row{u: r.U[k], i: r.I[k], y: starsToScaled(float64(r.Stars[k])), stars: r.Stars[k]}
 	}
 	off := 0
 	for c, cats := range uohe.Categories {
@@ -382,13 +433,13 @@ const identityFeature = inference.ProfileFeature
 // served by the content sub-network alone.
 const MaxProfiles = 10000
 
-// fitExamples fits a model on ex (sorted by customer and product).
-func fitExamples(ctx context.Context, ex []Example, cfg inference.TrainConfig, phase string, progress func(Progress)) (*inference.Model, *fitted, error) {
-	d, err := newDataset(ex)
+// fitRatings fits a model on the ratings idx of r (sorted); fitEnd, if not zero, ends it.
+func fitRatings(ctx context.Context, r *Ratings, idx []int32, cfg inference.TrainConfig, phase string, progress func(Progress), fitEnd time.Time, now func() time.Time) (*inference.Model, *fitted, error) {
+	d, err := newDataset(r, idx)
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := d.fit(ctx, cfg, phase, progress)
+	f, err := d.fit(ctx, cfg, phase, progress, fitEnd, now)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -404,12 +455,16 @@ type fitted struct {
 	user, item        *inference.Tower
 	trainRows         int
 	content, personal stageResult
+	// limited names the stages the max duration ended (Metrics.TimeLimited).
+	limited []string
 }
 
-// stageResult describes one stage: the kept epoch, how many ran, its loss and stop RMSE.
+// stageResult describes one stage: the kept epoch, how many ran, its loss and stop RMSE, and
+// whether the max duration ended it.
 type stageResult struct {
 	best, epochs int
 	loss, rmse   float64
+	timeLimited  bool
 }
 
 // fit trains towers on the dataset in two stages.
@@ -429,12 +484,19 @@ type stageResult struct {
 // embedding. It runs until its training loss stops falling.
 //
 // Both stages minimise the mean squared error of the scaled rating plus penalties (see
-// trainer.gradients) and L2 weight decay, with Adam.
-func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase string, progress func(Progress)) (*fitted, error) {
+// trainer.gradients) and L2 weight decay, with Adam. The content stage takes mini-batches of
+// cfg.BatchSize ratings (0: full batch, each epoch one step); an epoch costs one pass of every
+// customer and product of a batch through its tower, so full batches make an epoch cost
+// O(customers + products + ratings) where mini-batches of a large shop cost that per batch.
+// The personal stage is always full-batch: with the item tower and the content sub-network
+// fixed, its loss is a quadratic function of each customer's bias whose coefficients are sums
+// over the customer's ratings (personalStats), so an epoch costs O(customers) after one pass
+// over the ratings.
+func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase string, progress func(Progress), fitEnd time.Time, now func() time.Time) (*fitted, error) {
 	rng := seeded(cfg.Seed, phaseStream(phase))
 	// Hold out customers for the content stage (when there are at least two), then ratings.
 	seen := make([]bool, d.nUsers)
-	var cust []int
+	var cust []int32
 	for _, r := range d.rows {
 		if !seen[r.u] {
 			seen[r.u] = true
@@ -461,6 +523,7 @@ func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase stri
 		rng.Shuffle(len(train), func(a, b int) { train[a], train[b] = train[b], train[a] })
 		n := min(max(1, int(math.Round(earlyStoppingShare*float64(len(train))))), len(train)-1)
 		stop, train = train[:n], train[n:]
+		slices.SortFunc(train, func(a, b row) int { return cmp.Or(cmp.Compare(a.u, b.u), cmp.Compare(a.i, b.i)) })
 	}
 	if len(train) == 0 {
 		return nil, fmt.Errorf("train: %d ratings are too few to fit", len(d.rows))
@@ -469,15 +532,7 @@ func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase stri
 	tr := newTrainer(d, cfg)
 	tr.user.InitUniform(rng)
 	tr.item.InitUniform(rng)
-	// The zeros of the block structure; the identity sub-network's readout starts at zero, so
-	// the personal stage starts from the content model.
-	for p, param := range towerSlices(tr.user) {
-		for i := range param {
-			if !tr.userMask[stageContent][p][i] && !(p != 4 && tr.userMask[stagePersonal][p][i]) {
-				param[i] = 0
-			}
-		}
-	}
+	tr.zeroBlocks()
 	// Untrained, the model predicts the mean rating for every pair: the user tower's outputs
 	// start at zero (its bias output at the mean), and so does the item bias. The item tower's
 	// interaction outputs keep their random start, so the interaction gradients are not zero.
@@ -494,21 +549,48 @@ func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase stri
 	tr.mean = float32(mean / float64(len(train)))
 	tr.user.Layers[2].B[inference.UserBiasIndex] = tr.mean
 
+	// The content stage gets four fifths of the fit's time, the personal stage the rest.
+	var contentEnd time.Time
+	if !fitEnd.IsZero() {
+		start := now()
+		contentEnd = start.Add(fitEnd.Sub(start) * 4 / 5)
+	}
 	f := &fitted{trainRows: len(train)}
 	var err error
 	tr.begin(stageContent, train)
-	if f.content, err = tr.run(ctx, train, stop, cfg, StageContent, rng, progress); err != nil {
+	if f.content, err = tr.run(ctx, train, stop, cfg, StageContent, rng, progress, contentEnd, now); err != nil {
 		return nil, err
 	}
 	tr.begin(stagePersonal, d.rows)
-	if f.personal, err = tr.run(ctx, d.rows, nil, cfg, StagePersonal, rng, progress); err != nil {
+	if f.personal, err = tr.run(ctx, d.rows, nil, cfg, StagePersonal, rng, progress, fitEnd, now); err != nil {
 		return nil, err
+	}
+	for _, s := range []struct {
+		name string
+		res  stageResult
+	}{{StageContent, f.content}, {StagePersonal, f.personal}} {
+		if s.res.timeLimited {
+			f.limited = append(f.limited, fmt.Sprintf("%s %s: stopped after %d epochs, kept epoch %d", phase, s.name, s.res.epochs, s.res.best))
+		}
 	}
 	f.user, f.item = tr.user, tr.item
 	return f, nil
 }
 
-// run trains the current stage for at most cfg.Epochs epochs.
+// zeroBlocks sets the zeros of the user tower's block structure: every weight neither stage
+// trains, and the identity sub-network's readout, which starts at zero so that the personal
+// stage starts from the content model.
+func (tr *trainer) zeroBlocks() {
+	for p, param := range towerSlices(tr.user) {
+		for i := range param {
+			if !tr.userMask[stageContent][p][i] && !(p != 4 && tr.userMask[stagePersonal][p][i]) {
+				param[i] = 0
+			}
+		}
+	}
+}
+
+// run trains the current stage for at most cfg.Epochs epochs, and not past end (if not zero).
 //
 // With stop ratings (the content stage) it leaves the towers at the best epoch's weights
 // (epoch 0: the weights it started with), where a later epoch replaces the best one only if it
@@ -519,7 +601,7 @@ func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase stri
 // Without (the personal stage, whose penalty is its regulariser) it trains until the training
 // loss has not fallen by plateauTolerance (relative) for cfg.Patience epochs, and keeps the
 // last weights.
-func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.TrainConfig, name string, rng *rand.Rand, progress func(Progress)) (stageResult, error) {
+func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.TrainConfig, name string, rng *rand.Rand, progress func(Progress), end time.Time, now func() time.Time) (stageResult, error) {
 	d := tr.d
 	var bestErr []float64
 	res := stageResult{rmse: math.Inf(1), loss: math.Inf(1)}
@@ -527,19 +609,52 @@ func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.Tra
 		bestErr = d.sqErrors(tr.user, tr.item, stop)
 		res.rmse = rmsOf(bestErr)
 	}
+	if progress != nil {
+		progress(Progress{Stage: name, Begin: true, Epochs: cfg.Epochs, StopRMSE: res.rmse, BestRMSE: res.rmse})
+	}
 	best := [2]*inference.Tower{tr.user.Clone(), tr.item.Clone()}
-	order := slices.Clone(train)
+	batch := cfg.BatchSize
+	if batch <= 0 || batch > len(train) || stop == nil {
+		batch = len(train)
+	}
+	order := train
+	if batch < len(train) {
+		order = slices.Clone(train)
+	}
+	timeUp := func() bool { return !end.IsZero() && !now().Before(end) }
+	stageStart := now()
+	lastProgress := Progress{}
 	for epoch := 1; epoch <= cfg.Epochs; epoch++ {
-		start := time.Now()
-		rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		if timeUp() {
+			res.timeLimited = true
+			break
+		}
+		start := now()
+		if batch < len(order) {
+			rng.Shuffle(len(order), func(a, b int) { order[a], order[b] = order[b], order[a] })
+		}
 		var sse float64
-		for b := 0; b < len(order); b += cfg.BatchSize {
+		seen := 0
+		for b := 0; b < len(order); b += batch {
 			if err := ctx.Err(); err != nil {
 				return res, err
 			}
-			sse += tr.step(order[b:min(b+cfg.BatchSize, len(order))])
+			if b > 0 && timeUp() {
+				res.timeLimited = true
+				break
+			}
+			part := order[b:min(b+batch, len(order))]
+			if stop == nil {
+				sse += tr.personalStep()
+			} else {
+				sse += tr.step(part)
+			}
+			seen += len(part)
 		}
-		loss := sse / float64(len(order))
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		loss := sse / float64(seen)
 		res.epochs = epoch
 		rmse := math.NaN()
 		if stop != nil {
@@ -553,17 +668,38 @@ func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.Tra
 		} else if loss < res.loss*(1-plateauTolerance) {
 			res.best, res.loss = epoch, loss
 		}
-		done := epoch == cfg.Epochs || epoch-res.best >= cfg.Patience
+		done := epoch == cfg.Epochs || epoch-res.best >= cfg.Patience || res.timeLimited
 		if progress != nil {
-			p := Progress{Stage: name, Epoch: epoch, Epochs: cfg.Epochs, TrainLoss: loss, StopRMSE: rmse, Duration: time.Since(start), Done: done, BestEpoch: res.best, BestRMSE: res.rmse}
+			t := now()
+			left := min(cfg.Epochs, res.best+cfg.Patience) - epoch
+			eta := time.Duration(float64(t.Sub(stageStart)) / float64(epoch) * float64(left))
+			if !end.IsZero() {
+				eta = min(eta, max(0, end.Sub(t)))
+			}
+			if done {
+				eta = 0
+			}
+			p := Progress{Stage: name, Epoch: epoch, Epochs: cfg.Epochs, TrainLoss: loss, StopRMSE: rmse, Duration: t.Sub(start), ETA: eta,
+				Done: done, BestEpoch: res.best, BestRMSE: res.rmse, TimeLimited: res.timeLimited}
 			if stop == nil {
 				p.BestEpoch, p.BestRMSE = epoch, math.NaN()
 			}
 			progress(p)
+			lastProgress = p
 		}
 		if done {
 			break
 		}
+	}
+	if res.timeLimited && progress != nil && !lastProgress.Done {
+		// Time ran out before an epoch: report the stage's end all the same.
+		p := lastProgress
+		p.Stage, p.Epoch, p.Epochs, p.Done, p.TimeLimited, p.ETA, p.Duration = name, res.epochs, cfg.Epochs, true, true, 0, 0
+		p.BestEpoch, p.BestRMSE = res.best, res.rmse
+		if stop == nil {
+			p.BestEpoch, p.BestRMSE, p.StopRMSE = res.epochs, math.NaN(), math.NaN()
+		}
+		progress(p)
 	}
 	if stop != nil {
 		tr.user, tr.item = best[0], best[1]
@@ -610,15 +746,18 @@ func (d *dataset) sqErrors(user, item *inference.Tower, rows []row) []float64 {
 	out := make([]float64, len(rows))
 	for k, r := range rows {
 		p := inference.Stars(inference.Dot(ue[r.u], ie[r.i]))
-		out[k] = (p - r.stars) * (p - r.stars)
+		s := float64(r.stars)
+		out[k] = (p - s) * (p - s)
 	}
 	return out
 }
 
-// embedUsed returns the embeddings of the users and items rows refer to (nil for the others).
+// embedUsed returns the embeddings of the users and items rows refer to (nil for the others),
+// computed like inference.Tower.Embed (same arithmetic) from the sparse inputs, on
+// gradShards goroutines.
 func (d *dataset) embedUsed(user, item *inference.Tower, rows []row) (ue, ie [][]float32) {
 	ue, ie = make([][]float32, d.nUsers), make([][]float32, d.nItems)
-	var us, is []int
+	var us, is []int32
 	for _, r := range rows {
 		if ue[r.u] == nil {
 			ue[r.u] = []float32{}
@@ -629,15 +768,23 @@ func (d *dataset) embedUsed(user, item *inference.Tower, rows []row) (ue, ie [][
 			is = append(is, r.i)
 		}
 	}
-	gather := func(x []float32, w int, idx []int) []float32 {
-		out := make([]float32, 0, len(idx)*w)
-		for _, k := range idx {
-			out = append(out, x[k*w:(k+1)*w]...)
+	eu := make([]float32, len(us)*inference.EmbeddingDim)
+	ei := make([]float32, len(is)*inference.EmbeddingDim)
+	parallel(func(s int) {
+		st := inference.NewRowState()
+		for n := s * len(us) / gradShards; n < (s+1)*len(us)/gradShards; n++ {
+			idx, val := d.xu.row(us[n])
+			forward(user, idx, val, st, inference.Hidden1, inference.Hidden2)
+			inference.HeadBias.Apply(inference.UserSide, st)
+			copy(eu[n*inference.EmbeddingDim:], st.U)
 		}
-		return out
-	}
-	eu := user.Embed(gather(d.xu, d.wu, us), len(us), inference.HeadBias, inference.UserSide)
-	ei := item.Embed(gather(d.xi, d.wi, is), len(is), inference.HeadBias, inference.ItemSide)
+		for n := s * len(is) / gradShards; n < (s+1)*len(is)/gradShards; n++ {
+			idx, val := d.xi.row(is[n])
+			forward(item, idx, val, st, inference.Hidden1, inference.Hidden2)
+			inference.HeadBias.Apply(inference.ItemSide, st)
+			copy(ei[n*inference.EmbeddingDim:], st.U)
+		}
+	})
 	for n, k := range us {
 		ue[k] = eu[n*inference.EmbeddingDim : (n+1)*inference.EmbeddingDim]
 	}
@@ -645,6 +792,30 @@ func (d *dataset) embedUsed(user, item *inference.Tower, rows []row) (ue, ie [][
 		ie[k] = ei[n*inference.EmbeddingDim : (n+1)*inference.EmbeddingDim]
 	}
 	return ue, ie
+}
+
+// forward runs one sparse input row (idx ascending) through t like
+// inference.Tower.ForwardRow, computing only the first n1 units of the first hidden layer
+// and the first n2 of the second (the content stage leaves out the identity units, whose
+// readout is zero then; the sums skip only zero terms, so the outputs are the same).
+func forward(t *inference.Tower, idx []int32, val []float32, s *inference.RowState, n1, n2 int) {
+	d0 := &t.Layers[0]
+	for o := 0; o < n1; o++ {
+		w := d0.W[o*d0.In : (o+1)*d0.In]
+		acc := d0.B[o]
+		for k, j := range idx {
+			acc += w[j] * val[k]
+		}
+		s.H1[o] = max(acc, 0)
+	}
+	d1 := &t.Layers[1]
+	for o := 0; o < n2; o++ {
+		s.H2[o] = max(d1.B[o]+inference.Dot(d1.W[o*d1.In:o*d1.In+n1], s.H1[:n1]), 0)
+	}
+	d2 := &t.Layers[2]
+	for o := 0; o < d2.Out; o++ {
+		s.Z[o] = d2.B[o] + inference.Dot(d2.W[o*d2.In:o*d2.In+n2], s.H2[:n2])
+	}
 }
 
 // Training stages (see fit).
@@ -679,12 +850,16 @@ type trainer struct {
 	biasPenalty, embedPenalty float32
 	anchor                    [][]float32
 	itemEmb                   [][]float32 // personal stage: the (fixed) item embeddings
+	// The personal stage's per-customer sums (see personalStats), for the customers with
+	// ratings, and the number of ratings.
+	personal     []personalStats
+	personalRows int
 
 	// Per-step scratch: the batch's distinct users and items, their states and the loss
 	// gradients with respect to their embeddings.
 	uSlot, iSlot   []int // slot of a user / item in the batch, -1 if absent
 	uCount, iCount []int // rows of a slot in the batch
-	uList, iList   []int
+	uList, iList   []int32
 	uState, iState []*inference.RowState
 	du, dv         []float32 // len(list)*EmbeddingDim
 }
@@ -696,6 +871,11 @@ type shard struct {
 	dz     []float32
 	dh2    []float32
 	dh1    []float32
+	// The loss part of the batch: its squared errors and gradients with respect to the
+	// embeddings of the batch's slots (summed over the shard's share of the rows).
+	sse            float64
+	du, dv         []float32
+	uCount, iCount []int
 }
 
 func towerSlices(t *inference.Tower) [][]float32 {
@@ -754,16 +934,15 @@ func (tr *trainer) begin(s stage, rows []row) {
 	}
 	if s == stagePersonal {
 		// The content stage's embeddings: every user's anchor, and the items (fixed from now).
-		all := make([]row, 0, max(d.nUsers, d.nItems))
-		for k := 0; k < max(d.nUsers, d.nItems); k++ {
-			all = append(all, row{u: k % d.nUsers, i: k % d.nItems})
-		}
-		ue, ie := d.embedUsed(tr.user, tr.item, all)
+		ue, ie := d.embedUsed(tr.user, tr.item, rows)
 		tr.anchor = make([][]float32, d.nUsers)
 		for u := range ue {
-			tr.anchor[u] = slices.Clone(ue[u])
+			if ue[u] != nil {
+				tr.anchor[u] = slices.Clone(ue[u])
+			}
 		}
 		tr.itemEmb = ie
+		tr.beginPersonal(rows)
 	}
 }
 
@@ -775,8 +954,16 @@ func (tr *trainer) step(batch []row) float64 {
 	return sse
 }
 
-// gradients computes tr.grads, the gradient of the batch's loss: the mean over the batch of
-// the squared error of the scaled rating plus, per rating, the penalties
+// personalStep runs one full-batch step of the personal stage and returns the sum of squared
+// errors before the update.
+func (tr *trainer) personalStep() float64 {
+	sse := tr.personalGradients()
+	tr.adam()
+	return sse
+}
+
+// gradients computes tr.grads for the content stage, the gradient of the batch's loss: the
+// mean over the batch of the squared error of the scaled rating plus, per rating, the penalties
 //
 //	(bias_penalty/n_u)·(b_u − a_u)² + (embedding_penalty/n_u)·|f_u − g_u|²
 //	(bias_penalty/n_i)·(c·d_i)² + (embedding_penalty/n_i)·|g_i|²          (content stage)
@@ -785,20 +972,19 @@ func (tr *trainer) step(batch []row) float64 {
 // penalty once per user and per item whatever its number of ratings: the user bias b_u is
 // shrunk toward a_u like the shrunk per-user mean (k = bias_penalty). In the content stage
 // a_u is the mean rating and the anchor of f_u is 0; in the personal stage both are the
-// content stage's embedding of the user, so a customer's own effect is shrunk toward what
-// the content model predicts for them. Every distinct user and item of the batch goes through
-// its tower once, the batch's gradients are summed per user and item, then each is
-// back-propagated once. It returns the batch's sum of squared errors.
+// content stage's embedding of the user (see personalGradients), so a customer's own effect
+// is shrunk toward what the content model predicts for them. Every distinct user and item of
+// the batch goes through its tower once, the batch's gradients are summed per user and item,
+// then each is back-propagated once. It returns the batch's sum of squared errors.
 func (tr *trainer) gradients(batch []row) float64 {
 	d := tr.d
-	personal := tr.stage == stagePersonal
 	tr.uList, tr.iList = tr.uList[:0], tr.iList[:0]
 	for _, r := range batch {
 		if tr.uSlot[r.u] < 0 {
 			tr.uSlot[r.u] = len(tr.uList)
 			tr.uList = append(tr.uList, r.u)
 		}
-		if !personal && tr.iSlot[r.i] < 0 {
+		if tr.iSlot[r.i] < 0 {
 			tr.iSlot[r.i] = len(tr.iList)
 			tr.iList = append(tr.iList, r.i)
 		}
@@ -810,103 +996,278 @@ func (tr *trainer) gradients(batch []row) float64 {
 		tr.iState = append(tr.iState, inference.NewRowState())
 	}
 	nu, ni := len(tr.uList), len(tr.iList)
-	tr.du = grow(tr.du, nu*inference.EmbeddingDim)
-	tr.dv = grow(tr.dv, ni*inference.EmbeddingDim)
-	tr.uCount = grow(tr.uCount, nu)
-	tr.iCount = grow(tr.iCount, ni)
+	const dim = inference.EmbeddingDim
+	c1, c2 := inference.Hidden1-inference.IdentityHidden1, inference.Hidden2-inference.IdentityHidden2
 
-	// Forward, split by slot ranges.
-	tr.parallel(func(s int) {
+	// Forward, split by slot ranges; the user tower without its identity units.
+	parallel(func(s int) {
 		for k := s * nu / gradShards; k < (s+1)*nu/gradShards; k++ {
-			st, u := tr.uState[k], tr.uList[k]
-			tr.user.ForwardRow(d.xu[u*d.wu:(u+1)*d.wu], st)
+			st := tr.uState[k]
+			idx, val := d.xu.row(tr.uList[k])
+			forward(tr.user, idx, val, st, c1, c2)
 			inference.HeadBias.Apply(inference.UserSide, st)
 		}
 		for k := s * ni / gradShards; k < (s+1)*ni/gradShards; k++ {
-			st, i := tr.iState[k], tr.iList[k]
-			tr.item.ForwardRow(d.xi[i*d.wi:(i+1)*d.wi], st)
+			st := tr.iState[k]
+			idx, val := d.xi.row(tr.iList[k])
+			forward(tr.item, idx, val, st, inference.Hidden1, inference.Hidden2)
 			inference.HeadBias.Apply(inference.ItemSide, st)
 		}
 	})
 
-	// Loss: d(mean squared error)/d(score) = 2(p-y)/B, summed into each embedding's gradient
-	// in batch order.
+	// Loss: d(mean squared error)/d(score) = 2(p-y)/B, summed into each embedding's gradient;
+	// each shard takes a contiguous share of the batch, and the shards' sums are added in
+	// shard order.
 	scale := 2 / float32(len(batch))
-	var sse float64
-	for _, r := range batch {
-		ku := tr.uSlot[r.u]
-		u := tr.uState[ku].U
-		var v []float32
-		ki := -1
-		if personal {
-			v = tr.itemEmb[r.i]
-		} else {
-			ki = tr.iSlot[r.i]
-			v = tr.iState[ki].U
+	parallel(func(s int) {
+		sh := &tr.shards[s]
+		sh.du, sh.dv = grow(sh.du, nu*dim), grow(sh.dv, ni*dim)
+		sh.uCount, sh.iCount = grow(sh.uCount, nu), grow(sh.iCount, ni)
+		sh.sse = 0
+		for _, r := range batch[s*len(batch)/gradShards : (s+1)*len(batch)/gradShards] {
+			ku, ki := tr.uSlot[r.u], tr.iSlot[r.i]
+			u, v := tr.uState[ku].U, tr.iState[ki].U
+			diff := inference.Dot(u, v) - r.y
+			sh.sse += float64(diff) * float64(diff)
+			dp := scale * diff
+			axpy(dp, v, sh.du[ku*dim:(ku+1)*dim])
+			axpy(dp, u, sh.dv[ki*dim:(ki+1)*dim])
+			sh.uCount[ku]++
+			sh.iCount[ki]++
 		}
-		diff := inference.Dot(u, v) - r.y
-		sse += float64(diff) * float64(diff)
-		dp := scale * diff
-		axpy(dp, v, tr.du[ku*inference.EmbeddingDim:(ku+1)*inference.EmbeddingDim])
-		tr.uCount[ku]++
-		if ki >= 0 {
-			axpy(dp, u, tr.dv[ki*inference.EmbeddingDim:(ki+1)*inference.EmbeddingDim])
-			tr.iCount[ki]++
+	})
+	tr.du, tr.dv = grow(tr.du, nu*dim), grow(tr.dv, ni*dim)
+	tr.uCount, tr.iCount = grow(tr.uCount, nu), grow(tr.iCount, ni)
+	var sse float64
+	for s := range tr.shards {
+		sh := &tr.shards[s]
+		sse += sh.sse
+		axpy(1, sh.du, tr.du)
+		axpy(1, sh.dv, tr.dv)
+		for k, n := range sh.uCount {
+			tr.uCount[k] += n
+		}
+		for k, n := range sh.iCount {
+			tr.iCount[k] += n
 		}
 	}
 	for k, u := range tr.uList {
 		w := scale * float32(tr.uCount[k]) / float32(tr.nu[u])
-		e, g := tr.uState[k].U, tr.du[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim]
-		if personal {
-			a := tr.anchor[u]
-			for o := 0; o < inference.InteractionDim; o++ {
-				g[o] += w * tr.embedPenalty * (e[o] - a[o])
-			}
-			g[inference.UserBiasIndex] += w * tr.biasPenalty * (e[inference.UserBiasIndex] - a[inference.UserBiasIndex])
-			continue
-		}
+		e, g := tr.uState[k].U, tr.du[k*dim:(k+1)*dim]
 		axpy(w*tr.embedPenalty, e[:inference.InteractionDim], g[:inference.InteractionDim])
 		g[inference.UserBiasIndex] += w * tr.biasPenalty * (e[inference.UserBiasIndex] - tr.mean)
 	}
 	for k, i := range tr.iList {
 		w := scale * float32(tr.iCount[k]) / float32(tr.ni[i])
-		e, g := tr.iState[k].U, tr.dv[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim]
+		e, g := tr.iState[k].U, tr.dv[k*dim:(k+1)*dim]
 		axpy(w*tr.embedPenalty, e[:inference.InteractionDim], g[:inference.InteractionDim])
 		g[inference.ItemBiasIndex] += w * tr.biasPenalty * inference.ItemBiasWeight * inference.ItemBiasWeight * e[inference.ItemBiasIndex]
 	}
 
 	// Backward, split by slot ranges; each shard sums into its own gradients.
-	tr.parallel(func(s int) {
+	parallel(func(s int) {
 		sh := &tr.shards[s]
 		for _, g := range sh.grads {
 			clear(g)
 		}
 		for k := s * nu / gradShards; k < (s+1)*nu/gradShards; k++ {
-			st, u := tr.uState[k], tr.uList[k]
-			headBackward(inference.UserSide, st, tr.du[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim], sh.dz)
-			sh.backward(tr.user, sh.gu, st, d.xu[u*d.wu:(u+1)*d.wu])
+			st := tr.uState[k]
+			idx, val := d.xu.row(tr.uList[k])
+			headBackward(inference.UserSide, st, tr.du[k*dim:(k+1)*dim], sh.dz)
+			sh.backward(tr.user, sh.gu, st, idx, val, c1, c2)
 		}
 		for k := s * ni / gradShards; k < (s+1)*ni/gradShards; k++ {
-			st, i := tr.iState[k], tr.iList[k]
-			headBackward(inference.ItemSide, st, tr.dv[k*inference.EmbeddingDim:(k+1)*inference.EmbeddingDim], sh.dz)
-			sh.backward(tr.item, sh.gi, st, d.xi[i*d.wi:(i+1)*d.wi])
+			st := tr.iState[k]
+			idx, val := d.xi.row(tr.iList[k])
+			headBackward(inference.ItemSide, st, tr.dv[k*dim:(k+1)*dim], sh.dz)
+			sh.backward(tr.item, sh.gi, st, idx, val, inference.Hidden1, inference.Hidden2)
 		}
 	})
-	for p := range tr.grads {
-		if personal && p >= 6 { // the item tower is fixed
-			continue
-		}
+	tr.sumShards(len(tr.grads))
+	for _, u := range tr.uList {
+		tr.uSlot[u] = -1
+	}
+	for _, i := range tr.iList {
+		tr.iSlot[i] = -1
+	}
+	return sse
+}
+
+// sumShards adds the shards' gradients of the first n parameters into tr.grads, in shard
+// order.
+func (tr *trainer) sumShards(n int) {
+	for p := range tr.grads[:n] {
 		g := tr.grads[p]
 		copy(g, tr.shards[0].grads[p])
 		for s := 1; s < gradShards; s++ {
 			axpy(1, tr.shards[s].grads[p], g)
 		}
 	}
-	for _, u := range tr.uList {
-		tr.uSlot[u] = -1
+}
+
+// personalStats is what the personal stage's loss needs of one customer's ratings. In that
+// stage only the user bias output b (raw) changes; the interaction outputs f, the item
+// embeddings v_i = [g_i, 1, d_i] and c are fixed, and the head scales (f, b) by
+// k = min(1, R/|(f, b)|). A rating's prediction is k·(p_i + b) + q_i with p_i = f·g_i and
+// q_i = c·d_i, so with r_i = y_i − q_i the customer's squared errors sum to
+//
+//	k²·(Σp² + 2b·Σp + n·b²) − 2k·(Σpr + b·Σr) + Σr²
+//
+// which these sums give exactly for any b, in O(1).
+type personalStats struct {
+	u                   int32
+	n, sp, spp, sr, spr float64
+	srr                 float64
+	// f·f and f·a (a: the anchor's interaction part), the anchor's bias, and the content
+	// sub-network's part of b (the identity part is added each step).
+	ff, fa, a30 float64
+	zc          float32
+	// The customer's identity inputs (the profile column), if the model knows the profile.
+	idx []int32
+	val []float32
+}
+
+// beginPersonal computes the personal stage's per-customer sums over rows.
+func (tr *trainer) beginPersonal(rows []row) {
+	d := tr.d
+	const fd = inference.InteractionDim
+	tr.personal, tr.personalRows = tr.personal[:0], len(rows)
+	st := inference.NewRowState()
+	for lo := 0; lo < len(rows); {
+		hi := lo
+		for hi < len(rows) && rows[hi].u == rows[lo].u {
+			hi++
+		}
+		u := rows[lo].u
+		idx, val := d.xu.row(u)
+		forward(tr.user, idx, val, st, inference.Hidden1, inference.Hidden2)
+		ps := personalStats{u: u, n: float64(hi - lo), zc: st.Z[inference.UserBiasIndex], a30: float64(tr.anchor[u][inference.UserBiasIndex])}
+		f := st.Z[:fd]
+		for o, x := range f {
+			ps.ff += float64(x) * float64(x)
+			ps.fa += float64(x) * float64(tr.anchor[u][o])
+		}
+		for k, j := range idx {
+			if d.identity[j] {
+				ps.idx, ps.val = append(ps.idx, j), append(ps.val, val[k])
+			}
+		}
+		for _, r := range rows[lo:hi] {
+			v := tr.itemEmb[r.i]
+			var p float64
+			for o, x := range f {
+				p += float64(x) * float64(v[o])
+			}
+			q := inference.ItemBiasWeight * float64(v[inference.ItemBiasIndex])
+			y := float64(r.y) - q
+			ps.sp += p
+			ps.spp += p * p
+			ps.sr += y
+			ps.spr += p * y
+			ps.srr += y * y
+		}
+		tr.personal = append(tr.personal, ps)
+		lo = hi
 	}
-	for _, i := range tr.iList {
-		tr.iSlot[i] = -1
+}
+
+// personalGradients computes tr.grads for the personal stage over all its ratings (the
+// gradient of the same loss as gradients, with a_u the content stage's embedding of the
+// user: (bias_penalty/n_u)·(b_u − a_b)² + (embedding_penalty/n_u)·|f_u − a_f|² per rating)
+// from the per-customer sums, and returns the sum of squared errors. Only the identity
+// sub-network's path into the user bias is trained, so each customer's forward and backward
+// pass runs on that path alone.
+func (tr *trainer) personalGradients() float64 {
+	d := tr.d
+	const (
+		c1, c2 = inference.Hidden1 - inference.IdentityHidden1, inference.Hidden2 - inference.IdentityHidden2
+		h1, h2 = inference.IdentityHidden1, inference.IdentityHidden2
+		bias   = inference.UserBiasIndex
+	)
+	W0, B0 := tr.user.Layers[0].W, tr.user.Layers[0].B
+	W1, B1 := tr.user.Layers[1].W, tr.user.Layers[1].B
+	W2 := tr.user.Layers[2].W
+	wu, H1, H2 := d.wu, inference.Hidden1, inference.Hidden2
+	s2 := 2 / float64(tr.personalRows)
+	lb, le := float64(tr.biasPenalty), float64(tr.embedPenalty)
+	R := inference.UserRadius
+	n := len(tr.personal)
+	parallel(func(s int) {
+		sh := &tr.shards[s]
+		for _, g := range sh.grads[:6] {
+			clear(g)
+		}
+		g0, g1, g2 := sh.gu.Layers[0].W, sh.gu.Layers[1].W, sh.gu.Layers[2].W
+		a1, a2 := sh.dh1[:h1], sh.dh2[:h2] // activations of the identity units
+		var da1, da2 [inference.IdentityHidden1]float32
+		sh.sse = 0
+		for k := s * n / gradShards; k < (s+1)*n/gradShards; k++ {
+			ps := &tr.personal[k]
+			for o := 0; o < h1; o++ {
+				w := W0[(c1+o)*wu : (c1+o+1)*wu]
+				acc := B0[c1+o]
+				for m, j := range ps.idx {
+					acc += w[j] * ps.val[m]
+				}
+				a1[o] = max(acc, 0)
+			}
+			for o := 0; o < h2; o++ {
+				a2[o] = max(B1[c2+o]+inference.Dot(W1[(c2+o)*H1+c1:(c2+o+1)*H1], a1), 0)
+			}
+			b := float64(ps.zc + inference.Dot(W2[bias*H2+c2:(bias+1)*H2], a2))
+			norm := math.Sqrt(ps.ff + b*b)
+			kk := 1.0
+			if norm > R {
+				kk = R / norm
+			}
+			A := ps.spp + 2*b*ps.sp + ps.n*b*b
+			B := ps.spr + b*ps.sr
+			sh.sse += kk*kk*A - 2*kk*B + ps.srr
+			if len(ps.idx) == 0 {
+				continue // no identity input: nothing to train
+			}
+			pen := s2 * lb * (kk*b - ps.a30)
+			du := s2*(kk*(ps.sp+ps.n*b)-ps.sr) + pen
+			dz := du
+			if norm > R {
+				wdu := s2*(kk*A-B) + s2*le*(kk*ps.ff-ps.fa) + b*pen
+				dz = kk * (du - b*wdu/(norm*norm))
+			}
+			dzf := float32(dz)
+			// Back through the identity path: W2[bias, identity], W1[identity, identity],
+			// W0[identity, profile].
+			for j := 0; j < h2; j++ {
+				g2[bias*H2+c2+j] += dzf * a2[j]
+				da2[j] = 0
+				if a2[j] > 0 {
+					da2[j] = dzf * W2[bias*H2+c2+j]
+				}
+			}
+			clear(da1[:h1])
+			for o := 0; o < h2; o++ {
+				dd := da2[o]
+				if dd == 0 {
+					continue
+				}
+				axpy(dd, a1, g1[(c2+o)*H1+c1:(c2+o+1)*H1])
+				axpy(dd, W1[(c2+o)*H1+c1:(c2+o+1)*H1], da1[:h1])
+			}
+			for o := 0; o < h1; o++ {
+				dd := da1[o]
+				if dd == 0 || a1[o] <= 0 {
+					continue
+				}
+				w := g0[(c1+o)*wu : (c1+o+1)*wu]
+				for m, j := range ps.idx {
+					w[j] += dd * ps.val[m]
+				}
+			}
+		}
+	})
+	tr.sumShards(6) // the item tower is fixed
+	var sse float64
+	for s := range tr.shards {
+		sse += tr.shards[s].sse
 	}
 	return sse
 }
@@ -922,7 +1283,7 @@ func grow[T float32 | int](s []T, n int) []T {
 }
 
 // parallel runs fn(0..gradShards-1) concurrently and waits.
-func (tr *trainer) parallel(fn func(s int)) {
+func parallel(fn func(s int)) {
 	var wg sync.WaitGroup
 	for s := 1; s < gradShards; s++ {
 		wg.Add(1)
@@ -980,44 +1341,47 @@ func headBackward(sd inference.Side, s *inference.RowState, du, dz []float32) {
 	}
 }
 
-// backward adds the gradient of one row to g, given sh.dz = dL/dz for the tower's raw output.
+// backward adds the gradient of one sparse input row to g, given sh.dz = dL/dz for the
+// tower's raw output, through the first n1 and n2 units of the hidden layers (see forward).
 // (adam updates only what the stage trains.)
-func (sh *shard) backward(t, g *inference.Tower, s *inference.RowState, x []float32) {
+func (sh *shard) backward(t, g *inference.Tower, s *inference.RowState, idx []int32, val []float32, n1, n2 int) {
 	d2, g2 := &t.Layers[2], &g.Layers[2]
-	clear(sh.dh2)
+	dh2 := sh.dh2[:n2]
+	clear(dh2)
 	for o, d := range sh.dz {
 		if d == 0 {
 			continue
 		}
-		axpy(d, s.H2, g2.W[o*d2.In:(o+1)*d2.In])
+		axpy(d, s.H2[:n2], g2.W[o*d2.In:o*d2.In+n2])
 		g2.B[o] += d
-		axpy(d, d2.W[o*d2.In:(o+1)*d2.In], sh.dh2)
+		axpy(d, d2.W[o*d2.In:o*d2.In+n2], dh2)
 	}
-	for i, h := range s.H2 {
+	for i, h := range s.H2[:n2] {
 		if h <= 0 {
-			sh.dh2[i] = 0
+			dh2[i] = 0
 		}
 	}
 	d1, g1 := &t.Layers[1], &g.Layers[1]
-	clear(sh.dh1)
-	for o, d := range sh.dh2 {
+	dh1 := sh.dh1[:n1]
+	clear(dh1)
+	for o, d := range dh2 {
 		if d == 0 {
 			continue
 		}
-		axpy(d, s.H1, g1.W[o*d1.In:(o+1)*d1.In])
+		axpy(d, s.H1[:n1], g1.W[o*d1.In:o*d1.In+n1])
 		g1.B[o] += d
-		axpy(d, d1.W[o*d1.In:(o+1)*d1.In], sh.dh1)
+		axpy(d, d1.W[o*d1.In:o*d1.In+n1], dh1)
 	}
 	g0 := &g.Layers[0]
 	in := g0.In
-	for o, d := range sh.dh1 {
+	for o, d := range dh1 {
 		if d == 0 || s.H1[o] <= 0 {
 			continue
 		}
 		g0.B[o] += d
 		w := g0.W[o*in : (o+1)*in]
-		for _, j := range s.NZ {
-			w[j] += d * x[j]
+		for k, j := range idx {
+			w[j] += d * val[k]
 		}
 	}
 }

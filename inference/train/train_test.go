@@ -100,3 +100,49 @@ func TestTrainRejectsBadExamples(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxDurationKeepsBestWeights: with a clock that runs out during training, every fit's
+// stages stop early, the run still returns a model (the stages' best weights so far), and
+// the metrics (so the model card) name the stages cut short and the bound.
+func TestMaxDurationKeepsBestWeights(t *testing.T) {
+	ex := traintest.LabExamples(t)
+	r, err := train.NewRatings(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)
+	now := func() time.Time { clock = clock.Add(time.Millisecond); return clock } // 1 ms per reading
+	var limitedDone int
+	res, err := train.TrainRatings(context.Background(), r, inference.DefaultConfig().Train, train.Options{
+		MaxDuration: 60 * time.Millisecond, Now: now,
+		Progress: func(p train.Progress) {
+			if p.Done && p.TimeLimited {
+				limitedDone++
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := res.Metrics
+	if m.MaxDurationSeconds != 0.06 || limitedDone == 0 || !strings.Contains(m.TimeLimited, "final content: stopped after") {
+		t.Fatalf("max duration %g s, %d stages reported time-limited, time_limited %q", m.MaxDurationSeconds, limitedDone, m.TimeLimited)
+	}
+	if strings.Count(m.TimeLimited, ";")+1 != limitedDone {
+		t.Fatalf("time_limited %q names other stages than the %d reported", m.TimeLimited, limitedDone)
+	}
+	if m.PersonalEpochs >= inference.DefaultConfig().Train.Epochs || !(m.Warm.ModelRMSE > 0) {
+		t.Fatalf("metrics %+v", m)
+	}
+	// Without a bound nothing is time-limited.
+	if full := traintest.RealModel(t).Metrics; full.TimeLimited != "" || full.MaxDurationSeconds != 0 {
+		t.Fatalf("unbounded run: %q, %g", full.TimeLimited, full.MaxDurationSeconds)
+	}
+	// The model card says so.
+	s, dir := traintest.DirStore(t)
+	v := traintest.Publish(t, s, res)
+	b, err := os.ReadFile(filepath.Join(dir, "versions", v, filepath.FromSlash(artifacts.ModelCardKey)))
+	if err != nil || !strings.Contains(string(b), `"time_limited": "warm content: stopped after`) || !strings.Contains(string(b), `"max_duration_seconds": 0.06`) {
+		t.Fatalf("model card (%v):\n%s", err, b)
+	}
+}
