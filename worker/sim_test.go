@@ -69,6 +69,9 @@ func newSimFleet(t testing.TB, shards int) *simFleet {
 	cfg := DefaultConfig()
 	cfg.StatusInterval = 0
 	cfg.Format = "jsonl"
+	// 1 s flush windows (the low-latency profile): one checkpoint per busy shard and second,
+	// the most lease-table writes, as in the figures of docs/benchmarks.md.
+	cfg.Flush.MaxAge = time.Second
 	cfg.LeaderAssigned = os.Getenv("RECSTREAM_LEASE_SIM_LEADER") != "0"
 	f := &simFleet{t: t, cfg: cfg, table: leasesim.NewTable(simTable, checkpoint.AttrShardID), stream: leasesim.NewStream("sim", shards),
 		log: zap.NewNop(), lastRead: map[string]time.Time{}, deliveries: map[string]int{}, puts: map[string]int{}}
