@@ -340,25 +340,38 @@ func (t *Table) getLocked(p *dynamodb.GetItemInput) (any, error) {
 	return &dynamodb.GetItemOutput{Item: copyItem(it)}, nil
 }
 
-func (t *Table) putLocked(p *dynamodb.PutItemInput) (any, error) {
-	t.usage.Requests["PutItem"]++
-	if err := t.checkLocked(p.TableName); err != nil {
-		return nil, err
+// conditionLocked is what every single-item write does first: the table and the key checked,
+// the current item read, and the condition evaluated against it (ConditionalCheckFailed with
+// the old item, as DynamoDB answers, when it is false).
+func (t *Table) conditionLocked(table *string, key map[string]types.AttributeValue, names map[string]string,
+	values map[string]types.AttributeValue, cond *string) (string, item, *env, error) {
+	if err := t.checkLocked(table); err != nil {
+		return "", nil, nil, err
 	}
-	k, err := t.keyOf(map[string]types.AttributeValue{t.hashKey: p.Item[t.hashKey]})
+	k, err := t.keyOf(key)
 	if err != nil {
-		return nil, err
+		return "", nil, nil, err
 	}
 	old := t.items[k]
-	e := newEnv(p.ExpressionAttributeNames, p.ExpressionAttributeValues)
-	if c := aws.ToString(p.ConditionExpression); c != "" {
+	e := newEnv(names, values)
+	if c := aws.ToString(cond); c != "" {
 		ok, err := e.evalCondition(c, old)
 		if err != nil {
-			return nil, validation("%v", err)
+			return "", nil, nil, validation("%v", err)
 		}
 		if !ok {
-			return nil, t.conditionFailed(old)
+			return "", nil, nil, t.conditionFailed(old)
 		}
+	}
+	return k, old, e, nil
+}
+
+func (t *Table) putLocked(p *dynamodb.PutItemInput) (any, error) {
+	t.usage.Requests["PutItem"]++
+	k, old, e, err := t.conditionLocked(p.TableName, map[string]types.AttributeValue{t.hashKey: p.Item[t.hashKey]},
+		p.ExpressionAttributeNames, p.ExpressionAttributeValues, p.ConditionExpression)
+	if err != nil {
+		return nil, err
 	}
 	if err := e.checkUnused(); err != nil {
 		return nil, validation("%v", err)
@@ -371,23 +384,9 @@ func (t *Table) putLocked(p *dynamodb.PutItemInput) (any, error) {
 
 func (t *Table) updateLocked(p *dynamodb.UpdateItemInput) (any, error) {
 	t.usage.Requests["UpdateItem"]++
-	if err := t.checkLocked(p.TableName); err != nil {
-		return nil, err
-	}
-	k, err := t.keyOf(p.Key)
+	k, old, e, err := t.conditionLocked(p.TableName, p.Key, p.ExpressionAttributeNames, p.ExpressionAttributeValues, p.ConditionExpression)
 	if err != nil {
 		return nil, err
-	}
-	old := t.items[k]
-	e := newEnv(p.ExpressionAttributeNames, p.ExpressionAttributeValues)
-	if c := aws.ToString(p.ConditionExpression); c != "" {
-		ok, err := e.evalCondition(c, old)
-		if err != nil {
-			return nil, validation("%v", err)
-		}
-		if !ok {
-			return nil, t.conditionFailed(old)
-		}
 	}
 	base := old
 	if base == nil {
@@ -414,23 +413,9 @@ func (t *Table) updateLocked(p *dynamodb.UpdateItemInput) (any, error) {
 
 func (t *Table) deleteLocked(p *dynamodb.DeleteItemInput) (any, error) {
 	t.usage.Requests["DeleteItem"]++
-	if err := t.checkLocked(p.TableName); err != nil {
-		return nil, err
-	}
-	k, err := t.keyOf(p.Key)
+	k, old, e, err := t.conditionLocked(p.TableName, p.Key, p.ExpressionAttributeNames, p.ExpressionAttributeValues, p.ConditionExpression)
 	if err != nil {
 		return nil, err
-	}
-	old := t.items[k]
-	e := newEnv(p.ExpressionAttributeNames, p.ExpressionAttributeValues)
-	if c := aws.ToString(p.ConditionExpression); c != "" {
-		ok, err := e.evalCondition(c, old)
-		if err != nil {
-			return nil, validation("%v", err)
-		}
-		if !ok {
-			return nil, t.conditionFailed(old)
-		}
 	}
 	if err := e.checkUnused(); err != nil {
 		return nil, validation("%v", err)
