@@ -33,6 +33,7 @@ stack-status:
 vet:
 	$(GO) vet ./...
 	$(GO) vet -tags soak ./cmd/recstream/
+	$(GO) vet -tags leasesim ./worker/
 
 ## test: set up the local stack, vet, run every test under the race detector (unit + integration
 ## over the wire; the heavy training tests in a second pass without it), a 2-minute seeded soak
@@ -74,7 +75,7 @@ bench: stack build
 LEASE_SIM ?= 16x4,64x16,256x16
 LEASE_SIM_ROLLING ?= 20
 bench-leases:
-	RECSTREAM_LEASE_SIM=$(LEASE_SIM) RECSTREAM_LEASE_SIM_ROLLING=$(LEASE_SIM_ROLLING) $(GO) test -count=1 -timeout 30m -run '^TestLeaseSim$$' -v ./worker/ | grep -v '^=== RUN'
+	RECSTREAM_LEASE_SIM=$(LEASE_SIM) RECSTREAM_LEASE_SIM_ROLLING=$(LEASE_SIM_ROLLING) $(GO) test -tags leasesim -count=1 -timeout 30m -run '^TestLeaseSim$$' -v ./worker/ | grep -v '^=== RUN'
 
 ## bench-batch: wall time and peak RSS of batch seed, batch etl, train and batch embeddings at
 ## 100 k and 1 M ratings (BENCH_BATCH_SCALES="1000 10000 100000" adds 10 M); in its own MySQL

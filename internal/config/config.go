@@ -100,7 +100,6 @@ var NonConfigEnv = map[string]string{
 	"RECSTREAM_LEASE_SIM":         "lease simulation grid (make bench-leases)",
 	"RECSTREAM_LEASE_SIM_ROLLING": "lease simulation: workers restarted one by one per cell",
 	"RECSTREAM_LEASE_SIM_LEADER":  "lease simulation: 0 runs the per-worker Scans instead of leader-assigned leases",
-	"RECSTREAM_LEASE_SIM_FLAT":    "lease simulation: run the cost-flat-in-workers test",
 	"RECSTREAM_LEASE_SIM_LOG":     "lease simulation: write the workers' logs (info) to this file",
 	"RECSTREAM_WORKER_BENCH":      "worker end-to-end benchmarks switch",
 	"RECSTREAM_FAULT_SEED":        "worker throttled-drain benchmark: the fault proxies' seed",
