@@ -18,6 +18,9 @@ type buffer struct {
 	bytes  int    // raw event bytes taken
 	first  string // sequence number of the first record taken
 	last   string // sequence number of the last record taken: the checkpoint after a flush
+	// lastSub is the sub-sequence number of the last record taken (its index in a KPL
+	// aggregate; the processor never cuts an aggregate, so it is the aggregate's last).
+	lastSub int64
 	window int64  // flush window of the first record taken
 	// lastArrival is the arrival time of the last record taken: a record without one is
 	// filed under it (see processor.take).
@@ -83,6 +86,7 @@ func (b *buffer) take(seq string, sub int64, arrival time.Time, size int) {
 	b.n++
 	b.bytes += size
 	b.last = seq
+	b.lastSub = sub
 	b.lastArrival = arrival
 }
 
@@ -108,7 +112,7 @@ func (b *buffer) reset() {
 	clear(b.recs)
 	clear(b.errs)
 	b.recs, b.errs, b.heads = b.recs[:0], b.errs[:0], b.heads[:0]
-	b.n, b.bytes, b.first, b.last, b.window, b.lastArrival = 0, 0, "", "", 0, time.Time{}
+	b.n, b.bytes, b.first, b.last, b.lastSub, b.window, b.lastArrival = 0, 0, "", "", 0, 0, time.Time{}
 }
 
 // hourPart is the items of one hour partition of a flush, in sequence order.

@@ -5,6 +5,8 @@ package worker
 import (
 	"fmt"
 	"time"
+
+	"github.com/recstream/recstream/internal/icetable"
 )
 
 // Config is the `worker` config section.
@@ -47,6 +49,9 @@ type Config struct {
 	Format string `yaml:"format"`
 	// Flush decides when a shard's buffer becomes an object.
 	Flush FlushConfig `yaml:"flush"`
+	// Output chooses what the flushed records become: Hive-partitioned objects or an Iceberg
+	// table.
+	Output OutputConfig `yaml:"output"`
 	// Retry bounds backoff on PostgreSQL / S3 outages.
 	Retry RetryConfig `yaml:"retry"`
 	// StatusInterval is the period of the per-shard status log line (0: off).
@@ -82,6 +87,32 @@ type FlushConfig struct {
 	WindowGrace time.Duration `yaml:"window_grace"`
 }
 
+// OutputConfig is the `worker.output` section.
+type OutputConfig struct {
+	// Table: "hive" (objects under year=/month=/day=/hour=, the default) or "iceberg" (data
+	// files committed to an Iceberg table, see internal/icetable).
+	Table string `yaml:"table"`
+	// Iceberg configures the table when Table is "iceberg".
+	Iceberg icetable.Config `yaml:"iceberg"`
+}
+
+// Validate reports the first invalid key, relative to the output section.
+func (c OutputConfig) Validate(format string) error {
+	switch c.Table {
+	case "hive":
+		return nil
+	case "iceberg":
+		if format != "parquet" {
+			return fmt.Errorf("table: iceberg needs format parquet, got format %q", format)
+		}
+		if err := c.Iceberg.Validate(); err != nil {
+			return fmt.Errorf("iceberg.%w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("table: must be hive or iceberg, got %q", c.Table)
+}
+
 // RetryConfig is capped exponential backoff with jitter for PostgreSQL, S3 and DynamoDB
 // failures; retries are bounded by the lease and the shutdown deadline, not by a count.
 type RetryConfig struct {
@@ -104,6 +135,7 @@ func DefaultConfig() Config {
 		MaxBrowseHistory:      100,
 		Format:                "parquet",
 		Flush:                 FlushConfig{MaxRecords: 10000, MaxBytes: 32 << 20, MaxAge: time.Minute, WindowGrace: time.Second},
+		Output:                OutputConfig{Table: "hive", Iceberg: icetable.DefaultConfig()},
 		Retry:                 RetryConfig{InitialBackoff: 200 * time.Millisecond, MaxBackoff: 10 * time.Second},
 		StatusInterval:        30 * time.Second,
 		UnknownFields:         "ignore",
@@ -123,6 +155,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Retry.Validate(); err != nil {
 		return fmt.Errorf("retry.%w", err)
+	}
+	if err := c.Output.Validate(c.Format); err != nil {
+		return fmt.Errorf("output.%w", err)
 	}
 	switch c.InitialPosition {
 	case "TRIM_HORIZON", "LATEST":

@@ -37,6 +37,8 @@ const (
 	opRecommend  op = iota // enrich a batch: writes nothing, so it is not fenced
 	opPut                  // upload an object: fenced by the lease
 	opCheckpoint           // write the checkpoint: fenced by the lease
+	opCommit               // commit data files to the Iceberg table: fenced by the lease
+	opTableRead            // read the table's position of a shard: writes nothing
 )
 
 func (o op) String() string {
@@ -47,12 +49,16 @@ func (o op) String() string {
 		return "put"
 	case opCheckpoint:
 		return "checkpoint"
+	case opCommit:
+		return "commit"
+	case opTableRead:
+		return "table_read"
 	}
 	return fmt.Sprintf("op(%d)", int(o))
 }
 
 // fenced reports whether the op writes, and so may start only while the lease is safely held.
-func (o op) fenced() bool { return o != opRecommend }
+func (o op) fenced() bool { return o != opRecommend && o != opTableRead }
 
 // permanentStorageCodes are S3 error codes that no retry can fix: the bucket or the task's
 // permissions must change first.

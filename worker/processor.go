@@ -35,6 +35,10 @@ type Deps struct {
 	Log *zap.Logger
 	// Now is the clock for buffer ages; nil means time.Now.
 	Now func() time.Time
+	// Table, when set (worker.output.table: iceberg), receives the output records as data
+	// files committed to an Iceberg table instead of Hive-partitioned objects in Store;
+	// errors/ objects still go to Store.
+	Table Table
 }
 
 // shared is the state every shard processor of one worker process shares.
@@ -94,6 +98,8 @@ type processor struct {
 	// complete on the server, so the lease must expire rather than be released (see die).
 	writeAbandoned bool
 	health         shardHealth
+	// table: this processor's view of the shard's position in the Iceberg table (see table.go).
+	table tableView
 
 	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
 	// Run's goroutine while this shard's consumer goroutine may still be inside a flush.
@@ -624,8 +630,10 @@ func (p *processor) recommend(events []Event, idx []int, out []enrichment) error
 }
 
 type object struct {
-	key  string
+	key  string // a Store key, or a table data file's location when table is set
 	body []byte
+	// table: a data file of the Iceberg table (Table.PutData), not a Store object.
+	table bool
 }
 
 // flush writes every object of the buffer (output objects, then one errors/ object per hour
@@ -635,7 +643,17 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	start := time.Now()
 	m := p.s.deps.Metrics
 	var objs []object
+	var dataFiles []string
+	if p.s.deps.Table != nil {
+		var ok bool
+		if objs, dataFiles, ok = p.tableFiles(); !ok {
+			return false
+		}
+	}
 	for _, part := range p.buf.partitions() {
+		if p.s.deps.Table != nil {
+			break
+		}
 		body, err := encodeObject(p.s.cfg.Format, part.items)
 		if err != nil {
 			// A record the encoder refuses is a bug, not an outage: retrying cannot help.
@@ -658,10 +676,17 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	}
 	var bytesOut int
 	for _, o := range objs {
-		if p.retry(opPut, o.key, func(ctx context.Context) error { return p.s.deps.Store.Put(ctx, o.key, bytes.NewReader(o.body)) }) != nil {
+		put := func(ctx context.Context) error { return p.s.deps.Store.Put(ctx, o.key, bytes.NewReader(o.body)) }
+		if o.table {
+			put = func(ctx context.Context) error { return p.s.deps.Table.PutData(ctx, o.key, o.body) }
+		}
+		if p.retry(opPut, o.key, put) != nil {
 			return false
 		}
 		bytesOut += len(o.body)
+	}
+	if len(dataFiles) > 0 && !p.commitTable(dataFiles) {
+		return false
 	}
 	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
 	// before this line replays the buffer and rewrites the same keys.

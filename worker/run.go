@@ -53,6 +53,10 @@ type Worker struct {
 // waiter, whose /readyz check and worker.start_timeout clock it shares). Call before Run.
 func (w *Worker) SetStartup(st *Startup) { w.startup = st }
 
+// SetTable makes the worker commit its output to an Iceberg table (worker.output.table:
+// iceberg) through t. Call before Run.
+func (w *Worker) SetTable(t Table) { w.deps.Table = t }
+
 // monitorInterval is how often the shard gauges (checkpoint age, lag, stalled) are updated.
 const monitorInterval = time.Second
 
@@ -182,6 +186,9 @@ func (w *Worker) kclConfig(log *zap.Logger) *kclcfg.KinesisClientLibConfiguratio
 // returns ErrShutdownTimeout. Run returns an error at once if the library cannot start
 // (lease table or stream unreachable).
 func (w *Worker) Run(ctx context.Context) error {
+	if w.cfg.Output.Table == "iceberg" && w.deps.Table == nil {
+		return errors.New("worker.output.table is iceberg but no table was set (SetTable)")
+	}
 	log := w.deps.Log.With(zap.String("component", "worker"), zap.String("stream", w.stream.Kinesis.Stream))
 	kc := w.kclConfig(w.deps.Log)
 	inner := w.chk

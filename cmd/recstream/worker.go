@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -121,7 +122,23 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 		srv.AddCheck("model", func(context.Context) error { return svc.Health() })
 	}
 	w.SetStartup(st)
+	stopTable := func() {}
+	if wcfg.Output.Table == "iceberg" {
+		committer, closeCat, err := openTable(auxCtx, app, sc.s3, wcfg.Output.Iceberg, reg)
+		if err != nil {
+			stopAux()
+			return startupFailed(ctx, aux, err, log)
+		}
+		defer closeCat()
+		w.SetTable(committer)
+		// The committer outlives SIGTERM: the drain's last flushes wait for their commits.
+		commitCtx, stopCommit := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); _ = committer.Run(commitCtx) }()
+		stopTable = func() { stopCommit(); <-done }
+	}
 	runErr := w.Run(ctx)
+	stopTable()
 	if runErr != nil {
 		// The worker ended on its own (not by SIGTERM): stop the server and the reloader too,
 		// or the process would live on serving /healthz while processing nothing.
@@ -321,6 +338,7 @@ func startupFailed(ctx context.Context, aux *errgroup.Group, err error, log *zap
 
 // streamClients are what the stream commands (worker, replay) talk to.
 type streamClients struct {
+	s3        *s3.Client
 	out       objstore.Store // s3.buckets.recommendations
 	artifacts objstore.Store // s3.buckets.artifacts
 	kinesis   *kinesis.Client
@@ -335,6 +353,7 @@ func newStreamClients(ctx context.Context, app *App) (streamClients, error) {
 	if err != nil {
 		return sc, err
 	}
+	sc.s3 = s3c
 	if sc.out, err = objstore.Open(cfg.S3.Buckets.Recommendations, s3c); err != nil {
 		return sc, usageError{err.Error()}
 	}

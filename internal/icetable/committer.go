@@ -1,0 +1,263 @@
+package icetable
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/apache/iceberg-go"
+	"github.com/apache/iceberg-go/catalog"
+	"github.com/apache/iceberg-go/table"
+	"go.uber.org/zap"
+)
+
+// ErrPositionMoved: the table's position of the shard is not the one this commit follows, so
+// another owner (a worker that held the lease before, still finishing) committed records this
+// writer also holds, or the writer's view is stale. Committing would duplicate or lose records:
+// the writer must stop and let the shard be taken from the table's position.
+var ErrPositionMoved = errors.New("iceberg: shard position moved underneath this writer")
+
+// Request is one shard flush to commit: data files already PUT under their deterministic
+// paths, the shard's position the files follow (Prev: what the table says before them) and
+// the position they end at (Last: the flush's last record, valid or rejected).
+type Request struct {
+	Shard ShardKey
+	Files []string
+	Prev  Position
+	Last  Position
+
+	ctx  context.Context
+	done chan error
+}
+
+// Committer commits the data files of every shard of one worker, at most once per interval,
+// in one snapshot per commit. Each commit is a compare-and-swap on the table's current
+// snapshot (AssertRefSnapshotID), so a conflicting commit of another worker makes it reload
+// the table and check every shard's position again instead of rebasing blindly.
+type Committer struct {
+	cat      catalog.Catalog
+	ident    table.Identifier
+	interval time.Duration
+	log      *zap.Logger
+	// Commits, if set, observes each commit attempt's outcome ("ok", "conflict", "error") and
+	// duration.
+	Observe func(outcome string, d time.Duration)
+
+	mu       sync.Mutex
+	pending  []*Request
+	location string
+}
+
+// NewCommitter loads (or creates) the table and returns its committer.
+func NewCommitter(ctx context.Context, cat catalog.Catalog, cfg Config, warehouse string, log *zap.Logger) (*Committer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	tbl, err := Ensure(ctx, cat, cfg, warehouse)
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Committer{cat: cat, ident: cfg.Ident(), interval: cfg.CommitInterval, log: log.With(zap.String("component", "iceberg")),
+		location: strings.TrimSuffix(tbl.Location(), "/")}, nil
+}
+
+// Location is the table's root location; data files go under <Location>/data/.
+func (c *Committer) Location() string { return c.location }
+
+// DataPath is the deterministic location of a shard's data file for the hour partition of
+// hour, named after the first record the flush took in that hour (as the Hive keys are).
+func (c *Committer) DataPath(hour time.Time, name string) string {
+	return fmt.Sprintf("%s/data/arrival_time_hour=%s/%s", c.location, hour.UTC().Format("2006-01-02-15"), name)
+}
+
+// Position reads the shard's last committed position from the table as it is now.
+func (c *Committer) Position(ctx context.Context, shard ShardKey) (Position, error) {
+	tbl, err := c.cat.LoadTable(ctx, c.ident)
+	if err != nil {
+		return Position{}, fmt.Errorf("load iceberg table: %w", err)
+	}
+	pos, err := Positions(tbl.Metadata())
+	if err != nil {
+		return Position{}, err
+	}
+	return pos[shard], nil
+}
+
+// Commit queues the request and waits until it is committed (nil), refused (ErrPositionMoved)
+// or ctx ends. A request whose ctx ended before its commit started is never committed; one
+// that ended while its commit was in flight may still land: the table's positions, not this
+// return value, are the truth a later owner reads.
+func (c *Committer) Commit(ctx context.Context, r Request) error {
+	if len(r.Files) == 0 {
+		return errors.New("iceberg commit: no files")
+	}
+	r.ctx, r.done = ctx, make(chan error, 1)
+	c.mu.Lock()
+	c.pending = append(c.pending, &r)
+	c.mu.Unlock()
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run commits what is pending every interval until ctx ends, then commits once more what is
+// still pending (the worker's drain waits for it through Commit's contexts).
+func (c *Committer) Run(ctx context.Context) error {
+	t := time.NewTicker(c.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			c.flushPending(context.WithoutCancel(ctx), true)
+			return nil
+		case <-t.C:
+			c.flushPending(ctx, false)
+		}
+	}
+}
+
+// flushPending commits the pending requests, retrying conflicts at once and other failures
+// with backoff, until every request is answered or its context ended.
+func (c *Committer) flushPending(ctx context.Context, final bool) {
+	c.mu.Lock()
+	reqs := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	backoff := 100 * time.Millisecond
+	for len(reqs) > 0 {
+		reqs = live(reqs)
+		if len(reqs) == 0 {
+			return
+		}
+		start := time.Now()
+		left, err := c.commitOnce(ctx, reqs)
+		d := time.Since(start)
+		switch {
+		case err == nil:
+			c.observe("ok", d)
+			return
+		case errors.Is(err, table.ErrCommitFailed):
+			// Another writer committed first: reload and check positions again.
+			c.observe("conflict", d)
+			c.log.Info("iceberg commit conflict, retrying", zap.Int("shards", len(left)), zap.Duration("duration", d))
+			reqs = left
+			continue
+		default:
+			// Unknown outcome (the catalog may have accepted it): the next attempt reloads the
+			// table, and a request whose position is already there is answered as committed.
+			c.observe("error", d)
+			c.log.Warn("iceberg commit failed, retrying", zap.Error(err), zap.Int("shards", len(left)), zap.Duration("duration", d))
+			reqs = left
+			if ctx.Err() != nil && !final {
+				c.requeue(reqs)
+				return
+			}
+			sleep := backoff/2 + rand.N(backoff/2+1)
+			backoff = min(backoff*2, 5*time.Second)
+			select {
+			case <-time.After(sleep):
+			case <-ctx.Done():
+				if !final {
+					c.requeue(reqs)
+					return
+				}
+			}
+		}
+	}
+}
+
+func (c *Committer) requeue(reqs []*Request) {
+	c.mu.Lock()
+	c.pending = append(reqs, c.pending...)
+	c.mu.Unlock()
+}
+
+func (c *Committer) observe(outcome string, d time.Duration) {
+	if c.Observe != nil {
+		c.Observe(outcome, d)
+	}
+}
+
+// live drops the requests whose writer gave up (context ended): they are never committed.
+func live(reqs []*Request) []*Request {
+	out := reqs[:0]
+	for _, r := range reqs {
+		if r.ctx.Err() != nil {
+			r.done <- r.ctx.Err()
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// commitOnce loads the table, answers the requests the table already holds (a commit whose
+// answer was lost) or refuses (position moved), and commits the rest in one snapshot. It
+// returns the requests still to answer when the commit failed.
+func (c *Committer) commitOnce(ctx context.Context, reqs []*Request) ([]*Request, error) {
+	tbl, err := c.cat.LoadTable(ctx, c.ident)
+	if err != nil {
+		return reqs, fmt.Errorf("load iceberg table: %w", err)
+	}
+	pos, err := Positions(tbl.Metadata())
+	if err != nil {
+		return reqs, err
+	}
+	var include []*Request
+	props := iceberg.Properties{}
+	var files []string
+	for _, r := range reqs {
+		cur := pos[r.Shard]
+		switch {
+		case cur == r.Last:
+			r.done <- nil // already committed (by this writer, whose answer was lost)
+		case cur == r.Prev:
+			include = append(include, r)
+			pos[r.Shard] = r.Last // a second request of the same shard follows this one
+			props[PositionKey(r.Shard.Stream, r.Shard.Shard)] = r.Last.String()
+			files = append(files, r.Files...)
+		default:
+			r.done <- fmt.Errorf("%w: %s/%s: table at %s, this flush follows %s", ErrPositionMoved, r.Shard.Stream, r.Shard.Shard, cur, r.Prev)
+		}
+	}
+	if len(include) == 0 {
+		return nil, nil
+	}
+	sort.Strings(files)
+	txn := tbl.NewTransaction()
+	if err := txn.AssertRefSnapshotID(table.MainBranch); err != nil {
+		return include, fmt.Errorf("iceberg commit: assert snapshot: %w", err)
+	}
+	// ignoreDuplicates: the positions above already prove no file is in the table twice, and
+	// the library's own check would read every manifest on every commit.
+	if err := txn.AddFiles(ctx, files, props, true); err != nil {
+		return include, fmt.Errorf("iceberg commit: add %d files: %w", len(files), err)
+	}
+	if _, err := txn.Commit(ctx); err != nil {
+		return include, err
+	}
+	for _, r := range include {
+		r.done <- nil
+	}
+	c.log.Info("iceberg commit", zap.Int("shards", len(include)), zap.Int("files", len(files)))
+	return nil, nil
+}
+
+// PutData writes one data file at location (under DataPath), bounded by ctx.
+func (c *Committer) PutData(ctx context.Context, location string, body []byte) error {
+	if !strings.HasPrefix(location, c.location+"/data/") {
+		return fmt.Errorf("iceberg data file %q is outside the table's data/", location)
+	}
+	return putLocation(ctx, location, body)
+}

@@ -1,0 +1,144 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress/snappy"
+	"go.uber.org/zap"
+
+	"github.com/recstream/recstream/internal/icetable"
+)
+
+// Table is what the processor needs from an Iceberg table (worker.output.table: iceberg);
+// *icetable.Committer implements it.
+//
+// Exactly once through commits: a flush PUTs its data files under names that are a pure
+// function of the stream, then asks for a commit that names the shard position the files
+// follow and the one they end at; the commit lands only if the table still says the former
+// (see icetable.Committer), and the DynamoDB checkpoint moves only after it landed. A new
+// owner reads the table's position of the shard first and leaves out of its flushes every
+// record the table already holds, so a crash between commit and checkpoint, a lost answer or
+// an owner that was still finishing neither duplicates nor loses a record.
+type Table interface {
+	DataPath(hour time.Time, name string) string
+	PutData(ctx context.Context, location string, body []byte) error
+	Position(ctx context.Context, shard icetable.ShardKey) (icetable.Position, error)
+	Commit(ctx context.Context, r icetable.Request) error
+}
+
+// tableView is a processor's knowledge of its shard in the table.
+type tableView struct {
+	known bool
+	// pos is the shard's last committed position: read from the table before the first
+	// flush, then moved by this processor's own commits.
+	pos icetable.Position
+}
+
+// TableRecord is OutputRecord with arrival_time in microseconds, the only timestamp precision
+// Iceberg's timestamptz allows. It converts from OutputRecord (same fields).
+type TableRecord struct {
+	SessionID         string       `parquet:"session_id"`
+	CustomerNumber    int64        `parquet:"customer_number"`
+	City              string       `parquet:"city"`
+	Country           string       `parquet:"country"`
+	CreditLimit       float64      `parquet:"credit_limit"`
+	BrowseHistory     []BrowseItem `parquet:"browse_history,list"`
+	RecommendedItems  []ScoredItem `parquet:"recommended_items,list"`
+	SimilarItems      Similar      `parquet:"similar_items"`
+	ShardID           string       `parquet:"shard_id"`
+	SequenceNumber    string       `parquet:"sequence_number"`
+	SubSequenceNumber int64        `parquet:"sub_sequence_number"`
+	ArrivalTime       time.Time    `parquet:"arrival_time,timestamp(microsecond:utc)"`
+	ModelVersion      string       `parquet:"model_version"`
+}
+
+// EncodeTableFile writes records as one Snappy Parquet data file of the Iceberg table.
+func EncodeTableFile(recs []OutputRecord) ([]byte, error) {
+	rows := make([]TableRecord, len(recs))
+	for i := range recs {
+		r := TableRecord(recs[i])
+		r.ArrivalTime = r.ArrivalTime.UTC()
+		rows[i] = r
+	}
+	var buf bytes.Buffer
+	w := parquet.NewGenericWriter[TableRecord](&buf, parquet.Compression(&snappy.Codec{}))
+	if _, err := w.Write(rows); err != nil {
+		return nil, fmt.Errorf("encode table data file: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("encode table data file: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func recordPos(r *OutputRecord) icetable.Position {
+	return icetable.Position{Seq: r.SequenceNumber, Sub: r.SubSequenceNumber}
+}
+
+// tableFiles reads the shard's table position when not known yet, and builds the buffer's
+// data files, one per hour partition, of the records after that position (the others are in
+// the table already: a previous owner committed them and did not checkpoint). Each file is
+// named after its first record, so a replay from any checkpoint rewrites the same names.
+func (p *processor) tableFiles() (objs []object, paths []string, ok bool) {
+	if !p.table.known {
+		var pos icetable.Position
+		key := icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}
+		if p.retry(opTableRead, "", func(ctx context.Context) (err error) {
+			pos, err = p.s.deps.Table.Position(ctx, key)
+			return err
+		}) != nil {
+			return nil, nil, false
+		}
+		p.table = tableView{known: true, pos: pos}
+		p.log.Info("table position read", zap.String("table_position", pos.String()), zap.String("checkpoint", p.checkpoint))
+	}
+	recs := p.buf.recs
+	if !p.table.pos.IsZero() {
+		skip := 0
+		for skip < len(recs) && recordPos(&recs[skip]).Compare(p.table.pos) <= 0 {
+			skip++
+		}
+		if skip > 0 {
+			p.log.Info("records already in the table left out", zap.Int("records", skip), zap.String("table_position", p.table.pos.String()))
+			recs = recs[skip:]
+		}
+	}
+	for _, part := range byHour(recs, func(r *OutputRecord) time.Time { return r.ArrivalTime }) {
+		body, err := EncodeTableFile(part.items)
+		if err != nil {
+			p.log.Error("encode table data file", zap.Error(err))
+			p.die("encode failed", err)
+			return nil, nil, false
+		}
+		first := &part.items[0]
+		name := objectName(p.s.stream, p.shard, first.SequenceNumber, first.SubSequenceNumber) + ".parquet"
+		path := p.s.deps.Table.DataPath(part.hour, name)
+		objs = append(objs, object{key: path, body: body, table: true})
+		paths = append(paths, path)
+	}
+	return objs, paths, true
+}
+
+// commitTable commits the flush's data files and moves the processor's table position. A
+// table whose position of the shard moved underneath (another owner committed) ends the
+// processor: its records are replayed by the next owner from the table's position.
+func (p *processor) commitTable(paths []string) bool {
+	req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: paths,
+		Prev: p.table.pos, Last: icetable.Position{Seq: p.buf.last, Sub: p.buf.lastSub}}
+	moved := func(err error) bool { return errors.Is(err, icetable.ErrPositionMoved) }
+	err := p.retryOr(opCommit, paths[0], moved, func(ctx context.Context) error { return p.s.deps.Table.Commit(ctx, req) })
+	if err != nil {
+		if moved(err) {
+			p.log.Warn("table position moved underneath, processor stopped", zap.Error(err))
+			p.die("table position moved", err)
+		}
+		return false
+	}
+	p.table.pos = req.Last
+	return true
+}
