@@ -76,6 +76,19 @@ func EncodeTableFile(recs []OutputRecord) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// TableFileName names a data file after its first and last records:
+// <stream>-<shardId>-<first seq>[-<sub>]_<last seq>[-<sub>].parquet. A replay of the same
+// records rewrites the same name; a flush cut differently (a writer that did not know what the
+// table holds) gets a name of its own and can never overwrite a committed file with other
+// records.
+func TableFileName(stream, shardID string, first, last *OutputRecord) string {
+	end := last.SequenceNumber
+	if last.SubSequenceNumber != 0 {
+		end += "-" + fmt.Sprint(last.SubSequenceNumber)
+	}
+	return objectName(stream, shardID, first.SequenceNumber, first.SubSequenceNumber) + "_" + end + ".parquet"
+}
+
 func recordPos(r *OutputRecord) icetable.Position {
 	return icetable.Position{Seq: r.SequenceNumber, Sub: r.SubSequenceNumber}
 }
@@ -83,7 +96,7 @@ func recordPos(r *OutputRecord) icetable.Position {
 // tableFiles reads the shard's table position when not known yet, and builds the buffer's
 // data files, one per hour partition, of the records after that position (the others are in
 // the table already: a previous owner committed them and did not checkpoint). Each file is
-// named after its first record, so a replay from any checkpoint rewrites the same names.
+// named after its first and last records (TableFileName).
 func (p *processor) tableFiles() (objs []object, paths []string, ok bool) {
 	if !p.table.known {
 		var pos icetable.Position
@@ -115,9 +128,7 @@ func (p *processor) tableFiles() (objs []object, paths []string, ok bool) {
 			p.die("encode failed", err)
 			return nil, nil, false
 		}
-		first := &part.items[0]
-		name := objectName(p.s.stream, p.shard, first.SequenceNumber, first.SubSequenceNumber) + ".parquet"
-		path := p.s.deps.Table.DataPath(part.hour, name)
+		path := p.s.deps.Table.DataPath(part.hour, TableFileName(p.s.stream, p.shard, &part.items[0], &part.items[len(part.items)-1]))
 		objs = append(objs, object{key: path, body: body, table: true})
 		paths = append(paths, path)
 	}
