@@ -22,6 +22,7 @@ import (
 	"github.com/recstream/recstream/checkpoint"
 	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/objstore"
+	"github.com/recstream/recstream/internal/icetable/icetabletest"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
@@ -54,6 +55,9 @@ type testEnv struct {
 	S3       awsenv.S3Config
 	Location string // s3://bucket/prefix of the output
 	Cfg      Config
+	// Ice, when set, makes the workers commit to an Iceberg table (worker.output.table:
+	// iceberg) and read reads the table back (icespec) instead of the Hive objects.
+	Ice *icetabletest.Env
 
 	kc    *kinesis.Client
 	db    *dynamodb.Client
@@ -170,7 +174,13 @@ func (e *testEnv) read(t testing.TB) output {
 		t.Fatalf("list: %v", err)
 	}
 	out := output{count: map[string]int{}, shard: map[string]string{}}
+	if e.Ice != nil {
+		out = e.readTable(t)
+	}
 	for _, o := range objs {
+		if e.Ice != nil && !strings.HasPrefix(o.Key, ErrorsPrefix+"/") {
+			continue // the table's files: readTable read the live ones
+		}
 		b, err := objstore.ReadAll(ctx, e.store, o.Key)
 		if err != nil {
 			t.Fatalf("read %s: %v", o.Key, err)
@@ -287,9 +297,52 @@ func (e *testEnv) build(id string, log *zap.Logger, rec Recommender) (*Worker, e
 	if err != nil {
 		return nil, err
 	}
-	return New(cfg, Stream{Kinesis: e.Kinesis, DynamoDB: e.DynamoDB},
+	w, err := New(cfg, Stream{Kinesis: e.Kinesis, DynamoDB: e.DynamoDB},
 		Deps{Store: st, Recommender: rec, K: 5, Log: log,
 			IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) }}, e.kc, store)
+	if err != nil || e.Ice == nil {
+		return w, err
+	}
+	if err := e.Ice.Connect(c); err != nil {
+		return nil, err
+	}
+	tbl, _, err := e.Ice.Open(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	// The committer runs for the rest of the process (a test's or a child's): a worker's
+	// drain waits for its last commits.
+	go func() { _ = tbl.Run(context.Background()) }()
+	w.SetTable(tbl)
+	return w, nil
+}
+
+// useIceberg makes the env's workers write to a fresh Iceberg table.
+func (e *testEnv) useIceberg(t testing.TB) {
+	t.Helper()
+	ice := icetabletest.New(t)
+	e.Ice = &ice
+	e.Cfg.Output.Table = "iceberg"
+	e.Cfg.Output.Iceberg = ice.Config
+}
+
+// readTable is read for an Iceberg env: the table's live data files at its current snapshot,
+// read by icespec (not iceberg-go), and the errors/ objects.
+func (e *testEnv) readTable(t testing.TB) output {
+	t.Helper()
+	out := output{count: map[string]int{}, shard: map[string]string{}}
+	snap := e.Ice.ReadTable(t)
+	rows := icetabletest.ReadRows[TableRecord](t, *e.Ice, snap)
+	out.objects = len(snap.Files)
+	for _, tr := range rows {
+		r := OutputRecord(tr)
+		if !strings.HasPrefix(r.ModelVersion, "fake-v") || len(r.RecommendedItems) != 1 || r.ArrivalTime.IsZero() {
+			t.Fatalf("table: incomplete record %+v", r)
+		}
+		out.count[r.SessionID]++
+		out.shard[r.SessionID] = r.ShardID
+	}
+	return out
 }
 
 // connect creates the clients of an env decoded from JSON (child processes).
@@ -300,6 +353,13 @@ func (e *testEnv) connect() error {
 	}
 	if e.db, err = awsenv.DynamoDB(context.Background(), e.DynamoDB); err != nil {
 		return err
+	}
+	if e.Ice != nil {
+		c, err := awsenv.S3(context.Background(), e.S3)
+		if err != nil {
+			return err
+		}
+		return e.Ice.Connect(c)
 	}
 	return nil
 }

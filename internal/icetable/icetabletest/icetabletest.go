@@ -28,7 +28,34 @@ type Env struct {
 	Warehouse string
 	PGDSN     string
 	PGPass    string
-	S3        *s3.Client
+	S3        *s3.Client `json:"-"` // set by New, or by Connect in a child process
+}
+
+// Connect sets the env's S3 client (after the env crossed a process boundary as JSON) and
+// registers the warehouse's bucket with icetable.
+func (e *Env) Connect(client *s3.Client) error {
+	u, err := url.Parse(e.Warehouse)
+	if err != nil {
+		return err
+	}
+	e.S3 = client
+	icetable.RegisterBucket(u.Host, client)
+	return nil
+}
+
+// Open opens the catalog and a committer on the env's table; run it with Run and close the
+// catalog with the returned func when done.
+func (e Env) Open(ctx context.Context) (*icetable.Committer, func() error, error) {
+	cat, closeCat, err := icetable.Catalog(ctx, e.Config, e.PGDSN, e.PGPass, e.Warehouse)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := icetable.NewCommitter(ctx, cat, e.Config, e.Warehouse, nil)
+	if err != nil {
+		closeCat()
+		return nil, nil, err
+	}
+	return c, closeCat, nil
 }
 
 // New makes a unique catalog schema and warehouse prefix (both removed in Cleanup) and
@@ -55,13 +82,8 @@ func New(t testing.TB) Env {
 func (e Env) Committer(t testing.TB) *icetable.Committer {
 	t.Helper()
 	ctx := context.Background()
-	cat, closeCat, err := icetable.Catalog(ctx, e.Config, e.PGDSN, e.PGPass, e.Warehouse)
+	c, closeCat, err := e.Open(ctx)
 	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := icetable.NewCommitter(ctx, cat, e.Config, e.Warehouse, nil)
-	if err != nil {
-		closeCat()
 		t.Fatal(err)
 	}
 	runCtx, stop := context.WithCancel(ctx)
