@@ -21,7 +21,7 @@ type buffer struct {
 	// lastSub is the sub-sequence number of the last record taken (its index in a KPL
 	// aggregate; the processor never cuts an aggregate, so it is the aggregate's last).
 	lastSub int64
-	window int64  // flush window of the first record taken
+	window  int64 // flush window of the first record taken
 	// lastArrival is the arrival time of the last record taken: a record without one is
 	// filed under it (see processor.take).
 	lastArrival time.Time

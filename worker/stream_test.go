@@ -21,8 +21,8 @@ import (
 
 	"github.com/recstream/recstream/checkpoint"
 	"github.com/recstream/recstream/internal/awsenv"
-	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/icetable/icetabletest"
+	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 

@@ -13,10 +13,10 @@ import (
 	"sync"
 	"time"
 
+	iceio "github.com/apache/iceberg-go/io"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
-	iceio "github.com/apache/iceberg-go/io"
 )
 
 // iceberg-go finds a table's file system by the scheme of its location. We register our own

@@ -63,12 +63,12 @@ func PartitionSpec() iceberg.PartitionSpec {
 // not grow the manifest list without bound; old metadata.json files deleted after commit.
 func tableProperties() iceberg.Properties {
 	return iceberg.Properties{
-		table.PropertyFormatVersion:                     "2",
-		table.ManifestMergeEnabledKey:                   "true",
-		table.MetadataDeleteAfterCommitEnabledKey:       "true",
-		table.MetadataPreviousVersionsMaxKey:            "20",
-		"write.parquet.compression-codec":               "snappy",
-		"recstream.writer":                              "recstream worker",
+		table.PropertyFormatVersion:               "2",
+		table.ManifestMergeEnabledKey:             "true",
+		table.MetadataDeleteAfterCommitEnabledKey: "true",
+		table.MetadataPreviousVersionsMaxKey:      "20",
+		"write.parquet.compression-codec":         "snappy",
+		"recstream.writer":                        "recstream worker",
 	}
 }
 
