@@ -26,6 +26,17 @@ export RECSTREAM_KINESIS_STREAM=recstream-demo-$RUN
 export RECSTREAM_DYNAMODB_LEASE_TABLE=recstream-demo-$RUN
 export RECSTREAM_S3_BUCKETS_RECOMMENDATIONS=s3://recstream-recommendations/demo-$RUN
 export RECSTREAM_WORKER_FLUSH_MAX_AGE=${RECSTREAM_WORKER_FLUSH_MAX_AGE:-2s}
+# DEMO_TABLE=iceberg: the worker commits to an Iceberg table (SQL catalog on the stack's
+# PostgreSQL, warehouse under the demo's recommendations prefix) instead of the Hive layout.
+TABLE=${DEMO_TABLE:-hive}
+case $TABLE in
+  hive) ;;
+  iceberg)
+    export RECSTREAM_WORKER_OUTPUT_TABLE=iceberg
+    export RECSTREAM_WORKER_OUTPUT_ICEBERG_NAME=demo_${RUN//[^0-9a-z]/_}
+    export RECSTREAM_WORKER_OUTPUT_ICEBERG_COMMIT_INTERVAL=${RECSTREAM_WORKER_OUTPUT_ICEBERG_COMMIT_INTERVAL:-1s} ;;
+  *) echo "DEMO_TABLE=$TABLE: want hive or iceberg" >&2; exit 1 ;;
+esac
 export RECSTREAM_METRICS_LISTEN=${RECSTREAM_METRICS_LISTEN:-127.0.0.1:9108}
 export RECSTREAM_LOG_FORMAT=json
 
@@ -128,6 +139,11 @@ echo "events sent: $sent ($bad malformed); records written: $records; duplicates
 [ "$dups" -eq 0 ] || fail "$dups duplicate records"
 [ "$errors" -eq "$bad" ] || fail "errors/ holds $errors objects, $bad malformed events were sent"
 grep -q "recommended:" "$OUT/summary.txt" || fail "no sample recommendations in the summary"
+
+if [ "$TABLE" = iceberg ]; then
+  echo "demo: OK, Iceberg table (replay into a table is not implemented yet; logs and reports in $OUT)"
+  exit 0
+fi
 
 # The worker has stopped and checkpointed everything, so the fence (each shard's live checkpoint)
 # is the end of the stream: the replay rewrites every object in place, with the same model.

@@ -49,11 +49,20 @@ func runInspect(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return err
 	}
-	rep, err := inspect(ctx, store, app.Config.Worker.Format, *samples)
+	var table *tableFiles
+	if app.Config.Worker.Output.Table == "iceberg" {
+		if table, err = liveTableFiles(ctx, app); err != nil {
+			return err
+		}
+	}
+	rep, err := inspect(ctx, store, app.Config.Worker.Format, *samples, table)
 	if err != nil {
 		return err
 	}
 	rep.Location = *location
+	if table != nil {
+		rep.Location = table.location
+	}
 	names := productNames(ctx, app)
 	for i := range rep.Samples {
 		s := &rep.Samples[i]
@@ -87,8 +96,9 @@ func runInspect(ctx context.Context, app *App, args []string) error {
 	return nil
 }
 
-// inspect reads every output object and every errors/ object below store.
-func inspect(ctx context.Context, store objstore.Store, format string, samples int) (InspectReport, error) {
+// inspect reads every output object and every errors/ object below store; with table (the
+// worker writes an Iceberg table) the table's live data files instead of the Hive objects.
+func inspect(ctx context.Context, store objstore.Store, format string, samples int, table *tableFiles) (InspectReport, error) {
 	rep := InspectReport{ErrorReasons: map[string]int{}, Versions: map[string]int{}}
 	objs, err := store.List(ctx, "")
 	if err != nil {
@@ -96,6 +106,28 @@ func inspect(ctx context.Context, store objstore.Store, format string, samples i
 	}
 	seen := map[string]bool{}
 	sessions := map[string]bool{}
+	add := func(recs []worker.OutputRecord) {
+		for _, r := range recs {
+			rep.Records++
+			id := r.ShardID + "/" + r.SequenceNumber + "/" + fmt.Sprint(r.SubSequenceNumber)
+			if seen[id] {
+				rep.Duplicates++
+			}
+			seen[id] = true
+			sessions[r.SessionID] = true
+			rep.Versions[r.ModelVersion]++
+			if len(rep.Samples) < samples && len(r.RecommendedItems) > 0 {
+				s := Sample{SessionID: r.SessionID, Customer: r.CustomerNumber, City: r.City, Country: r.Country, Anchor: r.SimilarItems.ProductCode}
+				for _, it := range r.RecommendedItems {
+					s.Recommended = append(s.Recommended, it.ID)
+				}
+				for _, it := range r.SimilarItems.SimilarItems {
+					s.Similar = append(s.Similar, it.ID)
+				}
+				rep.Samples = append(rep.Samples, s)
+			}
+		}
+	}
 	for _, o := range objs {
 		if strings.HasPrefix(o.Key, worker.ErrorsPrefix+"/") {
 			rep.ErrorObjects++
@@ -113,7 +145,7 @@ func inspect(ctx context.Context, store objstore.Store, format string, samples i
 			}
 			continue
 		}
-		if !strings.HasSuffix(o.Key, "."+worker.FormatExt(format)) {
+		if table != nil || !strings.HasSuffix(o.Key, "."+worker.FormatExt(format)) {
 			continue
 		}
 		rep.Objects = append(rep.Objects, o.Key)
@@ -125,25 +157,16 @@ func inspect(ctx context.Context, store objstore.Store, format string, samples i
 		if err != nil {
 			return rep, fmt.Errorf("decode %s: %w", store.URL(o.Key), err)
 		}
-		for _, r := range recs {
-			rep.Records++
-			id := r.ShardID + "/" + r.SequenceNumber
-			if seen[id] {
-				rep.Duplicates++
+		add(recs)
+	}
+	if table != nil {
+		for _, f := range table.files {
+			recs, err := table.read(ctx, f)
+			if err != nil {
+				return rep, err
 			}
-			seen[id] = true
-			sessions[r.SessionID] = true
-			rep.Versions[r.ModelVersion]++
-			if len(rep.Samples) < samples && len(r.RecommendedItems) > 0 {
-				s := Sample{SessionID: r.SessionID, Customer: r.CustomerNumber, City: r.City, Country: r.Country, Anchor: r.SimilarItems.ProductCode}
-				for _, it := range r.RecommendedItems {
-					s.Recommended = append(s.Recommended, it.ID)
-				}
-				for _, it := range r.SimilarItems.SimilarItems {
-					s.Similar = append(s.Similar, it.ID)
-				}
-				rep.Samples = append(rep.Samples, s)
-			}
+			rep.Objects = append(rep.Objects, f)
+			add(recs)
 		}
 	}
 	rep.Unique = len(sessions)

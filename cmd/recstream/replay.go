@@ -23,6 +23,11 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
+	if app.Config.Worker.Output.Table == "iceberg" {
+		// Rewriting a range of the table must replace its files in one commit (readers never
+		// see a record twice); until that exists, refuse rather than write Hive objects.
+		return usageError{"replay: worker.output.table is iceberg, and replay into an Iceberg table is not implemented yet (it replays the Hive layout only)"}
+	}
 	req := worker.ReplayRequest{}
 	var err error
 	if req.From, err = time.Parse(time.RFC3339Nano, *from); err != nil {

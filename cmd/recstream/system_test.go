@@ -203,7 +203,7 @@ func (se *systemEnv) output(t *testing.T) InspectReport {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := inspect(context.Background(), store, "parquet", 0)
+	rep, err := inspect(context.Background(), store, "parquet", 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

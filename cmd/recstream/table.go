@@ -1,16 +1,22 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/parquet-go/parquet-go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/icetable"
+	"github.com/recstream/recstream/internal/icetable/icespec"
+	"github.com/recstream/recstream/worker"
 )
 
 // warehouseOf is the Iceberg warehouse location: the configured one, or warehouse/ under the
@@ -53,4 +59,81 @@ func openTable(ctx context.Context, app *App, client *s3.Client, ic icetable.Con
 		c.Observe = func(outcome string, d time.Duration) { h.WithLabelValues(outcome).Observe(d.Seconds()) }
 	}
 	return c, closeCat, nil
+}
+
+// tableFiles is the output table's live data files at its current snapshot, for inspect.
+type tableFiles struct {
+	location string
+	files    []string
+	read     func(ctx context.Context, location string) ([]worker.OutputRecord, error)
+}
+
+// liveTableFiles finds the output table's current metadata through the catalog, then reads
+// it as the specification lays it out (icespec: manifest list → manifests), so what inspect
+// counts does not depend on iceberg-go's scan planning.
+func liveTableFiles(ctx context.Context, app *App) (*tableFiles, error) {
+	ic := app.Config.Worker.Output.Iceberg
+	wh := warehouseOf(app, ic)
+	client, err := awsenv.S3(ctx, app.Config.S3)
+	if err != nil {
+		return nil, err
+	}
+	if u, err := url.Parse(wh); err == nil && u.Scheme == "s3" {
+		icetable.RegisterBucket(u.Host, client)
+	}
+	pgc := app.Config.Postgres
+	cat, closeCat, err := icetable.Catalog(ctx, ic, pgc.DSN, pgc.Password, wh)
+	if err != nil {
+		return nil, err
+	}
+	defer closeCat()
+	tbl, err := cat.LoadTable(ctx, ic.Ident())
+	if err != nil {
+		return nil, fmt.Errorf("load iceberg table %s.%s: %w", ic.Namespace, ic.Name, err)
+	}
+	readAll := func(ctx context.Context, location string) ([]byte, error) {
+		u, err := url.Parse(location)
+		if err != nil || u.Scheme != "s3" {
+			return nil, fmt.Errorf("read %q: not an s3:// location", location)
+		}
+		key := strings.TrimPrefix(u.Path, "/")
+		out, err := client.GetObject(ctx, &s3.GetObjectInput{Bucket: &u.Host, Key: &key})
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", location, err)
+		}
+		defer out.Body.Close()
+		return io.ReadAll(out.Body)
+	}
+	b, err := readAll(ctx, tbl.MetadataLocation())
+	if err != nil {
+		return nil, err
+	}
+	m, err := icespec.ParseMetadata(b)
+	if err != nil {
+		return nil, err
+	}
+	live, err := icespec.LiveFiles(func(loc string) ([]byte, error) { return readAll(ctx, loc) }, m)
+	if err != nil {
+		return nil, err
+	}
+	tf := &tableFiles{location: tbl.Location()}
+	for _, f := range live {
+		tf.files = append(tf.files, f.Path)
+	}
+	tf.read = func(ctx context.Context, location string) ([]worker.OutputRecord, error) {
+		b, err := readAll(ctx, location)
+		if err != nil {
+			return nil, err
+		}
+		rows, err := parquet.Read[worker.TableRecord](bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return nil, fmt.Errorf("decode %s: %w", location, err)
+		}
+		out := make([]worker.OutputRecord, len(rows))
+		for i := range rows {
+			out[i] = worker.OutputRecord(rows[i])
+		}
+		return out, nil
+	}
+	return tf, nil
 }
