@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"net/url"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -316,5 +317,29 @@ func putLocation(ctx context.Context, location string, body []byte) error {
 	key := strings.TrimPrefix(u.Path, "/")
 	_, err = c.PutObject(ctx, &s3.PutObjectInput{Bucket: &u.Host, Key: &key, Body: bytes.NewReader(body),
 		ContentLength: aws.Int64(int64(len(body)))})
+	return err
+}
+
+// putFile uploads a spooled file to location (s3:// of a registered bucket).
+func putFile(ctx context.Context, location string, f *os.File) error {
+	u, err := url.Parse(location)
+	if err != nil || u.Scheme != "s3" {
+		return fmt.Errorf("%q: not an s3:// location", location)
+	}
+	clientsMu.RLock()
+	c := clients[u.Host]
+	clientsMu.RUnlock()
+	if c == nil {
+		return fmt.Errorf("%q: bucket %q is not registered", location, u.Host)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	key := strings.TrimPrefix(u.Path, "/")
+	_, err = c.PutObject(ctx, &s3.PutObjectInput{Bucket: &u.Host, Key: &key, Body: f, ContentLength: aws.Int64(st.Size())})
 	return err
 }

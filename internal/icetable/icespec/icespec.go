@@ -66,7 +66,11 @@ func ParseMetadata(b []byte) (Metadata, error) {
 // its manifest list, entries whose status is not 2 (deleted) and whose data_file.content is
 // 0 (data). Sorted by path.
 func LiveFiles(read ReadFunc, m Metadata) ([]DataFile, error) {
-	s := m.CurrentSnapshot()
+	return LiveFilesAt(read, m.CurrentSnapshot())
+}
+
+// LiveFilesAt lists the data files of snapshot s (nil: none), as LiveFiles does.
+func LiveFilesAt(read ReadFunc, s *Snapshot) ([]DataFile, error) {
 	if s == nil {
 		return nil, nil
 	}
