@@ -38,7 +38,8 @@ vet:
 ## test: set up the local stack, vet, run every test under the race detector (unit + integration
 ## over the wire; the heavy training tests in a second pass without it), a 2-minute seeded soak
 ## (three workers under injected faults and SIGKILLs, see soak), then the
-## demo (the whole system, self-checking) with AWS API recording, and check the IAM policies
+## demo (the whole system, self-checking) with AWS API recording, the demo again with the Iceberg
+## output (worker commits, compact, inspect through the spec reader), and check the IAM policies
 ## against the operations the demo's subcommands really called.
 # Training tests are pure arithmetic on one goroutine per gradient shard and run ten times slower
 # under the race detector; TestSameSeedSameArtifacts still drives the parallel trainer under
@@ -52,6 +53,7 @@ test: stack vet
 	$(MAKE) --no-print-directory build
 	rm -f out/aws-ops.log && mkdir -p out
 	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
+	DEMO_TABLE=iceberg DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
 	CI=$${CI:-true} RECSTREAM_IAM_OPLOG=$(CURDIR)/out/aws-ops.log $(GO) test -count=1 -run 'TestPoliciesMatchRecordedOperations' -v ./deploy/
 
 ## unit: the quick run (-short, CI unset): long scenario tests are skipped, and integration tests

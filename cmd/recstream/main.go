@@ -46,6 +46,7 @@ func commands() []command {
 		{name: "migrate", summary: "apply the PostgreSQL schema migrations (pgvector tables)", run: runMigrate},
 		{name: "worker", summary: "consume the user-activity stream and write exactly-once recommendations to S3 (long-running)", run: runWorker},
 		{name: "replay", summary: "reprocess a time range of the stream, rewriting its output objects in place (e.g. after a bad model)", run: runReplay},
+		{name: "compact", summary: "Iceberg output: bin-pack closed hours into ~128 MB files, expire old snapshots, delete orphan files (cron)", run: runCompact},
 		{name: "produce", summary: "simulate the sales platform: write user-activity events to the stream", run: runProduce},
 		{name: "status", summary: "show shard leases, checkpoints, lag and the live model/embeddings versions", run: runStatus},
 		{name: "inspect", summary: "summarise the worker's output: objects, records, errors, sample recommendations", run: runInspect},
