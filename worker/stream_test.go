@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -300,21 +301,29 @@ func (e *testEnv) build(id string, log *zap.Logger, rec Recommender) (*Worker, e
 	w, err := New(cfg, Stream{Kinesis: e.Kinesis, DynamoDB: e.DynamoDB},
 		Deps{Store: st, Recommender: rec, K: 5, Log: log,
 			IsLeaseLost: func(err error) bool { return errors.Is(err, checkpoint.ErrLeaseLost) }}, e.kc, store)
-	if err != nil || e.Ice == nil {
-		return w, err
+	if err != nil {
+		return nil, err
+	}
+	return w, e.attachTable(w, c)
+}
+
+// attachTable makes w commit to the env's Iceberg table, if it has one.
+func (e *testEnv) attachTable(w *Worker, c *s3.Client) error {
+	if e.Ice == nil {
+		return nil
 	}
 	if err := e.Ice.Connect(c); err != nil {
-		return nil, err
+		return err
 	}
 	tbl, _, err := e.Ice.Open(context.Background())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// The committer runs for the rest of the process (a test's or a child's): a worker's
 	// drain waits for its last commits.
 	go func() { _ = tbl.Run(context.Background()) }()
 	w.SetTable(tbl)
-	return w, nil
+	return nil
 }
 
 // useIceberg makes the env's workers write to a fresh Iceberg table.
