@@ -51,6 +51,7 @@ type Committer struct {
 	mu       sync.Mutex
 	pending  []*Request
 	location string
+	kick     chan struct{} // a request is pending
 }
 
 // NewCommitter loads (or creates) the table and returns its committer.
@@ -66,7 +67,7 @@ func NewCommitter(ctx context.Context, cat catalog.Catalog, cfg Config, warehous
 		log = zap.NewNop()
 	}
 	return &Committer{cat: cat, ident: cfg.Ident(), interval: cfg.CommitInterval, log: log.With(zap.String("component", "iceberg")),
-		location: strings.TrimSuffix(tbl.Location(), "/")}, nil
+		location: strings.TrimSuffix(tbl.Location(), "/"), kick: make(chan struct{}, 1)}, nil
 }
 
 // Location is the table's root location; data files go under <Location>/data/.
@@ -104,6 +105,10 @@ func (c *Committer) Commit(ctx context.Context, r Request) error {
 	c.pending = append(c.pending, &r)
 	c.mu.Unlock()
 	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	select {
 	case err := <-r.done:
 		return err
 	case <-ctx.Done():
@@ -111,18 +116,41 @@ func (c *Committer) Commit(ctx context.Context, r Request) error {
 	}
 }
 
-// Run commits what is pending every interval until ctx ends, then commits once more what is
-// still pending (the worker's drain waits for it through Commit's contexts).
+// Run commits what is pending until ctx ends, then commits once more what is still pending
+// (the worker's drain waits for it through Commit's contexts). Commits start at most once per
+// interval: a request that finds the last commit an interval old is committed after a short
+// gathering pause (so shards flushing together share a snapshot), others wait for the
+// interval to pass. At low traffic a flush is committed in about one commit's time, at high
+// traffic a worker makes one commit per interval.
 func (c *Committer) Run(ctx context.Context) error {
-	t := time.NewTicker(c.interval)
-	defer t.Stop()
+	gather := min(c.interval/10, 50*time.Millisecond)
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			c.flushPending(context.WithoutCancel(ctx), true)
 			return nil
+		case <-c.kick:
+		}
+		wait := max(gather, time.Until(last.Add(c.interval)))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			c.flushPending(context.WithoutCancel(ctx), true)
+			return nil
 		case <-t.C:
-			c.flushPending(ctx, false)
+		}
+		last = time.Now()
+		c.flushPending(ctx, false)
+		c.mu.Lock()
+		more := len(c.pending) > 0
+		c.mu.Unlock()
+		if more {
+			select {
+			case c.kick <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -181,6 +209,10 @@ func (c *Committer) requeue(reqs []*Request) {
 	c.mu.Lock()
 	c.pending = append(reqs, c.pending...)
 	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (c *Committer) observe(outcome string, d time.Duration) {
