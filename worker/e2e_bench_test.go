@@ -23,8 +23,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/recstream/recstream/checkpoint"
-	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
