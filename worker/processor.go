@@ -100,6 +100,8 @@ type processor struct {
 	health         shardHealth
 	// table: this processor's view of the shard's position in the Iceberg table (see table.go).
 	table tableView
+	// pending is the flush whose Iceberg commit is in flight (nil: none).
+	pending *pendingCommit
 
 	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
 	// Run's goroutine while this shard's consumer goroutine may still be inside a flush.
@@ -177,6 +179,9 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 		p.state = stateStopped
 		return
 	}
+	if !p.settle(false) {
+		return
+	}
 	m := p.s.deps.Metrics
 	m.MillisBehind.WithLabelValues(p.shard).Set(float64(in.MillisBehindLatest))
 	p.health.enter(p.s.now(), in.MillisBehindLatest)
@@ -221,6 +226,11 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 	defer p.release()
 	if p.state == stateDead {
+		return
+	}
+	// A flush whose commit is in flight (Iceberg output) is checkpointed once it lands, so the
+	// next owner does not read it again.
+	if !p.settle(true) {
 		return
 	}
 	reason := aws.ToString(kcl.ShutdownReasonMessage(in.ShutdownReason))
@@ -685,8 +695,16 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 		}
 		bytesOut += len(o.body)
 	}
-	if len(dataFiles) > 0 && !p.commitTable(dataFiles) {
-		return false
+	if p.s.deps.Table != nil {
+		// At most one commit in flight per shard: the previous flush's lands (and is
+		// checkpointed) before this one's is asked for, whose Prev is its Last.
+		if !p.settle(true) {
+			return false
+		}
+		if len(dataFiles) > 0 {
+			p.submit(cp, dataFiles, len(objs), bytesOut, start)
+			return true
+		}
 	}
 	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
 	// before this line replays the buffer and rewrites the same keys.

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress/snappy"
+	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/internal/icetable"
@@ -135,21 +137,94 @@ func (p *processor) tableFiles() (objs []object, paths []string, ok bool) {
 	return objs, paths, true
 }
 
-// commitTable commits the flush's data files and moves the processor's table position. A
-// table whose position of the shard moved underneath (another owner committed) ends the
-// processor: its records are replayed by the next owner from the table's position.
-func (p *processor) commitTable(paths []string) bool {
+// pendingCommit is a flush whose data files are durable and whose commit is in flight: the
+// shard goes on taking and enriching records meanwhile, and its checkpoint moves when the
+// commit lands (settle).
+type pendingCommit struct {
+	done    chan error
+	cancel  context.CancelFunc
+	cp      kcl.IRecordProcessorCheckpointer
+	req     icetable.Request
+	last    string // the checkpoint once it lands
+	records int
+	start   time.Time
+}
+
+// submit asks for the commit of a flush's data files without waiting for it, and resets the
+// buffer: the flush is durable in object storage, not yet in the table, so nothing is
+// checkpointed until settle sees the commit land. The commit runs under a lease context: it
+// is abandoned (and may still land) when the lease is about to go.
+func (p *processor) submit(cp kcl.IRecordProcessorCheckpointer, paths []string, objects, bytesOut int, start time.Time) {
+	m := p.s.deps.Metrics
 	req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: paths,
 		Prev: p.table.pos, Last: icetable.Position{Seq: p.buf.last, Sub: p.buf.lastSub}}
-	moved := func(err error) bool { return errors.Is(err, icetable.ErrPositionMoved) }
-	err := p.retryOr(opCommit, paths[0], moved, func(ctx context.Context) error { return p.s.deps.Table.Commit(ctx, req) })
+	ctx, cancel := p.leaseContext()
+	pc := &pendingCommit{done: make(chan error, 1), cancel: cancel, cp: cp, req: req, last: p.buf.last, records: len(p.buf.recs), start: start}
+	go func() { pc.done <- p.s.deps.Table.Commit(ctx, req) }()
+	p.pending = pc
+	for _, e := range p.buf.errs {
+		m.RecordsFailed.WithLabelValues(p.shard, string(e.Reason)).Inc()
+	}
+	m.FlushObjects.WithLabelValues(p.shard).Add(float64(objects))
+	m.FlushBytes.WithLabelValues(p.shard).Add(float64(bytesOut))
+	p.log.Info("flushed batch, commit asked", zap.String("seq_first", p.buf.first), zap.String("seq_last", p.buf.last),
+		zap.Int("records", p.buf.n), zap.Int("rejected", len(p.buf.errs)), zap.Int("objects", objects), zap.Int("bytes", bytesOut),
+		zap.String("s3_key", paths[0]), zap.Duration("duration", time.Since(start)))
+	p.buf.reset()
+	p.publishBuffered()
+}
+
+// settle checkpoints the pending commit's flush once the commit landed: with block, it waits
+// for it (bounded by the lease and the drain deadline); without, it only looks. It returns
+// false when the processor died: the table's position moved underneath (another owner
+// committed), or the commit's outcome is unknown (abandoned when the lease was about to go:
+// it may still land, so the lease must expire rather than be released).
+func (p *processor) settle(block bool) bool {
+	pc := p.pending
+	if pc == nil {
+		return true
+	}
+	var err error
+	if block {
+		select {
+		case err = <-pc.done:
+		case <-p.s.ctx.Done():
+			err = p.s.ctx.Err()
+		}
+	} else {
+		select {
+		case err = <-pc.done:
+		default:
+			return true
+		}
+	}
+	pc.cancel()
+	p.pending = nil
 	if err != nil {
-		if moved(err) {
+		if errors.Is(err, icetable.ErrPositionMoved) {
 			p.log.Warn("table position moved underneath, processor stopped", zap.Error(err))
 			p.die("table position moved", err)
+			return false
 		}
+		p.writeAbandoned = true
+		p.die("commit abandoned", err)
 		return false
 	}
-	p.table.pos = req.Last
+	p.table.pos = pc.req.Last
+	if p.s.beforeCheckpoint != nil {
+		p.s.beforeCheckpoint()
+	}
+	if p.retry(opCheckpoint, "", func(context.Context) error { return pc.cp.Checkpoint(aws.String(pc.last)) }) != nil {
+		return false
+	}
+	m := p.s.deps.Metrics
+	p.setCheckpoint(pc.last)
+	p.health.checkpointed(p.s.now())
+	m.RecordsOut.WithLabelValues(p.shard).Add(float64(pc.records))
+	d := time.Since(pc.start)
+	m.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
+	m.LastCheckpointTS.WithLabelValues(p.shard).SetToCurrentTime()
+	p.log.Info("commit landed, checkpointed", zap.String("seq_last", pc.last), zap.Int("records", pc.records),
+		zap.Int("files", len(pc.req.Files)), zap.Duration("duration", d))
 	return true
 }
