@@ -309,7 +309,14 @@ func (l *Loader) Load(ctx context.Context, src Source, force bool) (LoadResult, 
 	} {
 		fields := []zap.Field{zap.String("stage", "index"), zap.String("building", b.what), zap.String("table", b.table), zap.Int64("rows", b.rows)}
 		if strings.HasPrefix(b.what, "hnsw") {
-			fields = append(fields, zap.Int("m", m), zap.Int("ef_construction", efc), zap.String("maintenance_work_mem", l.cfg.MaintenanceWorkMem))
+			need := b.rows * hnswBytesPerRow(res.Dimension, m)
+			fields = append(fields, zap.Int("m", m), zap.Int("ef_construction", efc), zap.String("maintenance_work_mem", l.cfg.MaintenanceWorkMem),
+				zap.Int64("graph_estimate_mb", need>>20))
+			if have, ok := memBytes(l.cfg.MaintenanceWorkMem); ok && need > have {
+				l.log.Warn("the HNSW graph will not fit in maintenance_work_mem: past the rows that fit, pgvector inserts one row at a time into the on-disk index and the build takes several times longer; raise postgres.maintenance_work_mem",
+					zap.String("table", b.table), zap.Int64("rows", b.rows), zap.Int64("graph_estimate_mb", need>>20),
+					zap.String("maintenance_work_mem", l.cfg.MaintenanceWorkMem), zap.Int64("rows_that_fit", have/hnswBytesPerRow(res.Dimension, m)))
+			}
 		}
 		l.log.Info("embeddings index build started", fields...)
 		pr.building(b.what, b.table, b.rows, c.PgConn().PID())

@@ -96,3 +96,38 @@ func TestLoadLogsProgress(t *testing.T) {
 		t.Errorf("no index progress line during an HNSW build carries tuples_done (%d lines)", len(beats))
 	}
 }
+
+// The build is warned about when the graph cannot fit maintenance_work_mem (at 1,000,000 × 32
+// with 256MB it slowed about fivefold after some 300,000 rows), and not when it fits.
+func TestLoadWarnsWhenTheGraphDoesNotFit(t *testing.T) {
+	for _, tc := range []struct {
+		mem  string
+		warn bool
+	}{{"1MB", true}, {"64MB", false}} {
+		t.Run(tc.mem, func(t *testing.T) {
+			cfg, pool := testPG(t)
+			cfg.MaintenanceWorkMem = tc.mem
+			core, logs := observer.New(zap.InfoLevel)
+			l, err := embeddings.NewLoader(pool, cfg, zap.New(core))
+			if err != nil {
+				t.Fatal(err)
+			}
+			itemCSV, userCSV := genEmbeddings(12, 2000, 100, 32, 0).csvs() // about 1.6 MB of graph
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if _, err := l.Load(ctx, writeDir(t, t.TempDir(), itemCSV, userCSV), false); err != nil {
+				t.Fatal(err)
+			}
+			warned := logs.FilterLevelExact(zap.WarnLevel).FilterMessageSnippet("will not fit in maintenance_work_mem").All()
+			if got := len(warned) > 0; got != tc.warn {
+				t.Fatalf("maintenance_work_mem %s: warned %v, want %v (%v)", tc.mem, got, tc.warn, warned)
+			}
+			if tc.warn {
+				f := warned[0].ContextMap()
+				if f["rows_that_fit"].(int64) >= 2000 || f["graph_estimate_mb"].(int64) < 1 {
+					t.Errorf("warning fields %v: want fewer than 2000 rows that fit and a graph of 1 MB or more", f)
+				}
+			}
+		})
+	}
+}
