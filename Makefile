@@ -80,7 +80,8 @@ bench-leases:
 	RECSTREAM_LEASE_SIM=$(LEASE_SIM) RECSTREAM_LEASE_SIM_ROLLING=$(LEASE_SIM_ROLLING) $(GO) test -tags leasesim -count=1 -timeout 30m -run '^TestLeaseSim$$' -v ./worker/ | grep -v '^=== RUN'
 
 ## bench-batch: wall time and peak RSS of batch seed, batch etl, train and batch embeddings at
-## 100 k and 1 M ratings (BENCH_BATCH_SCALES="1000 10000 100000" adds 10 M); in its own MySQL
+## 100 k and 1 M ratings (BENCH_BATCH_SCALES="1000 10000 100000" adds 10 M; BENCH_BATCH_EMBEDDINGS_ITEMS=1000000
+## loads 1 M generated items and 100 k users); in its own MySQL
 ## database and PostgreSQL schema of a running local stack (make stack). See scripts/bench_batch.sh.
 bench-batch: build
 	scripts/bench_batch.sh

@@ -13,6 +13,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -117,6 +118,8 @@ type Loader struct {
 	// swapLockTimeout bounds how long the swap waits for readers' locks per attempt; the swap
 	// is retried up to swapAttempts times. Tests may lower it.
 	swapLockTimeout time.Duration
+	// progressEvery is the interval of Load's progress lines (tests shorten it).
+	progressEvery time.Duration
 }
 
 const swapAttempts = 5
@@ -134,7 +137,7 @@ func NewLoader(pool *pgxpool.Pool, cfg pg.Config, log *zap.Logger) (*Loader, err
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Loader{pool: pool, cfg: cfg, log: log.With(zap.String("component", "embeddings")), swapLockTimeout: 5 * time.Second}, nil
+	return &Loader{pool: pool, cfg: cfg, log: log.With(zap.String("component", "embeddings")), swapLockTimeout: 5 * time.Second, progressEvery: progressInterval}, nil
 }
 
 func (l *Loader) ident(name string) string {
@@ -225,15 +228,24 @@ func (l *Loader) Load(ctx context.Context, src Source, force bool) (LoadResult, 
 		return LoadResult{}, fmt.Errorf("load embeddings: allocate version id (is the schema migrated?): %w", err)
 	}
 
+	pr := newLoadProgress(l.log, time.Now, l.pool)
+	tickCtx, stopTicks := context.WithCancel(ctx)
+	ticker := time.NewTicker(l.progressEvery)
+	defer ticker.Stop()
+	var ticks sync.WaitGroup
+	ticks.Add(1)
+	go func() { defer ticks.Done(); pr.run(tickCtx, ticker.C) }()
+	defer func() { stopTicks(); ticks.Wait() }()
+
 	res := LoadResult{}
 	start := time.Now()
 	itemKey, userKey := objstore.Join(src.Prefix, ItemEmbeddingsKey), objstore.Join(src.Prefix, UserEmbeddingsKey)
-	itemRes, err := l.copyFile(ctx, c, src.Store, itemKey, Items, 0, "item_emb_staging", "varchar")
+	itemRes, err := l.copyFile(ctx, c, src.Store, itemKey, Items, 0, "item_emb_staging", "varchar", pr)
 	if err != nil {
 		dropStaging()
 		return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
 	}
-	userRes, err := l.copyFile(ctx, c, src.Store, userKey, Users, itemRes.dim, "user_emb_staging", "integer")
+	userRes, err := l.copyFile(ctx, c, src.Store, userKey, Users, itemRes.dim, "user_emb_staging", "integer", pr)
 	if err != nil {
 		dropStaging()
 		return LoadResult{}, fmt.Errorf("load embeddings: %w", err)
@@ -278,22 +290,43 @@ func (l *Loader) Load(ctx context.Context, src Source, force bool) (LoadResult, 
 	start = time.Now()
 	tag := fmt.Sprintf("v%d", id)
 	m, efc := l.cfg.IndexParams()
-	for _, stmt := range []string{
-		fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY (id)", itemStaging, pgx.Identifier{"item_emb_" + tag + "_pkey"}.Sanitize()),
-		fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY (id)", userStaging, pgx.Identifier{"user_emb_" + tag + "_pkey"}.Sanitize()),
+	itemRows, userRows := int64(res.ItemRows), int64(res.UserRows)
+	for _, b := range []struct {
+		what, table string
+		rows        int64
+		stmt        string
+	}{
+		{"primary key", "item_emb_staging", itemRows, fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY (id)", itemStaging, pgx.Identifier{"item_emb_" + tag + "_pkey"}.Sanitize())},
+		{"primary key", "user_emb_staging", userRows, fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s PRIMARY KEY (id)", userStaging, pgx.Identifier{"user_emb_" + tag + "_pkey"}.Sanitize())},
 		// items-from-user ranks by inner product (ORDER BY embedding <#> q).
-		fmt.Sprintf("CREATE INDEX %s ON %s USING hnsw (embedding vector_ip_ops) WITH (m = %d, ef_construction = %d)",
-			pgx.Identifier{"item_emb_" + tag + "_ip_hnsw"}.Sanitize(), itemStaging, m, efc),
+		{"hnsw vector_ip_ops", "item_emb_staging", itemRows, fmt.Sprintf("CREATE INDEX %s ON %s USING hnsw (embedding vector_ip_ops) WITH (m = %d, ef_construction = %d)",
+			pgx.Identifier{"item_emb_" + tag + "_ip_hnsw"}.Sanitize(), itemStaging, m, efc)},
 		// items-from-item ranks by cosine distance (ORDER BY embedding <=> q).
-		fmt.Sprintf("CREATE INDEX %s ON %s USING hnsw (embedding vector_cosine_ops) WITH (m = %d, ef_construction = %d)",
-			pgx.Identifier{"item_emb_" + tag + "_cos_hnsw"}.Sanitize(), itemStaging, m, efc),
-		"ANALYZE " + itemStaging,
-		"ANALYZE " + userStaging,
+		{"hnsw vector_cosine_ops", "item_emb_staging", itemRows, fmt.Sprintf("CREATE INDEX %s ON %s USING hnsw (embedding vector_cosine_ops) WITH (m = %d, ef_construction = %d)",
+			pgx.Identifier{"item_emb_" + tag + "_cos_hnsw"}.Sanitize(), itemStaging, m, efc)},
+		{"analyze", "item_emb_staging", itemRows, "ANALYZE " + itemStaging},
+		{"analyze", "user_emb_staging", userRows, "ANALYZE " + userStaging},
 	} {
-		if _, err := c.Exec(ctx, stmt); err != nil {
-			dropStaging()
-			return LoadResult{}, fmt.Errorf("load embeddings: build %s: %w", strings.Fields(stmt)[0]+" "+strings.Fields(stmt)[1], err)
+		fields := []zap.Field{zap.String("stage", "index"), zap.String("building", b.what), zap.String("table", b.table), zap.Int64("rows", b.rows)}
+		if strings.HasPrefix(b.what, "hnsw") {
+			need := b.rows * hnswBytesPerRow(res.Dimension, m)
+			fields = append(fields, zap.Int("m", m), zap.Int("ef_construction", efc), zap.String("maintenance_work_mem", l.cfg.MaintenanceWorkMem),
+				zap.Int64("graph_estimate_mb", need>>20))
+			if have, ok := memBytes(l.cfg.MaintenanceWorkMem); ok && need > have {
+				l.log.Warn("the HNSW graph will not fit in maintenance_work_mem: past the rows that fit, pgvector inserts one row at a time into the on-disk index and the build takes several times longer; raise postgres.maintenance_work_mem",
+					zap.String("table", b.table), zap.Int64("rows", b.rows), zap.Int64("graph_estimate_mb", need>>20),
+					zap.String("maintenance_work_mem", l.cfg.MaintenanceWorkMem), zap.Int64("rows_that_fit", have/hnswBytesPerRow(res.Dimension, m)))
+			}
 		}
+		l.log.Info("embeddings index build started", fields...)
+		pr.building(b.what, b.table, b.rows, c.PgConn().PID())
+		t0 := time.Now()
+		if _, err := c.Exec(ctx, b.stmt); err != nil {
+			dropStaging()
+			return LoadResult{}, fmt.Errorf("load embeddings: build %s: %w", strings.Fields(b.stmt)[0]+" "+strings.Fields(b.stmt)[1], err)
+		}
+		l.log.Info("embeddings index built", zap.String("stage", "index"), zap.String("building", b.what), zap.String("table", b.table),
+			zap.Duration("duration", time.Since(t0)))
 	}
 	res.Index = time.Since(start)
 
@@ -392,22 +425,26 @@ type copied struct {
 
 // copyFile streams one CSV from store into a new staging table (no indexes yet, so COPY runs
 // at full speed), hashing the raw bytes on the way.
-func (l *Loader) copyFile(ctx context.Context, c *pgx.Conn, store objstore.Store, key string, kind Kind, wantDim int, table, idType string) (copied, error) {
+func (l *Loader) copyFile(ctx context.Context, c *pgx.Conn, store objstore.Store, key string, kind Kind, wantDim int, table, idType string, pr *loadProgress) (copied, error) {
 	url := store.URL(key)
+	size := objectSize(ctx, store, key)
 	body, err := store.Get(ctx, key)
 	if err != nil {
 		return copied{}, fmt.Errorf("open %s: %w", url, err)
 	}
 	defer body.Close()
+	start := time.Now()
+	pr.copying(url, size)
+	l.log.Info("embeddings copy started", zap.String("stage", "copy"), zap.String("file", url), zap.Int64("bytes_total", size), zap.String("table", table))
 	h := sha256.New()
-	er, err := newEmbeddingsReader(io.TeeReader(body, h), url, kind, wantDim)
+	er, err := newEmbeddingsReader(io.TeeReader(countingReader{body, &pr.bytes}, h), url, kind, wantDim)
 	if err != nil {
 		return copied{}, err
 	}
 	if _, err := c.Exec(ctx, fmt.Sprintf("CREATE TABLE %s (id %s NOT NULL, embedding vector(%d) NOT NULL)", l.ident(table), idType, er.dim)); err != nil {
 		return copied{}, fmt.Errorf("create %s: %w", table, err)
 	}
-	n, err := c.CopyFrom(ctx, pgx.Identifier{l.cfg.Schema, table}, []string{"id", "embedding"}, er)
+	n, err := c.CopyFrom(ctx, pgx.Identifier{l.cfg.Schema, table}, []string{"id", "embedding"}, countingSource{er, &pr.rows})
 	if err != nil {
 		// pgx reports a source error as the server's COPY failure; the reader still has it.
 		var ie *InputError
@@ -419,7 +456,23 @@ func (l *Loader) copyFile(ctx context.Context, c *pgx.Conn, store objstore.Store
 	if int(n) != er.rows {
 		return copied{}, fmt.Errorf("copy %s into %s: %d rows copied, %d read", url, table, n, er.rows)
 	}
+	l.log.Info("embeddings copied", zap.String("stage", "copy"), zap.String("file", url), zap.Int("rows", er.rows),
+		zap.Int("dimension", er.dim), zap.Duration("duration", time.Since(start)))
 	return copied{dim: er.dim, rows: er.rows, sha: hexSum(h)}, nil
+}
+
+// objectSize is key's size in store for the copy's ETA, -1 when the listing does not say.
+func objectSize(ctx context.Context, store objstore.Store, key string) int64 {
+	objs, err := store.List(ctx, key)
+	if err != nil {
+		return -1
+	}
+	for _, o := range objs {
+		if o.Key == key {
+			return o.Size
+		}
+	}
+	return -1
 }
 
 func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }

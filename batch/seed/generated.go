@@ -3,17 +3,25 @@ package seed
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/internal/mysqldb"
 )
 
-// LoadGenerated loads g's data. Foreign-key checks are off for the session (the generator is
-// consistent by construction) so the tables can be filled in one pass over the customers.
-// progress, if not nil, is called with the number of ratings loaded so far.
-func (s *Seeder) LoadGenerated(ctx context.Context, g *Generator, progress func(ratings int64)) (Stats, error) {
+// LoadGenerated loads g's data into the tables CreateSchema made. Foreign-key checks are off
+// for the session (the generator is consistent by construction) so the tables can be filled in
+// one pass over the customers. The secondary and foreign keys of the tables that grow with the
+// customers are dropped first and built once the rows are in (deferkeys.go), so the load's cost
+// stays linear in the rows; the schema ends as the DDL declares it. If the load fails, the
+// tables hold part of the data and may lack those keys: rerun with replace (CreateSchema drops
+// and recreates them). It logs a progress line every progressInterval; progress, if not nil,
+// is called with the number of ratings loaded so far.
+func (s *Seeder) LoadGenerated(ctx context.Context, g *Generator, progress func(ratings int64)) (st Stats, err error) {
 	start := time.Now()
-	st := Stats{Rows: map[string]int64{}}
+	st = Stats{Rows: map[string]int64{}}
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return st, fmt.Errorf("connect: %w", err)
@@ -25,12 +33,35 @@ func (s *Seeder) LoadGenerated(ctx context.Context, g *Generator, progress func(
 	// A pooled connection must not go back with checks off.
 	defer conn.ExecContext(context.WithoutCancel(ctx), "SET SESSION foreign_key_checks = 1") //nolint:errcheck
 
+	deferred, err := deferKeys(ctx, conn)
+	if err != nil {
+		return st, err
+	}
+	defer func() {
+		if err != nil && len(deferred) > 0 {
+			err = fmt.Errorf("%w (the tables are partly loaded and may lack their secondary keys: rerun with --replace)", err)
+		}
+	}()
+
+	total := g.TotalRatings()
+	pr := newLoadProgress(s.log, time.Now, total)
+	tickCtx, stopTicks := context.WithCancel(ctx)
+	ticker := time.NewTicker(s.progressEvery)
+	defer ticker.Stop()
+	var ticks sync.WaitGroup
+	ticks.Add(1)
+	go func() { defer ticks.Done(); pr.run(tickCtx, ticker.C) }()
+	defer func() { stopTicks(); ticks.Wait() }()
+	s.log.Info("seed started", zap.String("stage", "load"), zap.Int("customers", g.NumCustomers()),
+		zap.Int64("ratings_total", total), zap.Strings("deferred_keys", tableNames(deferred)))
+
 	ins := map[string]*inserter{}
 	for _, spec := range tableSpecs {
 		ins[spec.name] = newInserter(conn, spec.name, spec.cols, s.cfg.InsertBatchRows)
 	}
 	add := func(table string, vals ...any) error {
 		st.Rows[table]++
+		pr.rows.Add(1)
 		return ins[table].add(ctx, vals, "")
 	}
 	for _, l := range g.ProductLines() {
@@ -82,6 +113,7 @@ func (s *Seeder) LoadGenerated(ctx context.Context, g *Generator, progress func(
 				return err
 			}
 		}
+		pr.ratings.Store(st.Rows["ratings"])
 		if progress != nil {
 			progress(st.Rows["ratings"])
 		}
@@ -95,8 +127,30 @@ func (s *Seeder) LoadGenerated(ctx context.Context, g *Generator, progress func(
 			return st, err
 		}
 	}
+	s.log.Info("seed rows inserted", zap.String("stage", "load"), zap.Int64("rows", st.Total()),
+		zap.Int64("ratings", st.Rows["ratings"]), zap.Duration("duration", time.Since(start)))
+	if err := restoreKeys(ctx, conn, deferred, s.log, pr.keys); err != nil {
+		return st, err
+	}
 	st.Duration = time.Since(start)
 	return st, nil
+}
+
+func tableNames(keys []tableKeys) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.table
+	}
+	return out
+}
+
+// TotalRatings is the number of ratings the generator makes (the sum of RatingCount).
+func (g *Generator) TotalRatings() int64 {
+	var n int64
+	for i := 0; i < g.customers; i++ {
+		n += int64(g.RatingCount(i))
+	}
+	return n
 }
 
 func nullable[T any](p *T) any {

@@ -59,6 +59,8 @@ type Seeder struct {
 	db  *sql.DB
 	cfg Config
 	log *zap.Logger
+	// progressEvery is the interval of LoadGenerated's progress lines (tests shorten it).
+	progressEvery time.Duration
 }
 
 // NewSeeder validates cfg; it does no I/O.
@@ -72,7 +74,7 @@ func NewSeeder(db *sql.DB, cfg Config, log *zap.Logger) (*Seeder, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Seeder{db: db, cfg: cfg, log: log}, nil
+	return &Seeder{db: db, cfg: cfg, log: log.With(zap.String("component", "seed")), progressEvery: progressInterval}, nil
 }
 
 // CreateSchema applies sql/mysql. With replace it first drops the classicmodels tables (data
