@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kinesis"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
+	"github.com/parquet-go/parquet-go"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
@@ -298,8 +300,17 @@ func (e *testEnv) rawDrainRate(b *testing.B, want int) float64 {
 // BenchmarkLatency is issue benchmark (c): events put one PutRecord at a time (20/s on 4
 // shards) against a running worker with worker.flush.max_age 1s; each record's latency is
 // from its PutRecord call to the first S3 List (polled every 100 ms) that shows its object.
+//
+// table=iceberg is the same with the output committed to an Iceberg table (commit_interval
+// 1 s): a record is visible once a commit holding it is the table's current snapshot (polled
+// through the catalog and the table's metadata, read by icespec).
 func BenchmarkLatency(b *testing.B) {
 	requireBench(b)
+	b.Run("table=hive", func(b *testing.B) { benchLatency(b, false) })
+	b.Run("table=iceberg", func(b *testing.B) { benchLatency(b, true) })
+}
+
+func benchLatency(b *testing.B, iceberg bool) {
 	const n, every = 400, 50 * time.Millisecond
 	for range b.N {
 		e := newTestEnv(b, 4)
@@ -309,6 +320,10 @@ func BenchmarkLatency(b *testing.B) {
 		e.Cfg.ShardSyncInterval = time.Second
 		e.Cfg.StatusInterval = 0
 		e.Cfg.Flush.MaxAge = time.Second
+		if iceberg {
+			e.useIceberg(b)
+			e.Cfg.Output.Iceberg.CommitInterval = time.Second
+		}
 		w, _ := e.benchWorker(b, "lat", fakeRecommender{})
 		r := start(w)
 		// Warm up: the worker holds all four leases and has written a record of each shard.
@@ -370,24 +385,13 @@ func (e *testEnv) putAndWatch(b *testing.B, run string, n int, every, wait time.
 	seen := 0
 	deadline := time.Now().Add(time.Duration(n)*every + wait)
 	for seen < n && time.Now().Before(deadline) {
-		objs, err := e.store.List(ctx, "")
-		now := time.Now()
-		if err != nil {
-			b.Fatalf("list: %v", err)
-		}
-		for _, o := range objs {
-			if seenKeys[o.Key] || strings.HasPrefix(o.Key, ErrorsPrefix+"/") {
+		keys, now := e.visibleObjects(b)
+		for _, key := range keys {
+			if seenKeys[key] {
 				continue
 			}
-			seenKeys[o.Key] = true
-			body, err := objstore.ReadAll(ctx, e.store, o.Key)
-			if err != nil {
-				b.Fatalf("read %s: %v", o.Key, err)
-			}
-			recs, err := DecodeObject(e.Cfg.Format, body)
-			if err != nil {
-				b.Fatalf("%s: %v", o.Key, err)
-			}
+			seenKeys[key] = true
+			recs := e.readObject(b, key)
 			for _, rec := range recs {
 				var i int
 				if _, err := fmt.Sscanf(rec.SessionID, run+"-%d", &i); err != nil || i < 0 || i >= n {
@@ -397,7 +401,7 @@ func (e *testEnv) putAndWatch(b *testing.B, run string, n int, every, wait time.
 					b.Fatalf("record %s in two objects", rec.SessionID)
 				}
 				seenAt[i] = now
-				objects[o.Key] = rec.ShardID
+				objects[key] = rec.ShardID
 				seen++
 			}
 		}
@@ -522,4 +526,60 @@ func BenchmarkPeakRSS(b *testing.B) {
 		}
 		b.ReportMetric(float64(hwm)/1024, "peak-RSS-MB")
 	}
+}
+
+// visibleObjects lists the output a reader can see now: the Hive objects (errors/ excluded),
+// or the live data files of the Iceberg table's current snapshot. It returns when it looked.
+func (e *testEnv) visibleObjects(b *testing.B) ([]string, time.Time) {
+	b.Helper()
+	if e.Ice != nil {
+		snap := e.Ice.ReadTable(b)
+		now := time.Now()
+		var keys []string
+		for _, f := range snap.Files {
+			keys = append(keys, f.Path)
+		}
+		return keys, now
+	}
+	objs, err := e.store.List(context.Background(), "")
+	now := time.Now()
+	if err != nil {
+		b.Fatalf("list: %v", err)
+	}
+	var keys []string
+	for _, o := range objs {
+		if !strings.HasPrefix(o.Key, ErrorsPrefix+"/") {
+			keys = append(keys, o.Key)
+		}
+	}
+	return keys, now
+}
+
+// readObject reads one object of visibleObjects.
+func (e *testEnv) readObject(b *testing.B, key string) []OutputRecord {
+	b.Helper()
+	if e.Ice != nil {
+		body, err := e.Ice.Read(key)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rows, err := parquet.Read[TableRecord](bytes.NewReader(body), int64(len(body)))
+		if err != nil {
+			b.Fatalf("%s: %v", key, err)
+		}
+		out := make([]OutputRecord, len(rows))
+		for i := range rows {
+			out[i] = OutputRecord(rows[i])
+		}
+		return out
+	}
+	body, err := objstore.ReadAll(context.Background(), e.store, key)
+	if err != nil {
+		b.Fatalf("read %s: %v", key, err)
+	}
+	recs, err := DecodeObject(e.Cfg.Format, body)
+	if err != nil {
+		b.Fatalf("%s: %v", key, err)
+	}
+	return recs
 }
