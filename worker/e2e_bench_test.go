@@ -175,7 +175,10 @@ func BenchmarkEndToEnd(b *testing.B) {
 }
 
 func benchEndToEnd(b *testing.B, agg int, iceberg bool) {
-	const n = 40000
+	n := 40000
+	if v, err := strconv.Atoi(os.Getenv("RECSTREAM_E2E_EVENTS")); err == nil && v > 0 {
+		n = v // a longer drain: steady state rather than start-up and the last flush
+	}
 	for range b.N {
 		e := newTestEnv(b, 4)
 		if iceberg {
@@ -192,7 +195,7 @@ func benchEndToEnd(b *testing.B, agg int, iceberg bool) {
 		w, reg := e.benchWorker(b, "e2e", rec)
 		r := start(w)
 		stacktest.Eventually(b, 5*time.Minute, 20*time.Millisecond, func() bool {
-			return counterSum(reg, "recstream_worker_records_out_total") >= n
+			return counterSum(reg, "recstream_worker_records_out_total") >= float64(n)
 		}, "worker did not write %d records", n)
 		d := time.Since(rec.at)
 		if err := r.stop(b); err != nil {
@@ -225,7 +228,7 @@ func BenchmarkBacklogDefaults(b *testing.B) {
 		t0 := time.Now()
 		r := start(w)
 		stacktest.Eventually(b, 5*time.Minute, 20*time.Millisecond, func() bool {
-			return counterSum(reg, "recstream_worker_records_out_total") >= n
+			return counterSum(reg, "recstream_worker_records_out_total") >= float64(n)
 		}, "worker did not write %d records", n)
 		d := time.Since(t0)
 		if err := r.stop(b); err != nil {
