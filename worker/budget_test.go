@@ -202,7 +202,7 @@ func TestBudgetDeadlock(t *testing.T) {
 		t.Fatalf("unbounded run wrote %d objects, want %d", len(want), shards*pages*per/100)
 	}
 	if len(got) != len(want) {
-		t.Fatalf("with the budget: %d objects, want %d (%v)", len(got), len(want), sortedKeys(got))
+		t.Fatalf("with the budget: %d objects, want %d (%v)", len(got), len(want), objectKeys(got))
 	}
 	for k, body := range want {
 		if string(got[k]) != string(body) {
@@ -228,7 +228,7 @@ func TestBudgetDeadlock(t *testing.T) {
 	t.Logf("limit %d, peak %d, waits %d", limit, b.peak, h.GetHistogram().GetSampleCount())
 }
 
-func sortedKeys[V any](m map[string]V) []string {
+func objectKeys(m map[string][]byte) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)
