@@ -30,19 +30,25 @@ import (
 // one shard holds the overdraft at a time, so the overshoot is about one buffer and one page,
 // not one per shard. Shards outside ProcessRecords (fetching, idle at the tip) do not block
 // the overdraft: they already have their next page reserved, and a shard idle at the tip
-// releases its window by the tip rule without taking a page.
+// releases its window by the tip rule without taking a page. An overdraft holder that reaches
+// the tip keeps the overdraft until its window closes there (flush.max_age + window_grace at
+// most): the others wait for room meanwhile rather than for a second overdraft.
 //
 // What the budget does not bound: a page the library fetched for a shard that reserved
 // nothing (its previous read was empty: at the tip, one page per shard whose traffic resumes),
 // and the transient decode of a page.
 
-// Estimated in-memory overhead per record, beyond its payload bytes: the SDK's Record (sequence
-// number, partition key, timestamp) for a page; the OutputRecord (strings, slices, the
-// recommended and similar items) for a buffered record. Estimates, not measurements: the
-// budget is a bound on what the worker keeps, and the peak RSS benchmark checks it.
+// Estimated memory per record, calibrated on the processing path (heap measured around one
+// 10,000-record page with K = 5; see docs/benchmarks.md). A page record costs its payload
+// twice (the SDK's bytes, then the decoded event's strings while the page is taken) plus the
+// SDK Record and the take's per-record state (event, enrichment): pageRecordOverhead. A
+// buffered record costs its payload, the OutputRecord with its recommended and similar items,
+// and what encoding it at the flush allocates (about 1.3 KB a record for Parquet, the largest
+// part): bufferRecordOverhead + 2k × bufferItemOverhead. Estimates of what the worker keeps and
+// allocates for it, not of the Go heap's slack (GOMEMLIMIT bounds that).
 const (
-	pageRecordOverhead   = 192
-	bufferRecordOverhead = 320
+	pageRecordOverhead   = 512
+	bufferRecordOverhead = 1536
 	bufferItemOverhead   = 48 // per recommended or similar item (id string + score)
 )
 
@@ -56,7 +62,7 @@ const budgetWaitLog = 5 * time.Second
 func pageCost(recs []ktypes.Record) int64 {
 	n := int64(len(recs)) * pageRecordOverhead
 	for i := range recs {
-		n += int64(len(recs[i].Data))
+		n += 2 * int64(len(recs[i].Data))
 	}
 	return n
 }

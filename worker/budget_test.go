@@ -195,7 +195,11 @@ func TestBudgetDeadlock(t *testing.T) {
 		return out, s.budget, metrics
 	}
 	want, _, _ := run(0)
-	one := pageCost(make([]ktypes.Record, per)) + int64(per*len(event(0, "d")))
+	sample := make([]ktypes.Record, per)
+	for j := range sample {
+		sample[j].Data = event(j, "d")
+	}
+	one := pageCost(sample)
 	limit := one * 2 // < one shard's 30 buffered records plus its next page
 	got, b, m := run(limit)
 	if len(want) != shards*pages*per/100 {
@@ -220,10 +224,10 @@ func TestBudgetDeadlock(t *testing.T) {
 		t.Fatalf("budget in use %d after every shard ended, want 0", b.used)
 	}
 	// One overdraft at a time: the peak stays within the limit plus about one full buffer and
-	// one page (the overdraft holder's).
+	// its next page (the overdraft holder's), and a page of slack for the estimates.
 	full := bufferCost(&buffer{n: 100, bytes: 100 * len(event(0, "d"))}, 5)
-	if bound := limit + full + one; b.peak > bound {
-		t.Fatalf("peak %d bytes, want <= %d (limit %d + a full buffer %d + a page %d)", b.peak, bound, limit, full, one)
+	if bound := limit + full + 2*one; b.peak > bound {
+		t.Fatalf("peak %d bytes, want <= %d (limit %d + a full buffer %d + two pages %d)", b.peak, bound, limit, full, 2*one)
 	}
 	t.Logf("limit %d, peak %d, waits %d", limit, b.peak, h.GetHistogram().GetSampleCount())
 }

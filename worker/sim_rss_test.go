@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/checkpoint"
@@ -33,6 +34,7 @@ type simRSSSpec struct {
 }
 
 type simRSSResult struct {
+	MaxLeases        float64 // most shards held at once
 	Records          int64
 	Seconds          float64
 	HWMKB            int64
@@ -67,11 +69,12 @@ func BenchmarkSimPeakRSS(b *testing.B) {
 		}{{"budget=256MiB", DefaultConfig().BufferBudgetBytes}, {"budget=off", 1 << 40}} {
 			b.Run(fmt.Sprintf("shards=%d/%s", shards, budget.name), func(b *testing.B) {
 				for range b.N {
-					r := runSimRSSChild(b, simRSSSpec{Shards: shards, PerShard: 12000, Budget: budget.bytes})
+					r := runSimRSSChild(b, simRSSSpec{Shards: shards, PerShard: 40000, Budget: budget.bytes})
 					b.ReportMetric(float64(r.HWMKB)/1024, "peak-RSS-MB")
 					b.ReportMetric(float64(r.Records)/r.Seconds, "events/s")
 					b.ReportMetric(float64(r.BudgetPeakBytes)/(1<<20), "budget-peak-MiB")
 					b.ReportMetric(r.BudgetWaitSecond, "budget-wait-s")
+					b.ReportMetric(r.MaxLeases, "max-leases")
 				}
 			})
 		}
@@ -126,6 +129,12 @@ func (*discardSink) List(context.Context, string) ([]objstore.Object, error) { r
 func (*discardSink) Delete(context.Context, string) error                    { return nil }
 func (*discardSink) URL(key string) string                                   { return "discard://" + key }
 
+func gaugeValue(g prometheus.Gauge) float64 {
+	var d dto.Metric
+	_ = g.Write(&d)
+	return d.GetGauge().GetValue()
+}
+
 func simRSSChild(js string) int {
 	var spec simRSSSpec
 	if err := json.Unmarshal([]byte(js), &spec); err != nil {
@@ -145,7 +154,16 @@ func simRSSChild(js string) int {
 	stream.SetReadLatency(20 * time.Millisecond)
 	// An hour ago: every 60 s window is long over, so the tail of each shard is flushed at
 	// its first empty read, as a replayed backlog is.
-	stream.Backlog(spec.PerShard, time.Now().Add(-time.Hour), func(shard, i int) []byte { return event(shard*1_000_000+i, "rss") })
+	// Payloads are made once and copied per record (each record owns its bytes, as an SDK
+	// answer's do): made under the simulated stream's lock, json.Marshal per record would
+	// serialise every shard's reads behind one another.
+	payloads := make([][]byte, 1000)
+	for i := range payloads {
+		payloads[i] = event(i, "rss")
+	}
+	stream.Backlog(spec.PerShard, time.Now().Add(-time.Hour), func(shard, i int) []byte {
+		return append([]byte(nil), payloads[(shard*7919+i)%len(payloads)]...)
+	})
 	table := leasesim.NewTable("rss", checkpoint.AttrShardID)
 	store, err := checkpoint.New(checkpoint.Config{Table: "rss", WorkerID: cfg.WorkerID, FailoverTime: cfg.FailoverTime, Logger: log}, table.Client(nil))
 	if err != nil {
@@ -182,8 +200,9 @@ func simRSSChild(js string) int {
 		case <-deadline:
 			fmt.Fprintf(os.Stderr, "drain not done after 10 minutes: %v of %v records\n", counterSum(reg, "recstream_worker_records_out_total"), want)
 			return 1
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
+		r.MaxLeases = max(r.MaxLeases, gaugeValue(m.LeasesHeld))
 	}
 	r.Seconds = time.Since(start).Seconds()
 	r.Records = int64(counterSum(reg, "recstream_worker_records_out_total"))
