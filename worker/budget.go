@@ -2,6 +2,7 @@ package worker
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
@@ -78,6 +79,9 @@ type memBudget struct {
 	limit  int64
 	inUse  prometheus.Gauge // may be nil
 	waited prometheus.Histogram
+	// typical is the cost of the last non-empty page any shard took: what a shard starting on
+	// a backlog reserves for its first page (see reserveFirstPage).
+	typical atomic.Int64
 
 	mu      sync.Mutex
 	used    int64
@@ -273,7 +277,52 @@ func (s *budgetShare) close() {
 // room or the overdraft: the page is in memory already, its enriched records are not yet. It
 // returns false when the processor stopped or died meanwhile (the page is left for replay).
 func (p *processor) startBudget(recs []ktypes.Record) bool {
-	return p.awaitBudget(pageCost(recs), true)
+	c := pageCost(recs)
+	if p.share != nil && c > 0 {
+		p.share.b.typical.Store(c)
+	}
+	return p.awaitBudget(c, true)
+}
+
+// reserveFirstPage ends Initialize: the library fetches the shard's first page as soon as it
+// returns, and a worker taking many backlogged shards at once (start-up, a take-over) would
+// otherwise hold one unreserved page per shard while they wait in startBudget. It reserves a
+// page as large as the last one taken, waiting for room, but only while the lease is safe:
+// the library renews it only after Initialize, so the wait ends lease_safety_margin before the
+// lease would expire (the page then waits in startBudget, where renewals run). Shutdown ends
+// the wait too; the next call stops the processor.
+func (p *processor) reserveFirstPage() {
+	sh := p.share
+	if sh == nil {
+		return
+	}
+	more := sh.b.typical.Load()
+	wake := sh.ask(0, more, false)
+	if wake == nil {
+		return
+	}
+	start := time.Now()
+	tick := time.NewTicker(budgetPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-wake:
+		case <-tick.C:
+		case <-p.s.ctx.Done():
+		}
+		until, ok := p.s.lease.HeldUntil(p.shard)
+		if p.s.ctx.Err() != nil || p.s.stopping.Load() || !ok || time.Until(until) <= p.s.cfg.LeaseSafetyMargin {
+			sh.cancel()
+			p.log.Info("first page not reserved, taken when it arrives", zap.Duration("waited", time.Since(start)))
+			return
+		}
+		if wake = sh.ask(0, more, false); wake == nil {
+			if sh.b.waited != nil {
+				sh.b.waited.Observe(time.Since(start).Seconds())
+			}
+			return
+		}
+	}
 }
 
 // settleBudget ends a ProcessRecords call of an active processor: it charges the buffer and
@@ -355,3 +404,13 @@ func (p *processor) awaitBudget(more int64, taking bool) bool {
 		}
 	}
 }
+
+// softLimitHeadroom is what a worker process holds besides the budgeted buffers and pages: the
+// Go runtime, connection pools, the model's lookups, the library's state per shard.
+const softLimitHeadroom = 192 << 20
+
+// SoftMemoryLimit is the Go soft memory limit (debug.SetMemoryLimit) a worker process sets
+// unless GOMEMLIMIT is given: the buffer budget plus headroom. Without it the garbage
+// collector lets the heap grow to twice the live set, so a worker whose buffers stay within
+// the budget could still double its resident set with garbage.
+func SoftMemoryLimit(cfg Config) int64 { return cfg.BufferBudgetBytes + softLimitHeadroom }

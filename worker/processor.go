@@ -158,6 +158,7 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	// Export leases_lost_total from 0 while the shard is held, so increase() sees its first loss.
 	p.s.deps.Metrics.LeasesLost.WithLabelValues(p.shard)
 	p.log.Info("shard processor started", zap.String("checkpoint", p.checkpoint))
+	p.reserveFirstPage()
 }
 
 // ProcessRecords implements kcl.IRecordProcessor. It expands KPL aggregates, enriches the

@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -35,6 +37,7 @@ type simRSSSpec struct {
 
 type simRSSResult struct {
 	MaxLeases        float64 // most shards held at once
+	LiveHeapMB       float64 // most live heap after a GC (runtime/metrics /gc/heap/live:bytes)
 	Records          int64
 	Seconds          float64
 	HWMKB            int64
@@ -75,6 +78,7 @@ func BenchmarkSimPeakRSS(b *testing.B) {
 					b.ReportMetric(float64(r.BudgetPeakBytes)/(1<<20), "budget-peak-MiB")
 					b.ReportMetric(r.BudgetWaitSecond, "budget-wait-s")
 					b.ReportMetric(r.MaxLeases, "max-leases")
+					b.ReportMetric(r.LiveHeapMB, "live-heap-MB")
 				}
 			})
 		}
@@ -148,6 +152,9 @@ func simRSSChild(js string) int {
 	cfg.WorkerID = "rss"
 	cfg.StatusInterval = 0
 	cfg.BufferBudgetBytes = spec.Budget
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set { // as `recstream worker` does
+		debug.SetMemoryLimit(SoftMemoryLimit(cfg))
+	}
 	stream := leasesim.NewStream("rss", spec.Shards)
 	// A round trip per GetRecords, as Kinesis takes (and so that the library's 5 reads a
 	// second per shard are not spun through).
@@ -190,6 +197,7 @@ func simRSSChild(js string) int {
 	start := time.Now()
 	go func() { done <- w.Run(ctx) }()
 	want := float64(spec.Shards * spec.PerShard)
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	var r simRSSResult
 	deadline := time.After(10 * time.Minute)
 	for counterSum(reg, "recstream_worker_records_out_total") < want {
@@ -203,6 +211,8 @@ func simRSSChild(js string) int {
 		case <-time.After(100 * time.Millisecond):
 		}
 		r.MaxLeases = max(r.MaxLeases, gaugeValue(m.LeasesHeld))
+		metrics.Read(live)
+		r.LiveHeapMB = max(r.LiveHeapMB, float64(live[0].Value.Uint64())/(1<<20))
 	}
 	r.Seconds = time.Since(start).Seconds()
 	r.Records = int64(counterSum(reg, "recstream_worker_records_out_total"))
