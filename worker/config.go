@@ -69,6 +69,11 @@ type Config struct {
 	// stays well under RecommendTimeout on a large catalog. A call that still times out is
 	// split in halves.
 	RecommendBatch int `yaml:"recommend_batch"`
+	// BufferBudgetBytes bounds the estimated memory of every shard's buffer and GetRecords
+	// page together, worker-wide: past it a shard waits for others' flushes before the next
+	// page is fetched (backpressure; nothing is dropped and no flush is cut differently, see
+	// budget.go).
+	BufferBudgetBytes int64 `yaml:"buffer_budget_bytes"`
 	// StallAfter: a shard holding records that has not checkpointed for this long is stalled
 	// (recstream_worker_shard_stalled, /readyz red, an error log line).
 	StallAfter time.Duration `yaml:"stall_after"`
@@ -142,6 +147,7 @@ func DefaultConfig() Config {
 		RecommendTimeout:      10 * time.Second,
 		RecommendBatch:        500,
 		StallAfter:            5 * time.Minute,
+		BufferBudgetBytes:     256 << 20,
 	}
 }
 
@@ -215,6 +221,9 @@ func (c Config) Validate() error {
 	}
 	if c.RecommendBatch < 1 || c.RecommendBatch > 10000 {
 		return fmt.Errorf("recommend_batch: must be between 1 and 10000 (a GetRecords page), got %d", c.RecommendBatch)
+	}
+	if c.BufferBudgetBytes < 1<<20 {
+		return fmt.Errorf("buffer_budget_bytes: must be >= 1048576 (1 MiB), got %d", c.BufferBudgetBytes)
 	}
 	if hold := c.Flush.MaxAge + c.Flush.WindowGrace + c.IdleTimeBetweenReads; c.StallAfter <= hold {
 		// A healthy shard holds a window's records until the window is proven complete.

@@ -29,6 +29,11 @@ type Metrics struct {
 	// StoragePermanentErrors counts writes refused for a reason no retry fixes (AccessDenied,
 	// NoSuchBucket, …), by bucket and S3 error code.
 	StoragePermanentErrors *prometheus.CounterVec
+	// BudgetInUse is the estimated bytes of buffers and pages charged to
+	// worker.buffer_budget_bytes; BudgetWait the time shards waited for it (one observation
+	// per wait, before the next page is fetched).
+	BudgetInUse prometheus.Gauge
+	BudgetWait  prometheus.Histogram
 }
 
 // NewMetrics creates the series and registers them on reg (nil: not registered, for tests).
@@ -67,13 +72,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Records that arrived in a flush window already closed at the stream's tip (after flush.window_grace); each such batch is written in an object of its own."}),
 		StoragePermanentErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "recstream_worker_storage_permanent_errors_total",
 			Help: "Object writes refused for a reason no retry fixes (AccessDenied, NoSuchBucket, ...), by bucket and S3 error code."}, []string{"bucket", "code"}),
+		BudgetInUse: prometheus.NewGauge(prometheus.GaugeOpts{Name: "recstream_worker_buffer_budget_bytes_in_use",
+			Help: "Estimated bytes of shard buffers and GetRecords pages charged to worker.buffer_budget_bytes."}),
+		BudgetWait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "recstream_worker_buffer_budget_wait_seconds",
+			Help: "Time a shard waited for worker.buffer_budget_bytes before its next page was fetched.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 9)}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.RecordsIn, m.RecordsOut, m.RecordsFailed, m.MillisBehind, m.FlushObjects,
 		m.FlushBytes, m.FlushDuration, m.Retries, m.LeasesHeld, m.LeasesLost, m.LastCheckpointTS, m.CheckpointAge,
-		m.ShardStalled, m.UnknownFields, m.LateRecords, m.StoragePermanentErrors} {
+		m.ShardStalled, m.UnknownFields, m.LateRecords, m.StoragePermanentErrors, m.BudgetInUse, m.BudgetWait} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register worker metrics: %w", err)
 		}

@@ -54,6 +54,8 @@ type shared struct {
 	beforeCheckpoint func() // tests: see Worker.beforeCheckpoint
 	chunkRecords     int    // tests: user records per chunk of a page (see take); 0: flush.max_records
 
+	budget *memBudget // worker.buffer_budget_bytes; nil: unbounded (processors driven directly, replay)
+
 	unknown    fieldNames                     // unknown field names with a series of their own
 	storageErr atomic.Pointer[storageProblem] // last permanent storage error, nil once a put succeeds
 
@@ -98,6 +100,7 @@ type processor struct {
 	// complete on the server, so the lease must expire rather than be released (see die).
 	writeAbandoned bool
 	health         shardHealth
+	share          *budgetShare // this shard's part of the buffer budget (budget.go)
 	// table: this processor's view of the shard's position in the Iceberg table (see table.go).
 	table tableView
 	// pending is the flush whose Iceberg commit is in flight (nil: none).
@@ -147,6 +150,7 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	p.shard = in.ShardId
 	p.log = p.s.deps.Log.With(zap.String("component", "worker"), zap.String("stream", p.s.stream), zap.String("shard_id", p.shard))
 	p.buf = newBuffer(p.s.cfg.Flush)
+	p.share = p.s.budget.join(in.ShardId)
 	cp := ""
 	if in.ExtendedSequenceNumber != nil {
 		cp = aws.ToString(in.ExtendedSequenceNumber.SequenceNumber)
@@ -162,6 +166,7 @@ func (p *processor) Initialize(in *kcl.InitializationInput) {
 	// Export leases_lost_total from 0 while the shard is held, so increase() sees its first loss.
 	p.s.deps.Metrics.LeasesLost.WithLabelValues(p.shard)
 	p.log.Info("shard processor started", zap.String("checkpoint", p.checkpoint))
+	p.reserveFirstPage()
 }
 
 // ProcessRecords implements kcl.IRecordProcessor. It expands KPL aggregates, enriches the
@@ -186,6 +191,12 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 	m.MillisBehind.WithLabelValues(p.shard).Set(float64(in.MillisBehindLatest))
 	p.health.enter(p.s.now(), in.MillisBehindLatest)
 	defer p.health.leave()
+	// The page is charged to the buffer budget, and the library fetches the next one only
+	// when there is room for it (budget.go).
+	if !p.startBudget(in.Records) {
+		return
+	}
+	defer p.settleBudget(in.Records)
 	if len(in.Records) > 0 {
 		p.health.holding(p.s.now())
 		if !p.take(in) {
@@ -254,6 +265,7 @@ func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 
 // release unregisters the processor once.
 func (p *processor) release() {
+	p.share.close()
 	p.s.mu.Lock()
 	if p.s.live[p.shard] == p {
 		delete(p.s.live, p.shard)
@@ -278,6 +290,7 @@ func (s *shared) forget(shardID string) {
 	}
 	s.mu.Unlock()
 	if ok {
+		p.share.close()
 		r := shardReport{buffered: p.pubBuffered.Load()}
 		if c := p.pubCheckpoint.Load(); c != nil {
 			r.checkpoint = *c

@@ -200,7 +200,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer abandon()
 	var stopping atomic.Bool
 	s := &shared{cfg: w.cfg, stream: w.stream.Kinesis.Stream, deps: w.deps, lease: guard, guard: guard,
-		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}, beforeCheckpoint: w.beforeCheckpoint}
+		ctx: drainCtx, stopping: &stopping, live: map[string]*processor{}, beforeCheckpoint: w.beforeCheckpoint,
+		budget: newMemBudget(w.cfg.BufferBudgetBytes, w.deps.Metrics)}
 	guard.attach(drainCtx, s.forget, w.deps.Metrics)
 	w.running.Store(s)
 	monCtx, stopMonitor := context.WithCancel(context.Background())

@@ -84,23 +84,44 @@ type Report struct {
 	Problems []string // parts that could not be read: the lease table, the shard list
 }
 
-// Read lists the lease table and the stream's shards, joins them (Join), adds the lease info
-// as of now (AddLeaseInfo) and every open shard's lag, and counts the workers' leases. A part
-// that cannot be read becomes a problem and the rest is still reported; a shard whose lag
-// cannot be read carries its error.
+// LagTimeout bounds the lag reads of one Read: `recstream status` answers within about two
+// seconds at 1,000 shards even when Kinesis is slow; a shard whose lag was not read in time
+// shows it unknown, and one problem line counts them.
+const LagTimeout = 1500 * time.Millisecond
+
+// Read lists the lease table and the stream's shards (at once: two independent reads), joins
+// them (Join), adds the lease info as of now (AddLeaseInfo) and every open shard's lag (read
+// for at most LagTimeout), and counts the workers' leases. A part that cannot be read becomes
+// a problem and the rest is still reported; a shard whose lag cannot be read carries its
+// error.
 func Read(ctx context.Context, table LeaseLister, kc KinesisReader, stream string) Report {
 	var rep Report
-	leases, err := table.ListLeases(ctx)
-	if err != nil {
-		rep.Problems = append(rep.Problems, err.Error())
-	}
-	shards, err := listShards(ctx, kc, stream)
-	if err != nil {
-		rep.Problems = append(rep.Problems, err.Error())
+	var (
+		leases           []checkpoint.Lease
+		shards           []StreamShard
+		leaseErr, strErr error
+		wg               sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		leases, leaseErr = table.ListLeases(ctx)
+	}()
+	shards, strErr = listShards(ctx, kc, stream)
+	wg.Wait()
+	for _, err := range []error{leaseErr, strErr} {
+		if err != nil {
+			rep.Problems = append(rep.Problems, err.Error())
+		}
 	}
 	rep.Shards = Join(leases, shards)
 	AddLeaseInfo(rep.Shards, leases, time.Now())
-	fillLags(ctx, kc, stream, rep.Shards)
+	lctx, cancel := context.WithTimeout(ctx, LagTimeout)
+	defer cancel()
+	if n := fillLags(lctx, kc, stream, rep.Shards); n > 0 {
+		rep.Problems = append(rep.Problems, fmt.Sprintf("lag not read within %s for %d of %d shards (shown unknown; the workers export recstream_worker_millis_behind_latest)",
+			LagTimeout, n, len(rep.Shards)))
+	}
 	rep.Workers = Workers(rep.Shards)
 	return rep
 }
@@ -203,15 +224,21 @@ func Workers(shards []Shard) []Worker {
 	return out
 }
 
-// lagConcurrency bounds the shards whose lag is asked at once (each costs a GetShardIterator
-// and a GetRecords on that shard; both are limited per shard, not per stream).
-const lagConcurrency = 8
+// lagConcurrency bounds the shards whose lag is asked at once. Each costs a GetShardIterator
+// and a GetRecords on that shard; both are limited per shard (5 a second), not per stream, so
+// the bound is for the client's connections, not Kinesis's limits: at 8, 1,000 shards took
+// 2,000 sequential round trips / 8, several seconds (docs/benchmarks.md).
+const lagConcurrency = 64
 
-// fillLags asks Kinesis for every open shard's lag behind its checkpoint, a few shards at a
-// time; a shard that fails gets its error and no lag. Finished shards have lag 0.
-func fillLags(ctx context.Context, kc KinesisReader, stream string, shards []Shard) {
+// fillLags asks Kinesis for every open shard's lag behind its checkpoint, lagConcurrency
+// shards at a time, until ctx ends; a shard that fails gets its error and no lag, one not
+// read before ctx ended gets neither (counted in the result). Finished shards have lag 0.
+func fillLags(ctx context.Context, kc KinesisReader, stream string, shards []Shard) (unread int) {
 	sem := make(chan struct{}, lagConcurrency)
-	var wg sync.WaitGroup
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
 	for i := range shards {
 		s := &shards[i]
 		if s.Closed {
@@ -219,19 +246,32 @@ func fillLags(ctx context.Context, kc KinesisReader, stream string, shards []Sha
 			s.LagMillis = &zero
 			continue
 		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			mu.Lock()
+			unread++
+			mu.Unlock()
+			continue
+		}
 		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			lag, err := shardLag(ctx, kc, stream, s.ShardID, s.Checkpoint)
-			if err != nil {
+			switch {
+			case err != nil && ctx.Err() != nil:
+				mu.Lock()
+				unread++
+				mu.Unlock()
+			case err != nil:
 				s.Error = err.Error()
-				return
+			default:
+				s.LagMillis = &lag
 			}
-			s.LagMillis = &lag
 		}()
 	}
 	wg.Wait()
+	return unread
 }
 
 // shardLag asks Kinesis how far the record after the checkpoint is behind the tip.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -56,27 +57,50 @@ func runStatus(ctx context.Context, app *App, args []string) error {
 	if err != nil {
 		return err
 	}
-	leases := leasestatus.Read(ctx, store, kc, cfg.Kinesis.Stream)
-	leasestatus.Sort(leases.Shards, order)
-	rep.Shards, rep.Workers, rep.Problems = leases.Shards, leases.Workers, leases.Problems
-
-	if root, err := openStore(ctx, app, "s3.buckets.artifacts", cfg.S3.Buckets.Artifacts); err != nil {
-		rep.Problems = append(rep.Problems, err.Error())
-	} else if v, err := artifacts.Resolve(ctx, root, artifacts.LatestName); err != nil {
-		rep.Problems = append(rep.Problems, "model version: "+err.Error())
-	} else {
-		rep.ModelVersion = v
-	}
-	if pool, err := pg.Connect(ctx, cfg.Postgres); err != nil {
-		rep.Problems = append(rep.Problems, err.Error())
-	} else {
+	// The three parts are independent reads: ask them at once, so the answer takes as long as
+	// the slowest (the lease side at 1,000 shards, bounded by leasestatus.LagTimeout).
+	var (
+		wg                 sync.WaitGroup
+		leases             leasestatus.Report
+		modelErr, embedErr string
+		model, embeddings  string
+	)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		root, err := openStore(ctx, app, "s3.buckets.artifacts", cfg.S3.Buckets.Artifacts)
+		if err != nil {
+			modelErr = err.Error()
+			return
+		}
+		if model, err = artifacts.Resolve(ctx, root, artifacts.LatestName); err != nil {
+			modelErr = "model version: " + err.Error()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		pool, err := pg.Connect(ctx, cfg.Postgres)
+		if err != nil {
+			embedErr = err.Error()
+			return
+		}
 		defer pool.Close()
 		idx, err := inference.NewVectorIndex(pool, cfg.Postgres)
 		if err == nil {
-			rep.EmbeddingsVersion, err = idx.LiveVersion(ctx)
+			embeddings, err = idx.LiveVersion(ctx)
 		}
 		if err != nil {
-			rep.Problems = append(rep.Problems, "embeddings version: "+err.Error())
+			embedErr = "embeddings version: " + err.Error()
+		}
+	}()
+	leases = leasestatus.Read(ctx, store, kc, cfg.Kinesis.Stream)
+	wg.Wait()
+	leasestatus.Sort(leases.Shards, order)
+	rep.Shards, rep.Workers, rep.Problems = leases.Shards, leases.Workers, leases.Problems
+	rep.ModelVersion, rep.EmbeddingsVersion = model, embeddings
+	for _, p := range []string{modelErr, embedErr} {
+		if p != "" {
+			rep.Problems = append(rep.Problems, p)
 		}
 	}
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -35,6 +36,12 @@ func runWorker(ctx context.Context, app *App, args []string) error {
 	cfg := app.Config
 	log := app.Log
 	worker.RouteLogrus(log)
+	// The buffer budget bounds what the worker keeps; the soft limit keeps the garbage
+	// collector from letting the heap float to twice that.
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
+		prev := debug.SetMemoryLimit(worker.SoftMemoryLimit(cfg.Worker))
+		defer debug.SetMemoryLimit(prev) // runWorker may be called in-process (tests)
+	}
 
 	// Build everything first (no I/O), so a wiring mistake fails before any connection.
 	sc, err := newStreamClients(ctx, app)

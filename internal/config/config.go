@@ -104,6 +104,7 @@ var NonConfigEnv = map[string]string{
 	"RECSTREAM_WORKER_BENCH":      "worker end-to-end benchmarks switch",
 	"RECSTREAM_FAULT_SEED":        "worker throttled-drain benchmark: the fault proxies' seed",
 	"RECSTREAM_WORKER_TEST_CHILD": "worker tests: the spec of a child worker process",
+	"RECSTREAM_SIM_RSS_CHILD":     "worker peak-RSS simulation benchmark: the spec of its child worker process",
 	"RECSTREAM_TEST_LOG":          "worker tests: log to stderr",
 	"RECSTREAM_BENCH_1M":          "inference 1M-vector benchmark switch",
 	"RECSTREAM_BENCH_1M_SCHEMA":   "inference 1M-vector benchmark: reuse a loaded schema",

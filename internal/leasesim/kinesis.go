@@ -32,6 +32,9 @@ type Stream struct {
 	latency time.Duration // of every GetRecords answer (see SetReadLatency)
 	// Reads observes every GetRecords answer (tests measure silence and re-reads with it).
 	onRead func(reader, shardID string, recs []ktypes.Record)
+	// gen makes the virtual records of a backlog (see Backlog); genAt is their arrival time.
+	gen   func(shard, i int) []byte
+	genAt time.Time
 }
 
 type shard struct {
@@ -40,7 +43,24 @@ type shard struct {
 	startSeq string
 	endSeq   string // set when closed
 	lo, hi   *big.Int
+	index    int // creation order
+	virtual  int // records 0..virtual-1 are made on demand (Backlog); recs follow them
 	recs     []ktypes.Record
+}
+
+// count is the number of records the shard holds, virtual ones included.
+func (s *shard) count() int { return s.virtual + len(s.recs) }
+
+// virtualSeq is the sequence number of virtual record i of shard index k: "48…" sorts before
+// every stored record's "49…", of the same length.
+func virtualSeq(k, i int) string { return fmt.Sprintf("48%04d%024d", k, i) }
+
+// seqAt is the sequence number of the record at pos.
+func (s *shard) seqAt(pos int) string {
+	if pos < s.virtual {
+		return virtualSeq(s.index, pos)
+	}
+	return aws.ToString(s.recs[pos-s.virtual].SequenceNumber)
 }
 
 func (s *shard) closed() bool { return s.endSeq != "" }
@@ -77,7 +97,7 @@ func (s *Stream) seqLocked() string {
 }
 
 func (s *Stream) addLocked(parents []string, lo, hi *big.Int) *shard {
-	sh := &shard{id: fmt.Sprintf("shardId-%012d", s.nextID), parents: parents, lo: lo, hi: hi}
+	sh := &shard{id: fmt.Sprintf("shardId-%012d", s.nextID), parents: parents, lo: lo, hi: hi, index: s.nextID}
 	s.nextID++
 	sh.startSeq = fmt.Sprintf("49%028d", s.nextSeq+1)
 	s.shards = append(s.shards, sh)
@@ -107,6 +127,29 @@ func (s *Stream) SetReadLatency(d time.Duration) {
 	s.mu.Lock()
 	s.latency = d
 	s.mu.Unlock()
+}
+
+// Backlog gives every open shard that holds no record yet n records made on demand by gen
+// (shard creation index, record index), all arriving at at. Nothing of them is stored: a
+// benchmark that measures a worker's memory can run the stream in the worker's process.
+func (s *Stream) Backlog(n int, at time.Time, gen func(shard, i int) []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen, s.genAt = gen, at
+	for _, sh := range s.shards {
+		if !sh.closed() && sh.count() == 0 {
+			sh.virtual = n
+		}
+	}
+}
+
+// recordLocked is the record at pos of sh (made now if virtual).
+func (s *Stream) recordLocked(sh *shard, pos int) ktypes.Record {
+	if pos < sh.virtual {
+		return ktypes.Record{SequenceNumber: aws.String(virtualSeq(sh.index, pos)), PartitionKey: aws.String("backlog"),
+			Data: s.gen(sh.index, pos), ApproximateArrivalTimestamp: aws.Time(s.genAt)}
+	}
+	return sh.recs[pos-sh.virtual]
 }
 
 // Put appends one record to shard id, arriving at at, and returns its sequence number.
@@ -249,22 +292,22 @@ func (s *Stream) serve(reader string, params any, now time.Time) (any, error) {
 		}
 		pos := 0
 		seqAt := func(seq string) int {
-			return sort.Search(len(sh.recs), func(i int) bool { return aws.ToString(sh.recs[i].SequenceNumber) >= seq })
+			return sort.Search(sh.count(), func(i int) bool { return sh.seqAt(i) >= seq })
 		}
 		switch p.ShardIteratorType {
 		case ktypes.ShardIteratorTypeTrimHorizon:
 		case ktypes.ShardIteratorTypeLatest:
-			pos = len(sh.recs)
+			pos = sh.count()
 		case ktypes.ShardIteratorTypeAtSequenceNumber:
 			pos = seqAt(aws.ToString(p.StartingSequenceNumber))
 		case ktypes.ShardIteratorTypeAfterSequenceNumber:
 			pos = seqAt(aws.ToString(p.StartingSequenceNumber))
-			if pos < len(sh.recs) && aws.ToString(sh.recs[pos].SequenceNumber) == aws.ToString(p.StartingSequenceNumber) {
+			if pos < sh.count() && sh.seqAt(pos) == aws.ToString(p.StartingSequenceNumber) {
 				pos++
 			}
 		case ktypes.ShardIteratorTypeAtTimestamp:
 			ts := aws.ToTime(p.Timestamp)
-			pos = sort.Search(len(sh.recs), func(i int) bool { return !sh.recs[i].ApproximateArrivalTimestamp.Before(ts) })
+			pos = sort.Search(sh.count(), func(i int) bool { return !s.recordLocked(sh, i).ApproximateArrivalTimestamp.Before(ts) })
 		default:
 			return nil, kinvalid("unsupported iterator type %q", p.ShardIteratorType)
 		}
@@ -274,7 +317,7 @@ func (s *Stream) serve(reader string, params any, now time.Time) (any, error) {
 		id, n, ok := strings.Cut(aws.ToString(p.ShardIterator), "/")
 		sh, found := s.byID[id]
 		pos, err := strconv.Atoi(n)
-		if !ok || !found || err != nil || pos > len(sh.recs) {
+		if !ok || !found || err != nil || pos > sh.count() {
 			return nil, kinvalid("invalid shard iterator")
 		}
 		limit := 10000
@@ -282,15 +325,18 @@ func (s *Stream) serve(reader string, params any, now time.Time) (any, error) {
 			limit = int(*p.Limit)
 		}
 		end, bytes := pos, 0
-		for end < len(sh.recs) && end-pos < limit && bytes < 10<<20 {
-			bytes += len(sh.recs[end].Data)
+		var recs []ktypes.Record
+		for end < sh.count() && end-pos < limit && bytes < 10<<20 {
+			r := s.recordLocked(sh, end)
+			recs = append(recs, r)
+			bytes += len(r.Data)
 			end++
 		}
-		out := &kinesis.GetRecordsOutput{Records: append([]ktypes.Record(nil), sh.recs[pos:end]...), MillisBehindLatest: aws.Int64(0)}
-		if end < len(sh.recs) {
-			out.MillisBehindLatest = aws.Int64(max(0, now.Sub(*sh.recs[end].ApproximateArrivalTimestamp).Milliseconds()))
+		out := &kinesis.GetRecordsOutput{Records: recs, MillisBehindLatest: aws.Int64(0)}
+		if end < sh.count() {
+			out.MillisBehindLatest = aws.Int64(max(0, now.Sub(*s.recordLocked(sh, end).ApproximateArrivalTimestamp).Milliseconds()))
 		}
-		if !(sh.closed() && end == len(sh.recs)) {
+		if !(sh.closed() && end == sh.count()) {
 			out.NextShardIterator = aws.String(fmt.Sprintf("%s/%d", sh.id, end))
 		}
 		if s.onRead != nil {
