@@ -102,6 +102,7 @@ var NonConfigEnv = map[string]string{
 	"RECSTREAM_LEASE_SIM_LEADER":  "lease simulation: 0 runs the per-worker Scans instead of leader-assigned leases",
 	"RECSTREAM_LEASE_SIM_LOG":     "lease simulation: write the workers' logs (info) to this file",
 	"RECSTREAM_WORKER_BENCH":      "worker end-to-end benchmarks switch",
+	"RECSTREAM_E2E_EVENTS":        "worker end-to-end drain benchmark: events to drain (default 40,000)",
 	"RECSTREAM_FAULT_SEED":        "worker throttled-drain benchmark: the fault proxies' seed",
 	"RECSTREAM_WORKER_TEST_CHILD": "worker tests: the spec of a child worker process",
 	"RECSTREAM_SIM_RSS_CHILD":     "worker peak-RSS simulation benchmark: the spec of its child worker process",
