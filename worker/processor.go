@@ -257,6 +257,11 @@ func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 	if !p.buf.empty() && !p.flush(in.Checkpointer) {
 		return
 	}
+	// The last flush's commit (Iceberg output) lands and is checkpointed before SHARD_END:
+	// the children must not start while the parent's last records may still be lost.
+	if !p.settle(true) {
+		return
+	}
 	if p.retry(opCheckpoint, "", func(context.Context) error { return in.Checkpointer.Checkpoint(nil) }) != nil {
 		return
 	}

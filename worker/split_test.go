@@ -18,6 +18,8 @@ import (
 	par "github.com/vmware/vmware-go-kcl-v2/clientlibrary/partition"
 
 	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/awsenv"
+	"github.com/recstream/recstream/internal/icetable"
 	"github.com/recstream/recstream/internal/objstore"
 	"github.com/recstream/recstream/internal/stacktest"
 )
@@ -94,8 +96,32 @@ func (c countingRecommender) Recommend(ctx context.Context, users []UserFeatures
 // TestShardSplit: a shard split during a run. The parent is read to its end, its buffer is
 // flushed and SHARD_END checkpointed before anything of the children is written, and every
 // record (before and after the split) is written exactly once, each in its own shard's objects.
-func TestShardSplit(t *testing.T) {
+func TestShardSplit(t *testing.T) { testShardSplit(t, false) }
+
+// TestShardSplitIceberg is TestShardSplit with the output committed to an Iceberg table: the
+// parent's last commit lands before its SHARD_END checkpoint (a flush's commit is asked for
+// without waiting, so Shutdown must wait for it), and every record is in the table once.
+func TestShardSplitIceberg(t *testing.T) { testShardSplit(t, true) }
+
+// recordingTable notes each landed commit on the timeline as the shard's "put".
+type recordingTable struct {
+	Table
+	tl *timeline
+}
+
+func (r recordingTable) Commit(ctx context.Context, req icetable.Request) error {
+	err := r.Table.Commit(ctx, req)
+	if err == nil {
+		r.tl.add("put", req.Shard.Shard, req.Files[0])
+	}
+	return err
+}
+
+func testShardSplit(t *testing.T, iceberg bool) {
 	e := newTestEnv(t, 1)
+	if iceberg {
+		e.useIceberg(t)
+	}
 	// Count flushes only within a 20 s window, so the parent's last records are still buffered
 	// when it closes: only the SHARD_END flush can write them. The records are put early in a
 	// window, so the window cannot end (and flush them) before the split.
@@ -130,6 +156,16 @@ func TestShardSplit(t *testing.T) {
 		e.kc, recordingCheckpointer{store, tl})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if iceberg {
+		c, err := awsenv.S3(ctx, e.S3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.attachTable(w, c); err != nil {
+			t.Fatal(err)
+		}
+		w.SetTable(recordingTable{w.deps.Table, tl})
 	}
 	r := start(w)
 	stopped := false
