@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"time"
 
 	"go.uber.org/zap"
@@ -36,16 +35,11 @@ func runCompact(ctx context.Context, app *App, args []string) error {
 		return usageError{fmt.Sprintf("compact: --orphan-grace must be 0 or >= 10m (a worker's uncommitted files must not be taken for orphans), got %s", *orphanGrace)}
 	}
 	ic := app.Config.Worker.Output.Iceberg
-	wh := warehouseOf(app, ic)
 	client, err := awsenv.S3(ctx, app.Config.S3)
 	if err != nil {
 		return err
 	}
-	if u, err := url.Parse(wh); err == nil && u.Scheme == "s3" {
-		icetable.RegisterBucket(u.Host, client)
-	}
-	pgc := app.Config.Postgres
-	cat, closeCat, err := icetable.Catalog(ctx, ic, pgc.DSN, pgc.Password, wh)
+	cat, _, closeCat, err := openCatalog(ctx, app, client)
 	if err != nil {
 		return err
 	}

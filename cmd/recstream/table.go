@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/apache/iceberg-go/catalog"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/parquet-go/parquet-go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,18 +29,30 @@ func warehouseOf(app *App, ic icetable.Config) string {
 	return strings.TrimSuffix(app.Config.S3.Buckets.Recommendations, "/") + "/warehouse"
 }
 
-// openTable opens the catalog and the output table (created when missing) and returns its
-// committer; reg (optional) receives the commit histogram. The returned func closes the
+// openCatalog opens the output table's catalog, with the warehouse's bucket readable and
+// writable through client, and returns the warehouse location. The returned func closes the
 // catalog's connections.
-func openTable(ctx context.Context, app *App, client *s3.Client, ic icetable.Config, reg prometheus.Registerer) (*icetable.Committer, func() error, error) {
+func openCatalog(ctx context.Context, app *App, client *s3.Client) (catalog.Catalog, string, func() error, error) {
+	ic := app.Config.Worker.Output.Iceberg
 	wh := warehouseOf(app, ic)
 	u, err := url.Parse(wh)
 	if err != nil || u.Scheme != "s3" || u.Host == "" {
-		return nil, nil, usageError{fmt.Sprintf("worker.output.iceberg.warehouse: want s3://bucket[/prefix], got %q", wh)}
+		return nil, "", nil, usageError{fmt.Sprintf("worker.output.iceberg.warehouse: want s3://bucket[/prefix], got %q", wh)}
 	}
 	icetable.RegisterBucket(u.Host, client)
 	pgc := app.Config.Postgres
 	cat, closeCat, err := icetable.Catalog(ctx, ic, pgc.DSN, pgc.Password, wh)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return cat, wh, closeCat, nil
+}
+
+// openTable opens the catalog and the output table (created when missing) and returns its
+// committer; reg (optional) receives the commit histogram. The returned func closes the
+// catalog's connections.
+func openTable(ctx context.Context, app *App, client *s3.Client, ic icetable.Config, reg prometheus.Registerer) (*icetable.Committer, func() error, error) {
+	cat, wh, closeCat, err := openCatalog(ctx, app, client)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -73,16 +86,11 @@ type tableFiles struct {
 // counts does not depend on iceberg-go's scan planning.
 func liveTableFiles(ctx context.Context, app *App) (*tableFiles, error) {
 	ic := app.Config.Worker.Output.Iceberg
-	wh := warehouseOf(app, ic)
 	client, err := awsenv.S3(ctx, app.Config.S3)
 	if err != nil {
 		return nil, err
 	}
-	if u, err := url.Parse(wh); err == nil && u.Scheme == "s3" {
-		icetable.RegisterBucket(u.Host, client)
-	}
-	pgc := app.Config.Postgres
-	cat, closeCat, err := icetable.Catalog(ctx, ic, pgc.DSN, pgc.Password, wh)
+	cat, _, closeCat, err := openCatalog(ctx, app, client)
 	if err != nil {
 		return nil, err
 	}
