@@ -65,7 +65,7 @@ unit:
 demo: stack build
 	scripts/demo.sh
 
-## bench: the benchmarks whose figures the README quotes (long; see docs/benchmarks.md).
+## bench: the benchmarks whose figures docs/ quotes (long; see docs/benchmarks.md).
 bench: stack build
 	scripts/bench.sh
 

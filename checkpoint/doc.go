@@ -48,5 +48,5 @@
 // finished row (SHARD_END), for a child whose parents are not finished, and beyond the fair
 // share (see Leasing); no state changes.
 //
-// The table layout and the protocol are documented in the README (section "Lease table").
+// The table layout and the protocol are documented in docs/leases.md.
 package checkpoint

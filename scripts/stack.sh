@@ -155,7 +155,7 @@ SQL
     pg_super -d postgres -c "CREATE DATABASE $PG_DB OWNER $DB_USER"
   fi
   # The extension needs a superuser once; the application role (like an RDS app role) then only
-  # owns its own schema objects. See README "PostgreSQL grants".
+  # owns its own schema objects. See docs/model.md "Production (RDS for PostgreSQL) without superuser".
   pg_super -d "$PG_DB" -c "CREATE EXTENSION IF NOT EXISTS vector" -c "ALTER EXTENSION vector UPDATE" \
     -c "GRANT CREATE ON SCHEMA public TO $DB_USER" -c "GRANT CREATE ON DATABASE $PG_DB TO $DB_USER" >/dev/null
 }

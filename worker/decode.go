@@ -111,7 +111,7 @@ func Decode(data []byte, lim Limits) (Event, error) {
 // Adding a field to the event touches, in this order: the Event struct (event.go), these
 // constants and eventFieldNames, its validation step in Decode, decodeReference (the fuzz
 // oracle, event_ref_test.go), OutputRecord and the processor's copy into it (record.go,
-// processor.go take), and the README's output schema. FuzzDecode fails until the first four
+// processor.go take), and the output schema in docs/worker.md. FuzzDecode fails until the first four
 // agree.
 const (
 	fSessionID = iota

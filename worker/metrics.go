@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the worker's Prometheus series. Names are listed in the README; the label
+// Metrics are the worker's Prometheus series. Names are listed in docs/worker.md; the label
 // shard_id is the Kinesis shard id.
 type Metrics struct {
 	RecordsIn        *prometheus.CounterVec   // records received from GetRecords

@@ -58,7 +58,7 @@ type Similar struct {
 }
 
 // OutputRecord is one enriched event: every input field, the recommendations in the lab's
-// shape, and where it came from in the stream. Its Parquet schema is documented in the README.
+// shape, and where it came from in the stream. Its Parquet schema is documented in docs/worker.md.
 type OutputRecord struct {
 	SessionID        string       `parquet:"session_id" json:"session_id"`
 	CustomerNumber   int64        `parquet:"customer_number" json:"customer_number"`

@@ -21,7 +21,7 @@ import (
 	"github.com/recstream/recstream/internal/logging"
 )
 
-// Exit codes. Cron and ECS act on them, so they are part of the interface (see README).
+// Exit codes. Cron and ECS act on them, so they are part of the interface (see docs/configuration.md).
 const (
 	exitOK      = 0
 	exitFailure = 1 // the job ran and failed; a retry may succeed
