@@ -162,13 +162,26 @@ func (s *Store) checkLeader(ctx context.Context) {
 		if held {
 			return nil
 		}
-		cur, ok, err := s.getLease(ctx, LeaderRow)
+		// Every worker reads the leader row every FailoverTime/2: an eventually consistent
+		// read (half a unit) keeps that part of the fleet's cost at a quarter unit per worker
+		// per second. A stale answer can only make the leader look alive for a second longer;
+		// before taking the row over, the worker reads it consistently.
+		cur, ok, err := s.readLease(ctx, LeaderRow, false)
 		if err != nil {
 			return err
 		}
 		obs := s.observe(LeaderRow, cur, ok)
 		alive := ok && cur.Owner != "" && s.now().Sub(obs.seenAt) < s.cfg.FailoverTime
 		if alive {
+			s.mu.Lock()
+			s.coord.leaderAlive = obs.seenAt
+			s.mu.Unlock()
+			return nil
+		}
+		if cur, ok, err = s.getLease(ctx, LeaderRow); err != nil {
+			return err
+		}
+		if obs := s.observe(LeaderRow, cur, ok); ok && cur.Owner != "" && s.now().Sub(obs.seenAt) < s.cfg.FailoverTime {
 			s.mu.Lock()
 			s.coord.leaderAlive = obs.seenAt
 			s.mu.Unlock()
@@ -340,6 +353,8 @@ func (s *Store) plan(ctx context.Context) error {
 		}
 		_, mine := s.held[id]
 		switch {
+		case mine && ok && l.ClaimRequest != "" && l.ClaimRequest != s.cfg.WorkerID && live(l.ClaimRequest):
+			counts[l.ClaimRequest]++ // our lease, being handed over (see below)
 		case mine:
 			counts[s.cfg.WorkerID]++
 			held[s.cfg.WorkerID] = append(held[s.cfg.WorkerID], id)
@@ -355,6 +370,11 @@ func (s *Store) plan(ctx context.Context) error {
 			// Claimed for a worker that is gone: claim it again for a live one.
 			counts[l.Owner]++
 			held[l.Owner] = append(held[l.Owner], id)
+		case l.ClaimRequest != "" && l.ClaimRequest != l.Owner:
+			// A hand-over in progress counts for the claimant already: counted for the holder,
+			// the claimant would look under-loaded for the seconds the hand-over takes and get
+			// claim after claim, which later balancing passes move back (churn without end).
+			counts[l.ClaimRequest]++
 		default:
 			counts[l.Owner]++
 			if l.ClaimRequest == "" && l.Owner != s.cfg.WorkerID {

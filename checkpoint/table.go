@@ -131,10 +131,16 @@ func (s *Store) ListLeases(ctx context.Context) ([]Lease, error) {
 
 // getLease reads shardID's row with a consistent GetItem; ok is false when there is none.
 func (s *Store) getLease(ctx context.Context, shardID string) (Lease, bool, error) {
+	return s.readLease(ctx, shardID, true)
+}
+
+// readLease reads one row; consistent false costs half a read unit and may return a state up
+// to about a second old.
+func (s *Store) readLease(ctx context.Context, shardID string, consistent bool) (Lease, bool, error) {
 	out, err := s.db.GetItem(ctx, &dynamodb.GetItemInput{
 		TableName:      aws.String(s.cfg.Table),
 		Key:            key(shardID),
-		ConsistentRead: aws.Bool(true),
+		ConsistentRead: aws.Bool(consistent),
 	})
 	if err != nil {
 		return Lease{}, false, fmt.Errorf("get lease row: %w", err)
