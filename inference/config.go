@@ -32,11 +32,16 @@ type TrainConfig struct {
 	Epochs int `yaml:"epochs" json:"epochs"`
 	// Patience stops a fit after this many epochs without a lower early-stopping RMSE.
 	Patience int `yaml:"patience" json:"patience"`
-	// BatchSize is the content stage's mini-batch size for Adam, in ratings; 0 is full-batch
-	// (one step per epoch), which costs O(customers + products + ratings) per epoch: each step
-	// passes every customer and product of its batch through its tower, so small batches of
-	// a large shop pay for most customers at every step. The personal stage is always
-	// full-batch.
+	// BatchSize is the content stage's mini-batch size for Adam, in ratings: an epoch is a pass
+	// over the training ratings in batches of that size. Each step passes every customer and
+	// product of its batch through its tower, so small batches of random ratings of a large
+	// shop pay for most customers at every step. 0 is auto: full batch (each epoch one step,
+	// O(customers + products + ratings)) up to 1,000,000 training ratings; above that, each
+	// epoch is one step on a batch of whole customers holding about 1,000,000 ratings (the
+	// customers taken in a shuffled order, a new one each pass), so that a larger shop's epoch
+	// costs what a 1 M shop's does and the number of epochs does not grow with the shop (an
+	// epoch then sees part of the ratings; epochs and patience count steps). The personal
+	// stage is always full-batch.
 	BatchSize int `yaml:"batch_size" json:"batch_size"`
 	// LearningRate is Adam's step size.
 	LearningRate float64 `yaml:"learning_rate" json:"learning_rate"`
@@ -87,7 +92,7 @@ func (c TrainConfig) Validate() error {
 		return fmt.Errorf("patience: must be >= 1, got %d", c.Patience)
 	}
 	if c.BatchSize < 0 {
-		return fmt.Errorf("batch_size: must be >= 0 (0: full batch), got %d", c.BatchSize)
+		return fmt.Errorf("batch_size: must be >= 0 (0: auto), got %d", c.BatchSize)
 	}
 	if !(c.LearningRate > 0 && c.LearningRate < 1) {
 		return fmt.Errorf("learning_rate: must be in (0, 1), got %g", c.LearningRate)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/recstream/recstream/batch/dataset"
@@ -91,5 +92,63 @@ func TestExportWriterStopsOnQueueError(t *testing.T) {
 	w := newExportWriter(q, dataset.NewManifest("unit-2", 1), "unit-2", 0, 1, 1)
 	if err := w.add(7, dataset.FileRow{ProductRating: 3}); !errors.Is(err, failed) {
 		t.Fatalf("got %v, want the queue's error", err)
+	}
+}
+
+// TestReadTrainingRowsInOrder: the files are decoded ahead in parallel, yet the rows come in
+// manifest order, file by file and row by row; an error from the callback ends the read with
+// that error and no further call, and a missing file is an error naming it.
+func TestReadTrainingRowsInOrder(t *testing.T) {
+	ctx := context.Background()
+	store := fileStore(t)
+	q := &storeQueue{ctx: ctx, store: store}
+	m := dataset.NewManifest("unit-3", 2)
+	w := newExportWriter(q, m, "unit-3", 0, 1, 2)
+	var want []string
+	for c := 1; c <= 60; c++ {
+		for i := range 1 + c%5 {
+			code := fmt.Sprintf("S%02d_%04d", c, i)
+			want = append(want, fmt.Sprint(c, code))
+			if err := w.add(c, dataset.FileRow{City: "Nantes", Country: "France", ProductCode: code, ProductLine: "Ships",
+				ProductScale: "1:10", BuyPrice: 100, MSRP: 200, ProductRating: 3}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := dataset.ReadTrainingRows(ctx, store, m, func(r dataset.TrainingRow) error {
+		got = append(got, fmt.Sprint(r.CustomerNumber, r.ProductCode))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("rows in another order than written:\n got %v\nwant %v", got, want)
+	}
+
+	stop := errors.New("enough")
+	calls := 0
+	err := dataset.ReadTrainingRows(ctx, store, m, func(dataset.TrainingRow) error {
+		calls++
+		if calls == 50 {
+			return stop
+		}
+		return nil
+	})
+	if err != stop || calls != 50 {
+		t.Fatalf("callback error: got %v after %d calls, want %v after 50", err, calls, stop)
+	}
+
+	missing := m.Partitions[30].Files[0].Key
+	if err := store.Delete(ctx, missing); err != nil {
+		t.Fatal(err)
+	}
+	calls = 0
+	err = dataset.ReadTrainingRows(ctx, store, m, func(dataset.TrainingRow) error { calls++; return nil })
+	if !errors.Is(err, objstore.ErrNotExist) || !strings.Contains(err.Error(), missing) || calls == 0 {
+		t.Fatalf("missing file: got %v after %d rows, want an error naming %s", err, calls, missing)
 	}
 }

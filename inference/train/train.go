@@ -58,6 +58,20 @@ const (
 	earlyStoppingShare = 0.1
 )
 
+// Bounds that keep a large shop's content stage at a 1 M-rating shop's cost per epoch
+// (variables so that tests can lower them).
+var (
+	// maxStopRatings bounds the ratings of the customers held out for early stopping: the
+	// stop RMSE is computed after every epoch, and beyond a few hundred thousand ratings a
+	// larger sample only makes it cost more. At 1 M ratings the 10 % of customers hold about
+	// 100,000 ratings, so the bound only applies to larger shops.
+	maxStopRatings = 200_000
+	// autoBatchRatings is the content stage's batch with batch_size 0: full batch up to this
+	// many training ratings; above it, each epoch is one step on a batch of whole customers
+	// with at most about this many ratings (customerBatches).
+	autoBatchRatings = 1_000_000
+)
+
 // Progress is reported when a stage begins and after each of its epochs.
 type Progress struct {
 	// Phase is the fit the epoch belongs to: PhaseWarm and PhaseCold (the evaluation fits) or
@@ -485,9 +499,12 @@ type stageResult struct {
 //
 // Both stages minimise the mean squared error of the scaled rating plus penalties (see
 // trainer.gradients) and L2 weight decay, with Adam. The content stage takes mini-batches of
-// cfg.BatchSize ratings (0: full batch, each epoch one step); an epoch costs one pass of every
-// customer and product of a batch through its tower, so full batches make an epoch cost
-// O(customers + products + ratings) where mini-batches of a large shop cost that per batch.
+// cfg.BatchSize ratings; a step costs one pass of every customer and product of its batch
+// through its tower, so full batches make an epoch cost O(customers + products + ratings)
+// where mini-batches of random ratings of a large shop cost that per batch. With batch_size 0
+// it is full-batch up to autoBatchRatings training ratings, and above that each epoch is one
+// step on a batch of whole customers (customerBatches), which bounds an epoch's cost; the
+// early-stopping customers then hold at most about maxStopRatings ratings.
 // The personal stage is always full-batch: with the item tower and the content sub-network
 // fixed, its loss is a quadratic function of each customer's bias whose coefficients are sums
 // over the customer's ratings (personalStats), so an epoch costs O(customers) after one pass
@@ -506,9 +523,17 @@ func (d *dataset) fit(ctx context.Context, cfg inference.TrainConfig, phase stri
 	held := make([]bool, d.nUsers)
 	if len(cust) >= 2 {
 		n := min(max(1, int(math.Round(earlyStoppingShare*float64(len(cust))))), len(cust)-1)
-		perm := rng.Perm(len(cust))
-		for _, k := range perm[:n] {
+		perRating := make([]int, d.nUsers)
+		for _, r := range d.rows {
+			perRating[r.u]++
+		}
+		heldRatings := 0
+		for m, k := range rng.Perm(len(cust))[:n] {
+			if m > 0 && heldRatings+perRating[cust[k]] > maxStopRatings {
+				break // a large shop: enough customers to judge an epoch by
+			}
 			held[cust[k]] = true
+			heldRatings += perRating[cust[k]]
 		}
 	}
 	var stop, train []row
@@ -614,6 +639,10 @@ func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.Tra
 	}
 	best := [2]*inference.Tower{tr.user.Clone(), tr.item.Clone()}
 	batch := cfg.BatchSize
+	var draw *customerBatches
+	if batch == 0 && stop != nil && len(train) > autoBatchRatings {
+		draw = newCustomerBatches(train, autoBatchRatings, rng)
+	}
 	if batch <= 0 || batch > len(train) || stop == nil {
 		batch = len(train)
 	}
@@ -635,7 +664,14 @@ func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.Tra
 		}
 		var sse float64
 		seen := 0
-		for b := 0; b < len(order); b += batch {
+		if draw != nil {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+			part := draw.next()
+			sse, seen = tr.step(part), len(part)
+		}
+		for b := 0; draw == nil && b < len(order); b += batch {
 			if err := ctx.Err(); err != nil {
 				return res, err
 			}
@@ -708,6 +744,60 @@ func (tr *trainer) run(ctx context.Context, train, stop []row, cfg inference.Tra
 		res.best = res.epochs
 	}
 	return res, nil
+}
+
+// customerBatches draws the content stage's batches of a large shop (batch_size 0 above
+// autoBatchRatings): each pass over the customers, in an order shuffled anew, is split into
+// the fewest batches of whole customers with at most about size ratings each. A step's cost is
+// dominated by passing each distinct customer and product of its batch through its tower, and
+// a batch of random ratings of a large shop holds nearly every customer (with 100 ratings each
+// and a tenth of the ratings in the batch, 1 − 0.9¹⁰⁰ of them), so whole customers keep a
+// step's cost at that of its ratings.
+type customerBatches struct {
+	rows    []row   // sorted by customer
+	start   []int32 // customer k's rows are rows[start[k]:start[k+1]]
+	order   []int32 // customers in drawing order
+	pos     int     // position in order
+	done    int     // ratings of the pass drawn so far
+	batches int     // batches per pass
+	batch   int     // batches of the pass drawn so far
+	buf     []row
+	rng     *rand.Rand
+}
+
+func newCustomerBatches(rows []row, size int, rng *rand.Rand) *customerBatches {
+	c := &customerBatches{rows: rows, rng: rng, batches: (len(rows) + size - 1) / size}
+	for k := range rows {
+		if k == 0 || rows[k].u != rows[k-1].u {
+			c.start = append(c.start, int32(k))
+		}
+	}
+	c.start = append(c.start, int32(len(rows)))
+	c.order = make([]int32, len(c.start)-1)
+	for k := range c.order {
+		c.order[k] = int32(k)
+	}
+	c.pos = len(c.order)
+	return c
+}
+
+// next returns the next batch (valid until the following call).
+func (c *customerBatches) next() []row {
+	if c.pos == len(c.order) {
+		c.rng.Shuffle(len(c.order), func(a, b int) { c.order[a], c.order[b] = c.order[b], c.order[a] })
+		c.pos, c.done, c.batch = 0, 0, 0
+	}
+	c.batch++
+	end := int(int64(len(c.rows)) * int64(c.batch) / int64(c.batches))
+	c.buf = c.buf[:0]
+	for c.pos < len(c.order) && (len(c.buf) == 0 || c.done < end) {
+		k := c.order[c.pos]
+		c.pos++
+		part := c.rows[c.start[k]:c.start[k+1]]
+		c.buf = append(c.buf, part...)
+		c.done += len(part)
+	}
+	return c.buf
 }
 
 // significance is how many standard errors a content epoch must gain to replace the best one.
