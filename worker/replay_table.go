@@ -47,7 +47,7 @@ type TableReplayOptions struct {
 // req.From to the end of the one holding req.To, read from the stream, up to the fence — here
 // the shard's position in the table when the replay starts (every record up to it is in the
 // table; later ones are the live workers' to add, and their commits never hold a record of
-// the range). A record is named by its identity columns (shard_id, sequence_number,
+// the range), or its live checkpoint (live, nil: none) where that is later. A record is named by its identity columns (shard_id, sequence_number,
 // sub_sequence_number), so the range is found in the table whatever files hold it: the
 // worker's flushes, or compacted files that also hold records outside the range, which are
 // rewritten without them (copy-on-write, see icetable.Replace).
@@ -58,7 +58,7 @@ type TableReplayOptions struct {
 // are deleted. The commit carries every shard's position forward and is a compare-and-swap:
 // a live worker's commit landing meanwhile makes it retry, and the worker's own CAS retries
 // after the replay's.
-func ReplayTable(ctx context.Context, cfg Config, stream string, deps Deps, kc *kinesis.Client, rep *icetable.Replace, req ReplayRequest, o TableReplayOptions) (TableReplay, error) {
+func ReplayTable(ctx context.Context, cfg Config, stream string, deps Deps, kc *kinesis.Client, rep *icetable.Replace, live CheckpointReader, req ReplayRequest, o TableReplayOptions) (TableReplay, error) {
 	var out TableReplay
 	if err := cfg.Validate(); err != nil {
 		return out, fmt.Errorf("replay: %w", configError("worker", err))
@@ -77,10 +77,23 @@ func ReplayTable(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 		return out, err
 	}
 	tr := &tableReplay{rep: rep, errs: &deferredStore{Store: deps.Store}}
-	// The fence: the shard's position in the table as the replay found it. Flushes never end
-	// inside a KPL aggregate, so the position's sequence number is a whole Kinesis record's.
-	fence := func(_ context.Context, shardID string) (string, error) {
-		return rep.Position(icetable.ShardKey{Stream: stream, Shard: shardID}).Seq, nil
+	// The fence: the shard's position in the table as the replay found it (flushes never end
+	// inside a KPL aggregate, so it is a whole Kinesis record's), or the live checkpoint when
+	// that is later: a flush of rejected records only commits nothing and checkpoints at once,
+	// so between the two there are only records the table does not hold (errors/ does).
+	fence := func(ctx context.Context, shardID string) (string, error) {
+		pos := rep.Position(icetable.ShardKey{Stream: stream, Shard: shardID}).Seq
+		if live == nil {
+			return pos, nil
+		}
+		cp, err := live(ctx, shardID)
+		if err != nil {
+			return "", err
+		}
+		if cp == ShardEndCheckpoint || isDecimal(cp) && (pos == "" || seqAfter(cp, pos)) {
+			return cp, nil
+		}
+		return pos, nil
 	}
 	for _, sh := range shards {
 		if len(req.Shards) > 0 && !slices.Contains(req.Shards, sh) {

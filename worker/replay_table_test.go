@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/recstream/recstream/checkpoint"
 	"github.com/recstream/recstream/internal/icetable"
 	"github.com/recstream/recstream/internal/icetable/icespec"
 	"github.com/recstream/recstream/internal/icetable/icetabletest"
@@ -125,14 +126,14 @@ func TestReplayTableAfterCompact(t *testing.T) {
 
 	// A crash just before the commit, then a cancellation there: nothing visible changes.
 	crash := errors.New("crash before the commit")
-	_, err = ReplayTable(ctx, e.Cfg, e.Stream, deps("fake-crash"), e.kc, open(), req,
+	_, err = ReplayTable(ctx, e.Cfg, e.Stream, deps("fake-crash"), e.kc, open(), leaseFence(t, e), req,
 		TableReplayOptions{BeforeCommit: func(int) error { return crash }})
 	if !errors.Is(err, crash) {
 		t.Fatalf("replay with a crash: %v", err)
 	}
 	unchanged("after a crash before the commit")
 	cctx, ccancel := context.WithCancel(ctx)
-	_, err = ReplayTable(cctx, e.Cfg, e.Stream, deps("fake-cancel"), e.kc, open(), req,
+	_, err = ReplayTable(cctx, e.Cfg, e.Stream, deps("fake-cancel"), e.kc, open(), leaseFence(t, e), req,
 		TableReplayOptions{BeforeCommit: func(int) error { ccancel(); return nil }})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("replay cancelled before its commit: %v", err)
@@ -143,7 +144,7 @@ func TestReplayTableAfterCompact(t *testing.T) {
 	// attempt: the attempt conflicts, and the retry keeps that commit and its position.
 	other := icetable.ShardKey{Stream: "other", Shard: "shardId-other"}
 	committer := e.Ice.Committer(t)
-	res, err := ReplayTable(ctx, e.Cfg, e.Stream, deps("fake-v2"), e.kc, open(), req, TableReplayOptions{BeforeCommit: func(attempt int) error {
+	res, err := ReplayTable(ctx, e.Cfg, e.Stream, deps("fake-v2"), e.kc, open(), leaseFence(t, e), req, TableReplayOptions{BeforeCommit: func(attempt int) error {
 		if attempt != 1 {
 			return nil
 		}
@@ -233,13 +234,33 @@ func TestReplayTableAfterCompact(t *testing.T) {
 
 	// A rerun of the same range starts from the replay's snapshot: new names, and the table
 	// still holds every record once.
-	if _, err := ReplayTable(ctx, e.Cfg, e.Stream, deps("fake-v3"), e.kc, open(), req, TableReplayOptions{}); err != nil {
+	if _, err := ReplayTable(ctx, e.Cfg, e.Stream, deps("fake-v3"), e.kc, open(), leaseFence(t, e), req, TableReplayOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = tableRecordsAt(t, e, e.Ice.ReadTable(t).Metadata.CurrentSnapshot())
 	delete(got, "other-1")
 	if err := exactlyOnce(output{count: got}, "r", valid); err != nil {
 		t.Fatalf("after a second replay: %v", err)
+	}
+}
+
+// leaseFence reads the live checkpoints of the env's lease table.
+func leaseFence(t *testing.T, e *testEnv) CheckpointReader {
+	store, err := checkpoint.New(checkpoint.Config{Table: e.DynamoDB.LeaseTable, WorkerID: "replay", FailoverTime: e.Cfg.FailoverTime}, e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(ctx context.Context, shardID string) (string, error) {
+		ls, err := store.ListLeases(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, l := range ls {
+			if l.ShardID == shardID {
+				return l.Checkpoint, nil
+			}
+		}
+		return "", nil
 	}
 }
 

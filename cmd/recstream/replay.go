@@ -60,9 +60,6 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 	}
 	defer closeModel()
 
-	if cfg.Worker.Output.Table == "iceberg" {
-		return replayTable(ctx, app, sc, svc, req, *asJSON)
-	}
 	// The fence: the live worker's checkpoints, read when each shard's replay starts.
 	fence := func(ctx context.Context, shardID string) (string, error) {
 		leases, err := store.ListLeases(ctx)
@@ -75,6 +72,9 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 			}
 		}
 		return "", nil
+	}
+	if cfg.Worker.Output.Table == "iceberg" {
+		return replayTable(ctx, app, sc, svc, fence, req, *asJSON)
 	}
 	start := time.Now()
 	res, err := worker.Replay(ctx, cfg.Worker, cfg.Kinesis.Stream, worker.Deps{Store: out, Recommender: recommender{svc: svc.Service},
@@ -107,8 +107,9 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 }
 
 // replayTable is replay with worker.output.table: iceberg: the range's records are replaced in
-// one commit (worker.ReplayTable); the fence is each shard's position in the table.
-func replayTable(ctx context.Context, app *App, sc streamClients, svc servedModel, req worker.ReplayRequest, asJSON bool) error {
+// one commit (worker.ReplayTable); the fence is each shard's position in the table (or its
+// live checkpoint, past a last flush of rejected records only).
+func replayTable(ctx context.Context, app *App, sc streamClients, svc servedModel, fence worker.CheckpointReader, req worker.ReplayRequest, asJSON bool) error {
 	cfg := app.Config
 	ic := cfg.Worker.Output.Iceberg
 	cat, _, closeCat, err := openCatalog(ctx, app, sc.s3)
@@ -125,7 +126,7 @@ func replayTable(ctx context.Context, app *App, sc streamClients, svc servedMode
 	}
 	start := time.Now()
 	res, err := worker.ReplayTable(ctx, cfg.Worker, cfg.Kinesis.Stream, worker.Deps{Store: sc.out, Recommender: recommender{svc: svc.Service},
-		K: cfg.Inference.K, Log: app.Log}, sc.kinesis, rep, req, worker.TableReplayOptions{})
+		K: cfg.Inference.K, Log: app.Log}, sc.kinesis, rep, fence, req, worker.TableReplayOptions{})
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return exitCodeError{exitFailure, fmt.Errorf("replay interrupted before its commit landed (the table is unchanged unless the log says committed); rerun it: %w", err)}
