@@ -53,7 +53,7 @@ test: stack vet
 	$(MAKE) --no-print-directory build
 	rm -f out/aws-ops.log && mkdir -p out
 	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
-	DEMO_TABLE=iceberg DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
+	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_TABLE=iceberg DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
 	CI=$${CI:-true} RECSTREAM_IAM_OPLOG=$(CURDIR)/out/aws-ops.log $(GO) test -count=1 -run 'TestPoliciesMatchRecordedOperations' -v ./deploy/
 
 ## unit: the quick run (-short, CI unset): long scenario tests are skipped, and integration tests
