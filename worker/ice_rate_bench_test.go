@@ -16,8 +16,8 @@ import (
 
 // BenchmarkIcebergRate is issue 20's objects and commits figure for the Iceberg output: 1,000
 // events/s on 4 shards for ICE_RATE_DURATION (default 3m) into an Iceberg table with the shipped
-// settings (flush windows of worker.flush.max_age, or ICE_RATE_MAX_AGE; commit_interval 5 s),
-// one worker. It reports the worker's catalog commits per minute, and the table's objects
+// settings (flush windows of worker.flush.max_age, or ICE_RATE_MAX_AGE; commit_interval 5 s, or
+// ICE_RATE_COMMIT_INTERVAL), one worker. It reports the worker's catalog commits per minute, and the table's objects
 // (data files, and everything else under the table: metadata.json, manifest lists, manifests)
 // before and after `compact` (every hour compacted, snapshots expired), per hour of traffic.
 func BenchmarkIcebergRate(b *testing.B) {
@@ -43,7 +43,17 @@ func BenchmarkIcebergRate(b *testing.B) {
 			e.Cfg.Flush.MaxAge = d
 		}
 		e.useIceberg(b)
-		e.Cfg.Output.Iceberg.CommitInterval = icetable.DefaultConfig().CommitInterval
+		// The shipped commit_interval, for the worker's config and the committer the env opens
+		// (icetabletest's default is 200 ms).
+		e.Ice.Config.CommitInterval = icetable.DefaultConfig().CommitInterval
+		if v := os.Getenv("ICE_RATE_COMMIT_INTERVAL"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				b.Fatalf("ICE_RATE_COMMIT_INTERVAL=%q: %v", v, err)
+			}
+			e.Ice.Config.CommitInterval = d
+		}
+		e.Cfg.Output.Iceberg.CommitInterval = e.Ice.Config.CommitInterval
 		w, _ := e.benchWorker(b, "icerate", fakeRecommender{})
 		r := start(w)
 		// Paced puts: rate events a second, in PutRecords calls every tick.
@@ -96,8 +106,8 @@ func BenchmarkIcebergRate(b *testing.B) {
 		}
 		dataAfter, otherAfter := e.tableObjects(b, snap.Metadata.Location)
 		hours := float64(time.Hour) / float64(putFor)
-		b.Logf("%s at %d events/s (%d records, %s windows): %d commits in %s (%.1f/min); before compact %d data files + %d other objects (%.0f + %.0f per hour); compact %+v; after %d data files + %d other objects",
-			putFor.Round(time.Second), rate, n, e.Cfg.Flush.MaxAge, len(snaps), span.Round(time.Second), perMin, dataBefore, otherBefore,
+		b.Logf("%s at %d events/s (%d records, %s windows, commit_interval %s): %d commits in %s (%.1f/min); before compact %d data files + %d other objects (%.0f + %.0f per hour); compact %+v; after %d data files + %d other objects",
+			putFor.Round(time.Second), rate, n, e.Cfg.Flush.MaxAge, e.Ice.Config.CommitInterval, len(snaps), span.Round(time.Second), perMin, dataBefore, otherBefore,
 			float64(dataBefore)*hours, float64(otherBefore)*hours, rep, dataAfter, otherAfter)
 		b.ReportMetric(perMin, "commits/min")
 		b.ReportMetric(float64(dataBefore)*hours, "data-files/hour")
