@@ -14,7 +14,7 @@ export RECSTREAM_POSTGRES_PASSWORD ?= recstream
 
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build stack stack-down stack-status test unit vet demo bench bench-leases bench-lab-rate bench-batch fuzz soak soak-recovery clean
+.PHONY: all build stack stack-down stack-status test unit vet demo bench bench-leases bench-lab-rate bench-ice-rate bench-batch fuzz soak soak-recovery clean
 
 all: build
 
@@ -53,7 +53,7 @@ test: stack vet
 	$(MAKE) --no-print-directory build
 	rm -f out/aws-ops.log && mkdir -p out
 	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
-	DEMO_TABLE=iceberg DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
+	RECSTREAM_AWS_OPLOG=$(CURDIR)/out/aws-ops.log DEMO_TABLE=iceberg DEMO_DURATION=$${DEMO_DURATION:-20s} scripts/demo.sh
 	CI=$${CI:-true} RECSTREAM_IAM_OPLOG=$(CURDIR)/out/aws-ops.log $(GO) test -count=1 -run 'TestPoliciesMatchRecordedOperations' -v ./deploy/
 
 ## unit: the quick run (-short, CI unset): long scenario tests are skipped, and integration tests
@@ -97,6 +97,12 @@ clean:
 ## LAB_RATE_DURATION (default 10m): objects per shard (<= 60 per shard-hour) and p99 put→visible.
 bench-lab-rate: stack
 	RECSTREAM_WORKER_BENCH=1 LAB_RATE_DURATION=$${LAB_RATE_DURATION:-10m} $(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkLabRateDefaults$$' -benchtime 1x -v ./worker/
+
+## bench-ice-rate: 1,000 events/s on 4 shards into the Iceberg table with the shipped settings for
+## ICE_RATE_DURATION (default 3m; ICE_RATE_MAX_AGE sets the flush windows): catalog commits per
+## minute and the table's objects per hour before and after compact.
+bench-ice-rate: stack
+	RECSTREAM_WORKER_BENCH=1 ICE_RATE_DURATION=$${ICE_RATE_DURATION:-3m} $(GO) test -count=1 -timeout 30m -run '^$$' -bench '^BenchmarkIcebergRate$$' -benchtime 1x -v ./worker/
 
 ## soak-recovery: the recovery schedule: every fault kind alone (blackouts shorter and longer
 ## than the lease time), each after the fleet recovered from the previous one; fails when a

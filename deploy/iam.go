@@ -72,12 +72,56 @@ func LoadPolicy(path string) (*Policy, error) {
 	return &p, nil
 }
 
-// AllowedActions returns the set of actions the policy's Allow statements grant.
+// WarehouseClass marks S3 actions on the Iceberg warehouse's objects: "s3:PutObject@warehouse"
+// is s3:PutObject granted on (or called for) keys under WarehousePrefix of the recommendations
+// bucket, apart from the same action on year=/errors/. The operation log marks them so
+// (internal/awsenv SetOpLogS3Class), so the check holds the Iceberg output's calls to grants
+// scoped to the warehouse.
+const WarehouseClass = "warehouse"
+
+// WarehousePrefix is the warehouse's key prefix in the recommendations bucket in production
+// (config.yaml: worker.output.iceberg.warehouse empty, so the warehouse is <recommendations>/warehouse).
+const WarehousePrefix = "warehouse/"
+
+// S3Class returns the class of an S3 statement's objects: WarehouseClass when every resource
+// key (for s3:ListBucket, every s3:prefix condition) is under WarehousePrefix, "" when none
+// is; mixed is true when some are and some are not (a statement must be one or the other).
+func (s Statement) S3Class() (class string, mixed bool) {
+	var keys []string
+	for _, r := range s.Resource {
+		if rest, ok := strings.CutPrefix(r, "arn:aws:s3:::"); ok {
+			if _, key, ok := strings.Cut(rest, "/"); ok {
+				keys = append(keys, key)
+			}
+		}
+	}
+	keys = append(keys, s.Condition["StringLike"]["s3:prefix"]...)
+	in := 0
+	for _, k := range keys {
+		if strings.HasPrefix(k, WarehousePrefix) {
+			in++
+		}
+	}
+	switch {
+	case in == 0:
+		return "", false
+	case in == len(keys):
+		return WarehouseClass, false
+	}
+	return "", true
+}
+
+// AllowedActions returns the set of actions the policy's Allow statements grant, S3 actions of
+// warehouse statements marked "@warehouse" (see WarehouseClass).
 func (p *Policy) AllowedActions() map[string]bool {
 	out := map[string]bool{}
 	for _, s := range p.Statement {
 		if s.Effect == "Allow" {
+			class, _ := s.S3Class()
 			for _, a := range s.Action {
+				if class != "" && strings.HasPrefix(a, "s3:") {
+					a += "@" + class
+				}
 				out[a] = true
 			}
 		}
@@ -120,6 +164,21 @@ var s3Actions = map[string][]string{
 // differ and are listed explicitly, so an S3 operation missing from the list is an error rather
 // than a guess.
 func ActionsFor(op string) ([]string, error) {
+	op, class, classed := strings.Cut(op, "@")
+	if classed {
+		if class != WarehouseClass || !strings.HasPrefix(op, "S3:") {
+			return nil, fmt.Errorf("operation %q: only S3 operations have a class, and only %q", op+"@"+class, WarehouseClass)
+		}
+		a, err := ActionsFor(op)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]string, len(a))
+		for i := range a {
+			out[i] = a[i] + "@" + class
+		}
+		return out, nil
+	}
 	svc, name, ok := strings.Cut(op, ":")
 	if !ok || svc == "" || name == "" {
 		return nil, fmt.Errorf("operation %q: want Service:Operation", op)
@@ -203,16 +262,19 @@ type Roles struct {
 // (ignored test-binary callers, conditional grants). A caller in no role and not NotDeployed is
 // a problem, as is a deployed subcommand with no recorded operation.
 func ComparePolicies(entries []OpLogEntry, r Roles, policies map[string]*Policy) (problems, notes []string) {
-	roleOf := map[string]string{}
-	for role, callers := range r.Callers {
-		for _, c := range callers {
-			roleOf[c] = role
+	// A caller may run under several policies (a command with the Iceberg output has its own
+	// policy and the Iceberg one): it needs each action from one of them, and each policy's
+	// grants must be called by one of its callers.
+	rolesOf := map[string][]string{}
+	for _, role := range SortedKeys(r.Callers) {
+		for _, c := range r.Callers[role] {
+			rolesOf[c] = append(rolesOf[c], role)
 		}
 	}
-	called := map[string]map[string][]string{} // role → action → "caller op"
+	called := map[string]map[string][]string{} // caller → action → "caller op"
 	seen := map[string]bool{}
 	for _, e := range entries {
-		role, ok := roleOf[e.Caller]
+		_, ok := rolesOf[e.Caller]
 		switch {
 		case ok:
 		case r.NotDeployed[e.Caller] != "":
@@ -230,35 +292,48 @@ func ComparePolicies(entries []OpLogEntry, r Roles, policies map[string]*Policy)
 			problems = append(problems, fmt.Sprintf("line %d: %v", e.Line, err))
 			continue
 		}
-		if called[role] == nil {
-			called[role] = map[string][]string{}
+		if called[e.Caller] == nil {
+			called[e.Caller] = map[string][]string{}
 		}
 		for _, a := range actions {
 			v := e.Caller + " " + e.Op
-			if !containsString(called[role][a], v) {
-				called[role][a] = append(called[role][a], v)
+			if !containsString(called[e.Caller][a], v) {
+				called[e.Caller][a] = append(called[e.Caller][a], v)
+			}
+		}
+	}
+	for _, c := range SortedKeys(rolesOf) {
+		if !seen[c] && !r.Silent[c] {
+			problems = append(problems, fmt.Sprintf("no AWS operation recorded for %q (%s): run every deployed subcommand with %s set", c, strings.Join(rolesOf[c], " + "), "RECSTREAM_AWS_OPLOG"))
+		}
+		granted := map[string]bool{}
+		for _, role := range rolesOf[c] {
+			if p := policies[role]; p != nil {
+				for a := range p.AllowedActions() {
+					granted[a] = true
+				}
+			}
+		}
+		for _, a := range SortedKeys(called[c]) {
+			if !granted[a] {
+				problems = append(problems, fmt.Sprintf("%s lacks %s, which the code called (%s)", strings.Join(rolesOf[c], " + "), a, strings.Join(called[c][a], ", ")))
 			}
 		}
 	}
 	for _, role := range SortedKeys(r.Callers) {
-		for _, c := range r.Callers[role] {
-			if !seen[c] && !r.Silent[c] {
-				problems = append(problems, fmt.Sprintf("no AWS operation recorded for %q (%s): run every deployed subcommand with %s set", c, role, "RECSTREAM_AWS_OPLOG"))
-			}
-		}
 		p := policies[role]
 		if p == nil {
 			problems = append(problems, fmt.Sprintf("%s: no such policy", role))
 			continue
 		}
-		granted := p.AllowedActions()
-		for _, a := range SortedKeys(called[role]) {
-			if !granted[a] {
-				problems = append(problems, fmt.Sprintf("%s lacks %s, which the code called (%s)", role, a, strings.Join(called[role][a], ", ")))
+		used := map[string]bool{}
+		for _, c := range r.Callers[role] {
+			for a := range called[c] {
+				used[a] = true
 			}
 		}
-		for _, a := range SortedKeys(granted) {
-			if _, ok := called[role][a]; ok {
+		for _, a := range SortedKeys(p.AllowedActions()) {
+			if used[a] {
 				continue
 			}
 			if why := r.Conditional[role][a]; why != "" {

@@ -23,12 +23,54 @@ const opLogPathEnv = "RECSTREAM_IAM_OPLOG"
 // `migrate`, which the jobs also run implicitly); an operator runs `replay` as its own ECS task
 // (deploy/ecs/taskdef-replay.json), apart from the worker so the live service's role gains no
 // delete; an on-call engineer's own role gets the operator policy for `status` and `inspect`.
+//
+// With worker.output.table: iceberg, `worker`, `replay` and `inspect` are recorded as
+// "<name>+iceberg" and run under their own policy plus an Iceberg one (worker-task-role-iceberg.json
+// etc., attached to the same role only when the table is Iceberg): the table's warehouse
+// (warehouse/ of the recommendations bucket, whose calls are recorded as "S3:<op>@warehouse" and
+// granted only by statements scoped to warehouse/) and the Glue catalog. `compact` exists only
+// for the Iceberg output and has a role of its own.
 var roles = map[string][]string{
-	"worker-task-role.json": {"worker"},
-	"batch-task-role.json":  {"batch etl", "train", "batch embeddings", "migrate"},
-	"replay-task-role.json": {"replay"},
-	"operator-policy.json":  {"status", "inspect"},
+	"worker-task-role.json":         {"worker", "worker+iceberg"},
+	"worker-task-role-iceberg.json": {"worker+iceberg"},
+	"batch-task-role.json":          {"batch etl", "train", "batch embeddings", "migrate"},
+	"replay-task-role.json":         {"replay", "replay+iceberg"},
+	"replay-task-role-iceberg.json": {"replay+iceberg"},
+	"compact-task-role.json":        {"compact"},
+	"operator-policy.json":          {"status", "inspect", "inspect+iceberg"},
+	"operator-policy-iceberg.json":  {"inspect+iceberg"},
 }
+
+// glueCatalog is why the Glue grants of the Iceberg policies are conditional: the local stack's
+// catalog is the SQL catalog on PostgreSQL, and the Glue Iceberg REST endpoint is called over
+// HTTP with SigV4 (iceberg-go's REST catalog), not through an AWS SDK client, so no run records
+// them. Each is the IAM action of an Iceberg REST operation the code makes (AWS Glue, "REST APIs
+// for Apache Iceberg specifications").
+var glueCatalog = map[string]string{
+	"glue:GetCatalog":     "GetConfig, made when the REST catalog is opened (Glue catalog only; not recorded: HTTP with SigV4, and the local catalog is SQL)",
+	"glue:GetDatabase":    "LoadNamespaceMetadata (Glue catalog only; not recorded)",
+	"glue:GetTable":       "LoadTable, before every commit and read (Glue catalog only; not recorded)",
+	"glue:UpdateTable":    "UpdateTable, the commit (Glue catalog only; not recorded)",
+	"glue:CreateDatabase": "CreateNamespace, when the worker starts on an account without the namespace (Glue catalog only; not recorded)",
+	"glue:CreateTable":    "CreateTable, when the worker starts without the table (Glue catalog only; not recorded)",
+}
+
+// withGlue adds the Glue catalog's actions to a role's conditional grants.
+func withGlue(m map[string]string, actions ...string) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[k] = v
+	}
+	for _, a := range actions {
+		out[a] = glueCatalog[a]
+	}
+	return out
+}
+
+// metadataCleanup: iceberg-go deletes the metadata.json files that fall out of the table's
+// metadata log (write.metadata.previous-versions-max, 20) after a commit; a demo run commits
+// fewer times than that per process.
+const metadataCleanup = "iceberg-go deletes metadata.json files beyond write.metadata.previous-versions-max (20) after a commit; the demo's runs commit fewer times"
 
 // notDeployed are subcommands recorded by the demo that never run in production: `produce`
 // simulates the sales platform (which writes the stream itself) and `batch seed` loads demo
@@ -53,6 +95,12 @@ var conditional = map[string]map[string]string{
 	"replay-task-role.json": {
 		"s3:DeleteObject": "replay deletes a redone flush's stale object only when its records moved between the output and errors/ (the model or enrichment changed); the demo replays with the same model and deletes nothing",
 	},
+	"worker-task-role-iceberg.json": withGlue(map[string]string{"s3:DeleteObject@warehouse": metadataCleanup},
+		"glue:GetCatalog", "glue:GetDatabase", "glue:GetTable", "glue:UpdateTable", "glue:CreateDatabase", "glue:CreateTable"),
+	"replay-task-role-iceberg.json": withGlue(map[string]string{"s3:DeleteObject@warehouse": metadataCleanup},
+		"glue:GetCatalog", "glue:GetDatabase", "glue:GetTable", "glue:UpdateTable"),
+	"compact-task-role.json":       withGlue(nil, "glue:GetCatalog", "glue:GetDatabase", "glue:GetTable", "glue:UpdateTable"),
+	"operator-policy-iceberg.json": withGlue(nil, "glue:GetCatalog", "glue:GetDatabase", "glue:GetTable"),
 }
 
 // wholeBucketList are policies allowed to list a whole bucket (no s3:prefix condition).
@@ -217,6 +265,35 @@ func checkResource(t *testing.T, where, r string, actions []string, buckets map[
 	}
 }
 
+// TestWarehouseStatements: an S3 statement is either on the Iceberg warehouse (warehouse/ of the
+// recommendations bucket, what config.yaml's empty worker.output.iceberg.warehouse means) or
+// not, never both; the Iceberg policies and compact's grant S3 only there.
+func TestWarehouseStatements(t *testing.T) {
+	raw, err := os.ReadFile("../config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^\s+warehouse: ""`).Match(raw) {
+		t.Errorf("config.yaml: worker.output.iceberg.warehouse is not empty: the policies' %s prefix assumes the default <recommendations>/warehouse", deploy.WarehousePrefix)
+	}
+	for name, p := range loadPolicies(t) {
+		icebergOnly := strings.HasSuffix(name, "-iceberg.json") || name == "compact-task-role.json"
+		for _, s := range p.Statement {
+			class, mixed := s.S3Class()
+			if mixed {
+				t.Errorf("%s %s: S3 resources both in and out of %s: split the statement", name, s.Sid, deploy.WarehousePrefix)
+			}
+			isS3 := len(s.Action) > 0 && strings.HasPrefix(s.Action[0], "s3:")
+			if icebergOnly && isS3 && class != deploy.WarehouseClass {
+				t.Errorf("%s %s: an Iceberg policy grants S3 only on %s", name, s.Sid, deploy.WarehousePrefix)
+			}
+			if !icebergOnly && class == deploy.WarehouseClass {
+				t.Errorf("%s %s: a grant on the warehouse belongs in an Iceberg policy", name, s.Sid)
+			}
+		}
+	}
+}
+
 // TestListBucketHasPrefixCondition: a ListBucket grant is scoped to key prefixes.
 func TestListBucketHasPrefixCondition(t *testing.T) {
 	for name, p := range loadPolicies(t) {
@@ -334,6 +411,11 @@ func TestComparePolicies(t *testing.T) {
 		{name: "replay missing grant", log: full.String() + "replay\tDynamoDB:GetItem\n", want: []string{"replay-task-role.json lacks dynamodb:GetItem"}},
 		{name: "replay unused grant", log: strings.Replace(full.String(), "replay\tS3:ListObjectsV2\n", "", 1), want: []string{"replay-task-role.json grants s3:ListBucket"}},
 		{name: "unknown caller", log: full.String() + "reindex\tS3:GetObject\n", want: []string{`caller "reindex"`}},
+		// The Hive worker's policy grants s3:GetObject, but not on the warehouse: a call there
+		// needs the Iceberg policy, and a warehouse grant nobody calls is unused.
+		{name: "warehouse call outside the Iceberg policy", log: full.String() + "worker\tS3:GetObject@warehouse\n", want: []string{"worker-task-role.json lacks s3:GetObject@warehouse"}},
+		{name: "warehouse grant unused", log: strings.Replace(full.String(), "worker+iceberg\tS3:PutObject@warehouse\n", "", 1), want: []string{"worker-task-role-iceberg.json grants s3:PutObject@warehouse"}},
+		{name: "warehouse class on a non-S3 operation", log: full.String() + "worker+iceberg\tKinesis:GetRecords@warehouse\n", want: []string{"only S3 operations have a class"}},
 		{name: "unmapped operation", log: full.String() + "worker\tS3:SelectObjectContent\n", want: []string{"S3:SelectObjectContent"}},
 		{name: "not deployed and test binaries ignored", log: full.String() + "produce\tKinesis:PutRecords\nworker.test\tS3:CreateBucket\n"},
 		{name: "subcommand never ran", log: strings.ReplaceAll(full.String(), "status\t", "produce\t"), want: []string{`no AWS operation recorded for "status"`}},
@@ -366,11 +448,15 @@ func TestComparePolicies(t *testing.T) {
 func opFor(t *testing.T, a string) string {
 	t.Helper()
 	svc := map[string]string{"kinesis": "Kinesis", "dynamodb": "DynamoDB", "s3": "S3"}
-	p, name, _ := strings.Cut(a, ":")
+	a0, class, classed := strings.Cut(a, "@")
+	p, name, _ := strings.Cut(a0, ":")
 	op := svc[p] + ":" + name
-	switch a {
+	switch a0 {
 	case "s3:ListBucket":
 		op = "S3:ListObjectsV2"
+	}
+	if classed {
+		op += "@" + class
 	}
 	got, err := deploy.ActionsFor(op)
 	if err != nil || len(got) != 1 || got[0] != a {

@@ -93,7 +93,7 @@ func Replay(ctx context.Context, cfg Config, stream string, deps Deps, kc *kines
 		if len(req.Shards) > 0 && !slices.Contains(req.Shards, sh) {
 			continue
 		}
-		r, err := replayShard(ctx, cfg, stream, deps, withHiddenAggregates(kc), fence, req, sh)
+		r, err := replayShard(ctx, cfg, stream, deps, withHiddenAggregates(kc), fence, req, sh, nil)
 		if err != nil {
 			return out, fmt.Errorf("replay shard %s: %w", sh, err)
 		}
@@ -199,7 +199,9 @@ func (*replayFlushes) PrepareCheckpoint(*string) (kcl.IPreparedCheckpointer, err
 	return nil, errors.New("replay: not supported")
 }
 
-func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *kinesis.Client, fence CheckpointReader, req ReplayRequest, shardID string) (ShardReplay, error) {
+// replayShard replays one shard into the Hive layout, or, with tr, into the replacement files
+// of an Iceberg table replay (see ReplayTable).
+func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *kinesis.Client, fence CheckpointReader, req ReplayRequest, shardID string, tr *tableReplay) (ShardReplay, error) {
 	res := ShardReplay{ShardID: shardID}
 	log := deps.Log.With(zap.String("component", "replay"), zap.String("stream", stream), zap.String("shard_id", shardID))
 	limit, err := fence(ctx, shardID)
@@ -215,6 +217,14 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 	}
 	// The processor cuts objects exactly as the live worker does.
 	store := &countingStore{Store: deps.Store}
+	var st *shardTable
+	if tr != nil {
+		// Table replay: data files go to the replay's replacement files, errors/ objects are
+		// held until the table commit lands (see ReplayTable).
+		st = &shardTable{tr: tr}
+		deps.Table = st
+		store.Store = tr.errs
+	}
 	deps.Store = store
 	var stopping atomic.Bool
 	s := &shared{cfg: cfg, stream: stream, deps: deps, lease: replayLease{}, ctx: ctx, stopping: &stopping, live: map[string]*processor{}}
@@ -222,7 +232,11 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 	p.Initialize(&kcl.InitializationInput{ShardId: shardID, ExtendedSequenceNumber: &kcl.ExtendedSequenceNumber{}})
 	defer p.release()
 	live := &liveObjects{store: deps.Store, stream: stream, shard: shardID, hours: map[time.Time]map[objectPos][]string{}}
-	cp := &replayFlushes{ctx: ctx, p: p, store: store, live: live, log: log}
+	hive := &replayFlushes{ctx: ctx, p: p, store: store, live: live, log: log}
+	var cp kcl.IRecordProcessorCheckpointer = hive
+	if tr != nil {
+		cp = tableCheckpoints{}
+	}
 	start := time.Unix(0, p.buf.windowOf(req.From)*int64(cfg.Flush.MaxAge))
 	toWindow := int64(-1)
 	if !req.To.IsZero() {
@@ -286,12 +300,21 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 		if !p.buf.empty() && !p.flush(cp) {
 			return res, errors.New("flush failed (see the log)")
 		}
+		if tr != nil && !p.settle(true) {
+			return res, errors.New("replay processor gave up (see the log)")
+		}
 		if p.state == stateDead {
 			return res, errors.New("replay processor gave up (see the log)")
 		}
 		res.Objects = store.n.Load()
-		res.Deleted = cp.deleted
-		log.Info("shard replayed", zap.String("stop", stop), zap.Int64("records", res.Records), zap.Int64("flushes", cp.flushes),
+		res.Deleted = hive.deleted
+		flushes := hive.flushes
+		if st != nil {
+			res.Objects += int64(len(st.files))
+			flushes = st.flushes
+			tr.finishShard(stream, shardID, res, st, live)
+		}
+		log.Info("shard replayed", zap.String("stop", stop), zap.Int64("records", res.Records), zap.Int64("flushes", flushes),
 			zap.Int64("objects", res.Objects), zap.Int64("deleted", res.Deleted), zap.Int64("late_cuts", res.LateCuts),
 			zap.String("seq_first", res.FirstSeq), zap.String("seq_last", res.LastSeq))
 		return res, nil
@@ -329,6 +352,9 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 				res.FirstSeq = aws.ToString(take[0].SequenceNumber)
 			}
 			res.LastSeq = aws.ToString(take[len(take)-1].SequenceNumber)
+			if st != nil {
+				st.addHours(take)
+			}
 			res.Records += int64(userRecordCount(take, aggregateLimit(cfg.Flush)))
 			if err := process(take, aws.ToInt64(page.MillisBehindLatest)); err != nil {
 				return res, err

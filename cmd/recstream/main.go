@@ -16,7 +16,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/recstream/recstream/internal/awsenv"
 	"github.com/recstream/recstream/internal/config"
 	"github.com/recstream/recstream/internal/logging"
 )
@@ -133,7 +132,7 @@ func runCommands(ctx context.Context, table []command, args, env []string, stdou
 	}
 	defer func() { _ = log.Sync() }()
 	app := &App{Config: cfg, Log: log, Stdout: stdout, Stderr: stderr, checkArgs: *checkArgs}
-	awsenv.SetOpLogTag(cmd.name)
+	setOpLogTag(app, cmd.name)
 
 	err = cmd.run(ctx, app, cmdArgs)
 	var ue usageError

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/icetable"
 	"github.com/recstream/recstream/worker"
 )
 
@@ -22,11 +23,6 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 	asJSON := fs.Bool("json", false, "print the per-shard report as JSON")
 	if err := fs.parse(args); err != nil {
 		return err
-	}
-	if app.Config.Worker.Output.Table == "iceberg" {
-		// Rewriting a range of the table must replace its files in one commit (readers never
-		// see a record twice); until that exists, refuse rather than write Hive objects.
-		return usageError{"replay: worker.output.table is iceberg, and replay into an Iceberg table is not implemented yet (it replays the Hive layout only)"}
 	}
 	req := worker.ReplayRequest{}
 	var err error
@@ -77,6 +73,9 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 		}
 		return "", nil
 	}
+	if cfg.Worker.Output.Table == "iceberg" {
+		return replayTable(ctx, app, sc, svc, fence, req, *asJSON)
+	}
 	start := time.Now()
 	res, err := worker.Replay(ctx, cfg.Worker, cfg.Kinesis.Stream, worker.Deps{Store: out, Recommender: recommender{svc: svc.Service},
 		K: cfg.Inference.K, Log: app.Log}, kc, fence, req)
@@ -104,5 +103,54 @@ func runReplay(ctx context.Context, app *App, args []string) error {
 		fmt.Fprintf(app.Stdout, "%s: %d records, %d objects rewritten, %d stale deleted, %d late cuts (%s .. %s), stopped at %s\n",
 			r.ShardID, r.Records, r.Objects, r.Deleted, r.LateCuts, r.FirstSeq, r.LastSeq, r.Stop)
 	}
+	return nil
+}
+
+// replayTable is replay with worker.output.table: iceberg: the range's records are replaced in
+// one commit (worker.ReplayTable); the fence is each shard's position in the table (or its
+// live checkpoint, past a last flush of rejected records only).
+func replayTable(ctx context.Context, app *App, sc streamClients, svc servedModel, fence worker.CheckpointReader, req worker.ReplayRequest, asJSON bool) error {
+	cfg := app.Config
+	ic := cfg.Worker.Output.Iceberg
+	cat, _, closeCat, err := openCatalog(ctx, app, sc.s3)
+	if err != nil {
+		return err
+	}
+	defer closeCat()
+	// The replay's id (its files' names) is the table's snapshot and the request: a rerun
+	// after a crash rewrites the same names when no commit came in between.
+	tag := fmt.Sprintf("%s|%s|%s|%s", cfg.Kinesis.Stream, req.From.UTC().Format(time.RFC3339Nano), req.To.UTC().Format(time.RFC3339Nano), strings.Join(req.Shards, ","))
+	rep, err := icetable.OpenReplace(ctx, cat, ic.Ident(), tag, app.Log)
+	if err != nil {
+		return fmt.Errorf("replay: open %s.%s: %w", ic.Namespace, ic.Name, err)
+	}
+	start := time.Now()
+	res, err := worker.ReplayTable(ctx, cfg.Worker, cfg.Kinesis.Stream, worker.Deps{Store: sc.out, Recommender: recommender{svc: svc.Service},
+		K: cfg.Inference.K, Log: app.Log}, sc.kinesis, rep, fence, req, worker.TableReplayOptions{})
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return exitCodeError{exitFailure, fmt.Errorf("replay interrupted before its commit landed (the table is unchanged unless the log says committed); rerun it: %w", err)}
+		}
+		return exitCodeError{exitFailure, err}
+	}
+	var records int64
+	for _, r := range res.Shards {
+		records += r.Records
+	}
+	c := res.Commit
+	app.Log.Info("replay finished", zap.String("replay_id", c.ReplayID), zap.Int("shards", len(res.Shards)), zap.Int64("records", records),
+		zap.Int("files_removed", c.FilesRemoved), zap.Int("files_rewritten", c.FilesKept), zap.Int("files_added", c.FilesAdded),
+		zap.Int64("records_removed", c.RecordsRemoved), zap.Int64("records_kept", c.RecordsKept), zap.Int64("errors_deleted", res.ErrorsDeleted),
+		zap.String("model_version", svc.Version()), zap.Duration("duration", time.Since(start)))
+	if asJSON {
+		enc := json.NewEncoder(app.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	for _, r := range res.Shards {
+		fmt.Fprintf(app.Stdout, "%s: %d records (%s .. %s), stopped at %s\n", r.ShardID, r.Records, r.FirstSeq, r.LastSeq, r.Stop)
+	}
+	fmt.Fprintf(app.Stdout, "table commit %s: %d files removed (%d rewritten keeping %d other records), %d files added, %d records replaced; errors/: %d written, %d stale deleted\n",
+		c.ReplayID, c.FilesRemoved, c.FilesKept, c.RecordsKept, c.FilesAdded, c.RecordsRemoved, res.ErrorObjects, res.ErrorsDeleted)
 	return nil
 }

@@ -29,6 +29,38 @@ func warehouseOf(app *App, ic icetable.Config) string {
 	return strings.TrimSuffix(app.Config.S3.Buckets.Recommendations, "/") + "/warehouse"
 }
 
+// tableCommands are the subcommands whose AWS calls differ with the Iceberg output: recorded
+// as "<name>+iceberg" when worker.output.table is iceberg, so the IAM check (deploy/iam_test.go)
+// holds them to the Iceberg policy documents as well as the command's own.
+var tableCommands = map[string]bool{"worker": true, "replay": true, "inspect": true}
+
+// setOpLogTag names the subcommand in the AWS operation log (RECSTREAM_AWS_OPLOG, tests only)
+// and, with the Iceberg output, marks operations on the warehouse's objects "@warehouse".
+func setOpLogTag(app *App, name string) {
+	iceberg := app.Config.Worker.Output.Table == "iceberg"
+	if iceberg && tableCommands[name] {
+		name += "+iceberg"
+	}
+	awsenv.SetOpLogTag(name)
+	if !iceberg && name != "compact" {
+		return
+	}
+	u, err := url.Parse(warehouseOf(app, app.Config.Worker.Output.Iceberg))
+	if err != nil || u.Scheme != "s3" {
+		return
+	}
+	prefix := strings.Trim(u.Path, "/") + "/"
+	if prefix == "/" {
+		prefix = ""
+	}
+	awsenv.SetOpLogS3Class(func(bucket, key string) string {
+		if bucket == u.Host && strings.HasPrefix(key, prefix) {
+			return "warehouse"
+		}
+		return ""
+	})
+}
+
 // openCatalog opens the output table's catalog, with the warehouse's bucket readable and
 // writable through client, and returns the warehouse location. The returned func closes the
 // catalog's connections.

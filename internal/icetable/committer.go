@@ -175,7 +175,7 @@ func (c *Committer) flushPending(ctx context.Context, final bool) {
 		case err == nil:
 			c.observe("ok", d)
 			return
-		case errors.Is(err, table.ErrCommitFailed):
+		case isConflict(err):
 			// Another writer committed first: reload and check positions again.
 			c.observe("conflict", d)
 			c.log.Info("iceberg commit conflict, retrying", zap.Int("shards", len(left)), zap.Duration("duration", d))
@@ -292,4 +292,12 @@ func (c *Committer) PutData(ctx context.Context, location string, body []byte) e
 		return fmt.Errorf("iceberg data file %q is outside the table's data/", location)
 	}
 	return putLocation(ctx, location, body)
+}
+
+// isConflict reports whether a commit failed because another writer committed first: the
+// catalog refused it before writing anything, so it is retried at once against the new
+// snapshot. A REST catalog answers 409 (ErrCommitFailed); the SQL catalog checks the
+// requirement (AssertRefSnapshotID) itself and returns its plain "requirement failed" error.
+func isConflict(err error) bool {
+	return errors.Is(err, table.ErrCommitFailed) || strings.Contains(err.Error(), "requirement failed:")
 }

@@ -338,7 +338,7 @@ func commitReplace(ctx context.Context, cat catalog.Catalog, ident table.Identif
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, table.ErrCommitFailed) || attempt >= 50 {
+		if !isConflict(err) || attempt >= 50 {
 			return fmt.Errorf("commit compaction (attempt %d): %w", attempt, err)
 		}
 		select {

@@ -25,6 +25,7 @@ type DataFile struct {
 type Snapshot struct {
 	ID           int64             `json:"snapshot-id"`
 	Parent       *int64            `json:"parent-snapshot-id"`
+	TimestampMs  int64             `json:"timestamp-ms"`
 	ManifestList string            `json:"manifest-list"`
 	Summary      map[string]string `json:"summary"`
 }
