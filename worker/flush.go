@@ -66,16 +66,15 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 		}
 		bytesOut += len(o.body)
 	}
-	if p.s.deps.Table != nil {
-		// At most one commit in flight per shard: the previous flush's lands (and is
-		// checkpointed) before this one's is asked for, whose Prev is its Last.
-		if !p.settle(true) {
+	if p.s.deps.Table != nil && (len(dataFiles) > 0 || p.pending != nil || p.staged != nil) {
+		// At most one commit in flight per shard, whose Prev is the position the previous
+		// one left: this flush is staged, and goes to the table with whatever else was
+		// staged as soon as the commit in flight lands (now, when none is).
+		if !p.settle(false) {
 			return false
 		}
-		if len(dataFiles) > 0 {
-			p.submit(cp, dataFiles, len(objs), bytesOut, start)
-			return true
-		}
+		p.stage(cp, dataFiles, len(objs), bytesOut, start)
+		return p.pending != nil || p.submitStaged()
 	}
 	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
 	// before this line replays the buffer and rewrites the same keys.

@@ -99,8 +99,10 @@ type processor struct {
 	share          *budgetShare // this shard's part of the buffer budget (budget.go)
 	// table: this processor's view of the shard's position in the Iceberg table (see table.go).
 	table tableView
-	// pending is the flush whose Iceberg commit is in flight (nil: none).
+	// pending is the Iceberg commit in flight (nil: none); staged are the flushes durable
+	// since, waiting for it to land (nil: none).
 	pending *pendingCommit
+	staged  *stagedFlushes
 
 	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
 	// Run's goroutine while this shard's consumer goroutine may still be inside a flush.

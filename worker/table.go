@@ -137,8 +137,8 @@ func (p *processor) tableFiles() (objs []object, paths []string, ok bool) {
 	return objs, paths, true
 }
 
-// pendingCommit is a flush whose data files are durable and whose commit is in flight: the
-// shard goes on taking and enriching records meanwhile, and its checkpoint moves when the
+// pendingCommit is the commit in flight of one or more flushes whose data files are durable:
+// the shard goes on taking and enriching records meanwhile, and its checkpoint moves when the
 // commit lands (settle).
 type pendingCommit struct {
 	done    chan error
@@ -150,39 +150,113 @@ type pendingCommit struct {
 	start   time.Time
 }
 
-// submit asks for the commit of a flush's data files without waiting for it, and resets the
-// buffer: the flush is durable in object storage, not yet in the table, so nothing is
-// checkpointed until settle sees the commit land. The commit runs under a lease context: it
-// is abandoned (and may still land) when the lease is about to go.
-func (p *processor) submit(cp kcl.IRecordProcessorCheckpointer, paths []string, objects, bytesOut int, start time.Time) {
+// stagedFlushes are the flushes made durable while a commit was in flight: their data files
+// are in object storage, and they go to the table together in the next commit, as soon as the
+// one in flight lands. Without them a shard could add at most one flush window to the table
+// per commit_interval, and could not keep up with 1 s windows at the default 5 s interval.
+type stagedFlushes struct {
+	cp      kcl.IRecordProcessorCheckpointer
+	paths   []string
+	last    icetable.Position // the last record of the last flush (a rejected one included)
+	records int
+	start   time.Time // when the first of them started
+}
+
+// stage adds the flush just written (its data files paths, possibly none when every record of
+// the window was rejected) to the staged flushes, and resets the buffer: it is durable in
+// object storage, not yet in the table, so nothing is checkpointed until its commit lands.
+func (p *processor) stage(cp kcl.IRecordProcessorCheckpointer, paths []string, objects, bytesOut int, start time.Time) {
 	m := p.s.deps.Metrics
-	req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: paths,
-		Prev: p.table.pos, Last: icetable.Position{Seq: p.buf.last, Sub: p.buf.lastSub}}
-	ctx, cancel := p.leaseContext()
-	pc := &pendingCommit{done: make(chan error, 1), cancel: cancel, cp: cp, req: req, last: p.buf.last, records: len(p.buf.recs), start: start}
-	go func() { pc.done <- p.s.deps.Table.Commit(ctx, req) }()
-	p.pending = pc
+	st := p.staged
+	if st == nil {
+		st = &stagedFlushes{start: start}
+		p.staged = st
+	}
+	st.cp = cp
+	st.paths = append(st.paths, paths...)
+	st.last = icetable.Position{Seq: p.buf.last, Sub: p.buf.lastSub}
+	st.records += len(p.buf.recs)
 	for _, e := range p.buf.errs {
 		m.RecordsFailed.WithLabelValues(p.shard, string(e.Reason)).Inc()
 	}
 	m.FlushObjects.WithLabelValues(p.shard).Add(float64(objects))
 	m.FlushBytes.WithLabelValues(p.shard).Add(float64(bytesOut))
-	p.log.Info("flushed batch, commit asked", zap.String("seq_first", p.buf.first), zap.String("seq_last", p.buf.last),
+	fields := []zap.Field{zap.String("seq_first", p.buf.first), zap.String("seq_last", p.buf.last),
 		zap.Int("records", p.buf.n), zap.Int("rejected", len(p.buf.errs)), zap.Int("objects", objects), zap.Int("bytes", bytesOut),
-		zap.String("s3_key", paths[0]), zap.Duration("duration", time.Since(start)))
+		zap.Int("staged_files", len(st.paths)), zap.Bool("commit_in_flight", p.pending != nil), zap.Duration("duration", time.Since(start))}
+	if len(paths) > 0 {
+		fields = append(fields, zap.String("s3_key", paths[0]))
+	}
+	p.log.Info("flushed batch", fields...)
 	p.buf.reset()
 	p.publishBuffered()
 }
 
-// settle checkpoints the pending commit's flush once the commit landed: with block, it waits
-// for it (bounded by the lease and the drain deadline); without, it only looks. It returns
-// false when the processor died: the table's position moved underneath (another owner
-// committed), or the commit's outcome is unknown (abandoned when the lease was about to go:
-// it may still land, so the lease must expire rather than be released).
+// submitStaged asks for the commit of the staged flushes without waiting for it; with no data
+// file among them (every record rejected) there is nothing to commit, and the checkpoint
+// moves at once. It returns false when the processor died.
+func (p *processor) submitStaged() bool {
+	st := p.staged
+	if st == nil || p.pending != nil {
+		return true
+	}
+	p.staged = nil
+	if len(st.paths) == 0 {
+		if p.s.beforeCheckpoint != nil {
+			p.s.beforeCheckpoint()
+		}
+		if p.retry(opCheckpoint, "", func(context.Context) error { return st.cp.Checkpoint(aws.String(st.last.Seq)) }) != nil {
+			return false
+		}
+		p.setCheckpoint(st.last.Seq)
+		p.health.checkpointed(p.s.now())
+		p.s.deps.Metrics.RecordsOut.WithLabelValues(p.shard).Add(float64(st.records))
+		return true
+	}
+	req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: st.paths,
+		Prev: p.table.pos, Last: st.last}
+	ctx, cancel := p.leaseContext()
+	pc := &pendingCommit{done: make(chan error, 1), cancel: cancel, cp: st.cp, req: req, last: st.last.Seq, records: st.records, start: st.start}
+	go func() { pc.done <- p.s.deps.Table.Commit(ctx, req) }()
+	p.pending = pc
+	p.log.Info("commit asked", zap.String("seq_last", st.last.Seq), zap.Int("files", len(st.paths)), zap.Int("records", st.records))
+	return true
+}
+
+// settle moves the table output along: when the commit in flight has landed it checkpoints
+// it, then asks for the commit of the flushes staged meanwhile. With block it waits until
+// nothing is in flight and nothing is staged (bounded by the lease and the drain deadline);
+// without, it only looks. It returns false when the processor died: the table's position
+// moved underneath (another owner committed), or a commit's outcome is unknown (abandoned
+// when the lease was about to go: it may still land, so the lease must expire rather than be
+// released).
 func (p *processor) settle(block bool) bool {
+	for {
+		if p.pending == nil && p.staged == nil {
+			return true
+		}
+		landed, ok := p.settleOne(block)
+		if !ok {
+			return false
+		}
+		if !landed {
+			return true // not blocking, and the commit is still in flight
+		}
+		if !p.submitStaged() {
+			return false
+		}
+		if !block {
+			return true
+		}
+	}
+}
+
+// settleOne checkpoints the commit in flight if it landed (waiting for it with block); landed
+// reports whether nothing is in flight any more.
+func (p *processor) settleOne(block bool) (landed, ok bool) {
 	pc := p.pending
 	if pc == nil {
-		return true
+		return true, true
 	}
 	var err error
 	if block {
@@ -195,7 +269,7 @@ func (p *processor) settle(block bool) bool {
 		select {
 		case err = <-pc.done:
 		default:
-			return true
+			return false, true
 		}
 	}
 	pc.cancel()
@@ -204,18 +278,18 @@ func (p *processor) settle(block bool) bool {
 		if errors.Is(err, icetable.ErrPositionMoved) {
 			p.log.Warn("table position moved underneath, processor stopped", zap.Error(err))
 			p.die("table position moved", err)
-			return false
+			return false, false
 		}
 		p.writeAbandoned = true
 		p.die("commit abandoned", err)
-		return false
+		return false, false
 	}
 	p.table.pos = pc.req.Last
 	if p.s.beforeCheckpoint != nil {
 		p.s.beforeCheckpoint()
 	}
 	if p.retry(opCheckpoint, "", func(context.Context) error { return pc.cp.Checkpoint(aws.String(pc.last)) }) != nil {
-		return false
+		return false, false
 	}
 	m := p.s.deps.Metrics
 	p.setCheckpoint(pc.last)
@@ -226,5 +300,5 @@ func (p *processor) settle(block bool) bool {
 	m.LastCheckpointTS.WithLabelValues(p.shard).SetToCurrentTime()
 	p.log.Info("commit landed, checkpointed", zap.String("seq_last", pc.last), zap.Int("records", pc.records),
 		zap.Int("files", len(pc.req.Files)), zap.Duration("duration", d))
-	return true
+	return true, true
 }
