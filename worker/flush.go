@@ -79,15 +79,9 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
 	// before this line replays the buffer and rewrites the same keys.
 	last := p.buf.last
-	if p.s.beforeCheckpoint != nil {
-		p.s.beforeCheckpoint()
-	}
-	if p.retry(opCheckpoint, "", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }) != nil {
+	if !p.checkpointAt(cp, last, len(p.buf.recs)) {
 		return false
 	}
-	p.setCheckpoint(last)
-	p.health.checkpointed(p.s.now())
-	m.RecordsOut.WithLabelValues(p.shard).Add(float64(len(p.buf.recs)))
 	for _, e := range p.buf.errs {
 		m.RecordsFailed.WithLabelValues(p.shard, string(e.Reason)).Inc()
 	}
@@ -95,7 +89,6 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	m.FlushBytes.WithLabelValues(p.shard).Add(float64(bytesOut))
 	d := time.Since(start)
 	m.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
-	m.LastCheckpointTS.WithLabelValues(p.shard).SetToCurrentTime()
 	fields := []zap.Field{zap.String("seq_first", p.buf.first), zap.String("seq_last", last), zap.Int("records", p.buf.n),
 		zap.Int("rejected", len(p.buf.errs)), zap.Int("objects", len(objs)), zap.Int("bytes", bytesOut), zap.Duration("duration", d)}
 	if len(objs) > 0 {
@@ -104,5 +97,23 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	p.log.Info("flushed batch", fields...)
 	p.buf.reset()
 	p.publishBuffered()
+	return true
+}
+
+// checkpointAt moves the shard's checkpoint to last once the records up to it are durable
+// (objects written, or their commit landed), with retries, and counts the records written out.
+// It returns false when the processor stopped or died on the way.
+func (p *processor) checkpointAt(cp kcl.IRecordProcessorCheckpointer, last string, records int) bool {
+	if p.s.beforeCheckpoint != nil {
+		p.s.beforeCheckpoint()
+	}
+	if p.retry(opCheckpoint, "", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }) != nil {
+		return false
+	}
+	p.setCheckpoint(last)
+	p.health.checkpointed(p.s.now())
+	m := p.s.deps.Metrics
+	m.RecordsOut.WithLabelValues(p.shard).Add(float64(records))
+	m.LastCheckpointTS.WithLabelValues(p.shard).SetToCurrentTime()
 	return true
 }

@@ -55,6 +55,32 @@ type ShardReplay struct {
 	Stop string `json:"stop"`
 }
 
+// replayStart is what both replays (Hive objects, the Iceberg table) check and set up first:
+// the config, the range, the default metrics and logger, and the shards of req (every shard
+// of the stream when it names none).
+func replayStart(ctx context.Context, cfg Config, deps *Deps, kc *kinesis.Client, stream string, req ReplayRequest) ([]string, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("replay: %w", configError("worker", err))
+	}
+	if req.From.IsZero() || !req.To.IsZero() && req.To.Before(req.From) {
+		return nil, errors.New("replay: want --from, and --to not before it")
+	}
+	if deps.Metrics == nil {
+		deps.Metrics, _ = NewMetrics(nil)
+	}
+	if deps.Log == nil {
+		deps.Log = zap.NewNop()
+	}
+	shards, err := listShards(ctx, kc, stream)
+	if err != nil {
+		return nil, err
+	}
+	if len(req.Shards) > 0 {
+		shards = slices.DeleteFunc(shards, func(sh string) bool { return !slices.Contains(req.Shards, sh) })
+	}
+	return shards, nil
+}
+
 // Replay reprocesses the records of a time range and rewrites, in place, exactly the objects
 // the live worker wrote for them (same keys; the same bytes unless the model changed, which is
 // the point of a replay after a bad model). It needs no lease: it only rewrites flush windows
@@ -75,24 +101,12 @@ type ShardReplay struct {
 // (a record that failed enrichment and now succeeds leaves errors/; a flush whose records are
 // all rejected now loses its output object), so no record stays under two keys.
 func Replay(ctx context.Context, cfg Config, stream string, deps Deps, kc *kinesis.Client, fence CheckpointReader, req ReplayRequest) ([]ShardReplay, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("replay: %w", configError("worker", err))
-	}
-	if req.From.IsZero() || !req.To.IsZero() && req.To.Before(req.From) {
-		return nil, errors.New("replay: want --from, and --to not before it")
-	}
-	if deps.Metrics == nil {
-		deps.Metrics, _ = NewMetrics(nil)
-	}
-	shards, err := listShards(ctx, kc, stream)
+	shards, err := replayStart(ctx, cfg, &deps, kc, stream, req)
 	if err != nil {
 		return nil, err
 	}
 	var out []ShardReplay
 	for _, sh := range shards {
-		if len(req.Shards) > 0 && !slices.Contains(req.Shards, sh) {
-			continue
-		}
 		r, err := replayShard(ctx, cfg, stream, deps, withHiddenAggregates(kc), fence, req, sh, nil)
 		if err != nil {
 			return out, fmt.Errorf("replay shard %s: %w", sh, err)

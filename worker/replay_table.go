@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -60,19 +59,7 @@ type TableReplayOptions struct {
 // after the replay's.
 func ReplayTable(ctx context.Context, cfg Config, stream string, deps Deps, kc *kinesis.Client, rep *icetable.Replace, live CheckpointReader, req ReplayRequest, o TableReplayOptions) (TableReplay, error) {
 	var out TableReplay
-	if err := cfg.Validate(); err != nil {
-		return out, fmt.Errorf("replay: %w", configError("worker", err))
-	}
-	if req.From.IsZero() || !req.To.IsZero() && req.To.Before(req.From) {
-		return out, errors.New("replay: want --from, and --to not before it")
-	}
-	if deps.Metrics == nil {
-		deps.Metrics, _ = NewMetrics(nil)
-	}
-	if deps.Log == nil {
-		deps.Log = zap.NewNop()
-	}
-	shards, err := listShards(ctx, kc, stream)
+	shards, err := replayStart(ctx, cfg, &deps, kc, stream, req)
 	if err != nil {
 		return out, err
 	}
@@ -96,9 +83,6 @@ func ReplayTable(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 		return pos, nil
 	}
 	for _, sh := range shards {
-		if len(req.Shards) > 0 && !slices.Contains(req.Shards, sh) {
-			continue
-		}
 		r, err := replayShard(ctx, cfg, stream, deps, withHiddenAggregates(kc), fence, req, sh, tr)
 		if err != nil {
 			return out, fmt.Errorf("replay shard %s: %w", sh, err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress/snappy"
 	kcl "github.com/vmware/vmware-go-kcl-v2/clientlibrary/interfaces"
@@ -202,16 +201,7 @@ func (p *processor) submitStaged() bool {
 	}
 	p.staged = nil
 	if len(st.paths) == 0 {
-		if p.s.beforeCheckpoint != nil {
-			p.s.beforeCheckpoint()
-		}
-		if p.retry(opCheckpoint, "", func(context.Context) error { return st.cp.Checkpoint(aws.String(st.last.Seq)) }) != nil {
-			return false
-		}
-		p.setCheckpoint(st.last.Seq)
-		p.health.checkpointed(p.s.now())
-		p.s.deps.Metrics.RecordsOut.WithLabelValues(p.shard).Add(float64(st.records))
-		return true
+		return p.checkpointAt(st.cp, st.last.Seq, st.records)
 	}
 	req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: st.paths,
 		Prev: p.table.pos, Last: st.last}
@@ -285,19 +275,11 @@ func (p *processor) settleOne(block bool) (landed, ok bool) {
 		return false, false
 	}
 	p.table.pos = pc.req.Last
-	if p.s.beforeCheckpoint != nil {
-		p.s.beforeCheckpoint()
-	}
-	if p.retry(opCheckpoint, "", func(context.Context) error { return pc.cp.Checkpoint(aws.String(pc.last)) }) != nil {
+	if !p.checkpointAt(pc.cp, pc.last, pc.records) {
 		return false, false
 	}
-	m := p.s.deps.Metrics
-	p.setCheckpoint(pc.last)
-	p.health.checkpointed(p.s.now())
-	m.RecordsOut.WithLabelValues(p.shard).Add(float64(pc.records))
 	d := time.Since(pc.start)
-	m.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
-	m.LastCheckpointTS.WithLabelValues(p.shard).SetToCurrentTime()
+	p.s.deps.Metrics.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
 	p.log.Info("commit landed, checkpointed", zap.String("seq_last", pc.last), zap.Int("records", pc.records),
 		zap.Int("files", len(pc.req.Files)), zap.Duration("duration", d))
 	return true, true

@@ -301,37 +301,43 @@ func (i fileInfo) ModTime() time.Time { return i.mod }
 func (i fileInfo) IsDir() bool        { return false }
 func (i fileInfo) Sys() any           { return nil }
 
-// putLocation writes body at location (s3:// of a registered bucket) under ctx: the worker's
-// data files, whose writes are bounded by the lease like every other fenced write.
-func putLocation(ctx context.Context, location string, body []byte) error {
+// clientFor returns the registered client of an s3:// location's bucket, and the location's
+// bucket and key.
+func clientFor(location string) (c *s3.Client, bucket, key string, err error) {
 	u, err := url.Parse(location)
 	if err != nil || u.Scheme != "s3" {
-		return fmt.Errorf("iceberg data file %q: not an s3:// location", location)
+		return nil, "", "", fmt.Errorf("%q: not an s3:// location", location)
 	}
 	clientsMu.RLock()
-	c := clients[u.Host]
+	c = clients[u.Host]
 	clientsMu.RUnlock()
 	if c == nil {
-		return fmt.Errorf("iceberg data file %q: bucket %q is not registered", location, u.Host)
+		return nil, "", "", fmt.Errorf("%q: bucket %q is not registered", location, u.Host)
 	}
-	key := strings.TrimPrefix(u.Path, "/")
-	_, err = c.PutObject(ctx, &s3.PutObjectInput{Bucket: &u.Host, Key: &key, Body: bytes.NewReader(body),
-		ContentLength: aws.Int64(int64(len(body)))})
+	return c, u.Host, strings.TrimPrefix(u.Path, "/"), nil
+}
+
+// put writes size bytes of body at location (s3:// of a registered bucket) under ctx.
+func put(ctx context.Context, location string, body io.Reader, size int64) error {
+	c, bucket, key, err := clientFor(location)
+	if err != nil {
+		return err
+	}
+	_, err = c.PutObject(ctx, &s3.PutObjectInput{Bucket: &bucket, Key: &key, Body: body, ContentLength: aws.Int64(size)})
 	return err
+}
+
+// putLocation writes body at location under ctx: the worker's data files, whose writes are
+// bounded by the lease like every other fenced write.
+func putLocation(ctx context.Context, location string, body []byte) error {
+	if err := put(ctx, location, bytes.NewReader(body), int64(len(body))); err != nil {
+		return fmt.Errorf("iceberg data file: %w", err)
+	}
+	return nil
 }
 
 // putFile uploads a spooled file to location (s3:// of a registered bucket).
 func putFile(ctx context.Context, location string, f *os.File) error {
-	u, err := url.Parse(location)
-	if err != nil || u.Scheme != "s3" {
-		return fmt.Errorf("%q: not an s3:// location", location)
-	}
-	clientsMu.RLock()
-	c := clients[u.Host]
-	clientsMu.RUnlock()
-	if c == nil {
-		return fmt.Errorf("%q: bucket %q is not registered", location, u.Host)
-	}
 	st, err := f.Stat()
 	if err != nil {
 		return err
@@ -339,7 +345,5 @@ func putFile(ctx context.Context, location string, f *os.File) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	key := strings.TrimPrefix(u.Path, "/")
-	_, err = c.PutObject(ctx, &s3.PutObjectInput{Bucket: &u.Host, Key: &key, Body: f, ContentLength: aws.Int64(st.Size())})
-	return err
+	return put(ctx, location, f, st.Size())
 }
