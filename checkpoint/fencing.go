@@ -44,6 +44,11 @@ func (s *Store) renew(ctx context.Context, shard *par.ShardStatus, h heldLease) 
 		s.mu.Unlock()
 		return &LeaseError{Op: OpRenew, ShardID: shard.ID, Owner: cur.ClaimRequest, Err: ErrLeaseClaimed}
 	}
+	if cur.ClaimRequest == "" {
+		s.mu.Lock()
+		delete(s.coord.claimSeen, shard.ID) // a claim withdrawn: a new one waits the full delay
+		s.mu.Unlock()
+	}
 	if err := s.fencedUpdate(ctx, shard.ID, h, renewal()); err != nil {
 		return err
 	}

@@ -28,7 +28,7 @@ import (
 //     it saw), and when the busiest worker holds two or more leases more than the least
 //     loaded one, a lease of the busiest is claimed for the least loaded (ClaimRequest).
 //   - Every worker reads only what concerns it: its own leases (renewals, as before) and, every
-//     FailoverTime/4, the rows whose ClaimRequest names it, through the sparse global
+//     FailoverTime/3 (claimReadEvery), the rows whose ClaimRequest names it, through the sparse global
 //     secondary index IndexClaims (a Query of a handful of items: half a read unit). A
 //     transferred row is adopted (taken with a write conditional on the leader's state); a
 //     claimed row held by another worker is watched (a consistent GetItem every 200 ms) until
@@ -43,8 +43,9 @@ import (
 //
 // The fleet's reads per minute: the leader's Scans (table size / 4 KB per SyncInterval),
 // the renewals (one GetItem per lease per FailoverTime/4), plus half a unit per worker per
-// FailoverTime/4 for the claim Query and one unit per worker per FailoverTime/2 for the leader
-// check: flat in the workers up to those per-worker units, linear in the shards.
+// FailoverTime/3 for the claim Query and half a unit per worker per FailoverTime/2 for the
+// (eventually consistent) leader check: 12 units a minute per worker at the shipped 10 s, flat
+// in the workers up to those, linear in the shards.
 const (
 	// LeaderRow is the lease table row whose lease makes a worker the leader. It is not a
 	// shard: the library never lists it, and `status` does not show it.
@@ -63,14 +64,26 @@ type coordination struct {
 	leaderSt    *par.ShardStatus
 	leaderAlive time.Time // when the leader row was last seen moving or held by us
 	watch       map[string]time.Time
-	claimSeen   map[string]time.Time // held leases: when another worker's claim was first seen
-	noIndex     bool                 // the claim index is missing: fall back to Scans
+	claimSeen   map[string]claimSighting // held leases: the claim on each, and when it was first seen
+	noIndex     bool                     // the claim index is missing: fall back to Scans
+	me          presence                 // this worker's presence row (presence.go)
+}
+
+// claimSighting is a claim a holder has seen on one of its leases: who, and since when.
+type claimSighting struct {
+	claimant string
+	at       time.Time
 }
 
 // HandOverDelay is how long a holder keeps a lease after it first sees a claim on it (or
 // after HandOff claimed it), so that the claimant, which finds its claims every
-// FailoverTime/4, is watching the row when it is released.
-func (s *Store) HandOverDelay() time.Duration { return s.cfg.FailoverTime/4 + 500*time.Millisecond }
+// claimReadEvery, is watching the row when it is released.
+func (s *Store) HandOverDelay() time.Duration { return s.claimReadEvery() + 500*time.Millisecond }
+
+// claimReadEvery is how often a worker Queries the claim index for the rows naming it. It
+// bounds how soon a transferred lease is adopted (after a failover: FailoverTime, the plan,
+// then this) and sets the per-worker part of the fleet's reads (half a unit per Query).
+func (s *Store) claimReadEvery() time.Duration { return s.cfg.FailoverTime / 3 }
 
 // leaderKnown reports whether a live leader (this store or another) coordinates the fleet,
 // with s.mu held.
@@ -88,7 +101,7 @@ func (s *Store) Coordinate(ctx context.Context) {
 	s.mu.Lock()
 	s.coord.on = true
 	s.coord.watch = map[string]time.Time{}
-	s.coord.claimSeen = map[string]time.Time{}
+	s.coord.claimSeen = map[string]claimSighting{}
 	s.coord.leaderSt = &par.ShardStatus{ID: LeaderRow, Mux: &sync.RWMutex{}}
 	s.mu.Unlock()
 	defer func() {
@@ -119,7 +132,8 @@ func (s *Store) Coordinate(ctx context.Context) {
 			lastLeader = now
 			s.checkLeader(ctx)
 		}
-		if now.Sub(lastInbox) >= s.cfg.FailoverTime/4 {
+		s.keepPresence(ctx)
+		if now.Sub(lastInbox) >= s.claimReadEvery() {
 			lastInbox = now
 			s.readClaims(ctx)
 		}
@@ -289,19 +303,21 @@ func (s *Store) pollWatched(ctx context.Context) {
 }
 
 // holdClaimed reports whether the holder should keep renewing its lease on shardID although
-// claimant claimed it: for HandOverDelay after it first saw the claim.
+// claimant claimed it: for HandOverDelay after it first saw this claimant's claim. A claim
+// re-planned for another worker starts the delay again: the new claimant learns of it at its
+// next claim read, and a release before then would leave the shard to wait for it.
 func (s *Store) holdClaimed(shardID, claimant string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.coord.on {
 		return false
 	}
-	first, ok := s.coord.claimSeen[shardID]
-	if !ok {
-		first = s.now()
-		s.coord.claimSeen[shardID] = first
+	seen, ok := s.coord.claimSeen[shardID]
+	if !ok || seen.claimant != claimant {
+		seen = claimSighting{claimant: claimant, at: s.now()}
+		s.coord.claimSeen[shardID] = seen
 	}
-	return s.now().Sub(first) < s.HandOverDelay()
+	return s.now().Sub(seen.at) < s.HandOverDelay()
 }
 
 // plan is the leader's pass: one Scan, then the transfers and claims described above.
@@ -319,16 +335,13 @@ func (s *Store) plan(ctx context.Context) error {
 		s.mu.Unlock()
 		return nil // no shard list yet
 	}
-	// The live workers: this one and the owners of leases that have not expired. A claimant
-	// that owns nothing live (killed, or drained after it was named a successor) gets nothing,
-	// and a free row claimed for it is planned again at once.
-	counts := map[string]int{s.cfg.WorkerID: 0}
-	for id := range s.topo {
-		if l, ok := s.view.rows[id]; ok && l.Owner != "" && !l.Closed() && !s.expiredLocked(l) {
-			counts[l.Owner] += 0
-		}
-	}
-	live := func(w string) bool { _, ok := counts[w]; return ok }
+	// The live workers (presence.go): this one unless it drains, the owners of leases that have
+	// not expired and the workers whose presence row moved, except those draining. A claimant
+	// that is not live (killed, draining, or drained after it was named a successor) gets
+	// nothing, and a row claimed for it is planned again at once.
+	alive, stale := s.fleetLocked()
+	live := func(w string) bool { return alive[w] }
+	counts := map[string]int{}
 	type move struct {
 		id     string
 		cur    Lease
@@ -336,7 +349,7 @@ func (s *Store) plan(ctx context.Context) error {
 		to     string
 		claim  bool // a hand-over claim on a held row, not a transfer
 	}
-	var todo []Lease
+	var todo, leaving, reclaim []Lease
 	var missing []string
 	held := map[string][]string{}
 	for id, parents := range s.topo {
@@ -366,10 +379,16 @@ func (s *Store) plan(ctx context.Context) error {
 			counts[l.ClaimRequest]++ // a hand-over in progress
 		case s.expiredLocked(l):
 			todo = append(todo, l)
+		case !live(l.Owner) && (l.ClaimRequest == "" || l.ClaimRequest == l.Owner || !live(l.ClaimRequest)):
+			// Held by a worker that drains, unclaimed or claimed for one that is gone: claim it
+			// for a live one now (the holder lets go after the hand-over delay).
+			leaving = append(leaving, l)
 		case l.ClaimRequest != "" && l.ClaimRequest != l.Owner && !live(l.ClaimRequest):
-			// Claimed for a worker that is gone: claim it again for a live one.
+			// Claimed for a worker that is gone or draining: claim it again for a live one at
+			// once, before the holder lets go to a claimant that will never take it (the
+			// holder waits the hand-over delay again for the new claimant).
 			counts[l.Owner]++
-			held[l.Owner] = append(held[l.Owner], id)
+			reclaim = append(reclaim, l)
 		case l.ClaimRequest != "" && l.ClaimRequest != l.Owner:
 			// A hand-over in progress counts for the claimant already: counted for the holder,
 			// the claimant would look under-loaded for the seconds the hand-over takes and get
@@ -385,8 +404,8 @@ func (s *Store) plan(ctx context.Context) error {
 	s.mu.Unlock()
 	least := func(not string) string {
 		best := ""
-		for w, n := range counts {
-			if w != not && (best == "" || n < counts[best] || n == counts[best] && w < best) {
+		for w := range alive {
+			if w != not && (best == "" || counts[w] < counts[best] || counts[w] == counts[best] && w < best) {
 				best = w
 			}
 		}
@@ -395,15 +414,35 @@ func (s *Store) plan(ctx context.Context) error {
 	var moves []move
 	sort.Strings(missing)
 	for _, id := range missing {
-		to := least("")
-		counts[to]++
-		moves = append(moves, move{id: id, to: to})
+		if to := least(""); to != "" {
+			counts[to]++
+			moves = append(moves, move{id: id, to: to})
+		}
 	}
 	sort.Slice(todo, func(i, j int) bool { return todo[i].ShardID < todo[j].ShardID })
 	for _, l := range todo {
+		if to := least(l.Owner); to != "" {
+			counts[to]++
+			moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to})
+		}
+	}
+	sort.Slice(reclaim, func(i, j int) bool { return reclaim[i].ShardID < reclaim[j].ShardID })
+	for _, l := range reclaim {
 		to := least(l.Owner)
-		counts[to]++
-		moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to})
+		if to == "" || counts[l.Owner]-counts[to] < 2 {
+			to = "" // no one to balance to any more: withdraw the claim
+		} else {
+			counts[l.Owner]--
+			counts[to]++
+		}
+		moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to, claim: true})
+	}
+	sort.Slice(leaving, func(i, j int) bool { return leaving[i].ShardID < leaving[j].ShardID })
+	for _, l := range leaving {
+		if to := least(l.Owner); to != "" {
+			counts[to]++
+			moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to, claim: true})
+		}
 	}
 	// Balance: move one lease at a time from the busiest to the least loaded, while they
 	// differ by two or more (at most a few per pass: each is a hand-over).
@@ -415,7 +454,7 @@ func (s *Store) plan(ctx context.Context) error {
 				from = w
 			}
 		}
-		if from == "" || counts[from]-counts[to] < 2 {
+		if from == "" || to == "" || counts[from]-counts[to] < 2 {
 			break
 		}
 		ids := held[from]
@@ -428,6 +467,9 @@ func (s *Store) plan(ctx context.Context) error {
 		counts[from]--
 		counts[to]++
 		moves = append(moves, move{id: id, cur: cur, exists: true, to: to, claim: true})
+	}
+	for _, l := range stale {
+		s.removePresence(ctx, l)
 	}
 	for _, m := range moves {
 		var err error
@@ -495,22 +537,29 @@ func (s *Store) transfer(ctx context.Context, id string, cur Lease, exists bool,
 }
 
 // claimFor writes a hand-over claim for worker to on the held row cur.
-// A claim already on the row (for a worker that is gone) is replaced, conditionally.
+// A claim already on the row (for a worker that is gone) is replaced, conditionally; to ""
+// withdraws it.
 func (s *Store) claimFor(ctx context.Context, cur Lease, to string) error {
 	cond := "#owner = :owner AND #counter = :n AND attribute_not_exists(#claim)"
-	values := map[string]types.AttributeValue{":to": str(to), ":owner": str(cur.Owner), ":n": num(cur.Counter)}
+	values := map[string]types.AttributeValue{":owner": str(cur.Owner), ":n": num(cur.Counter)}
 	if cur.ClaimRequest != "" {
 		cond = "#owner = :owner AND #counter = :n AND #claim = :old"
 		values[":old"] = str(cur.ClaimRequest)
 	}
-	return s.updateRow(ctx, cur.ShardID, "SET #claim = :to", cond,
+	update := "REMOVE #claim"
+	if to != "" {
+		update = "SET #claim = :to"
+		values[":to"] = str(to)
+	}
+	return s.updateRow(ctx, cur.ShardID, update, cond,
 		map[string]string{"#claim": AttrClaim, "#owner": AttrOwner, "#counter": AttrCounter}, values)
 }
 
-// HandOff claims each lease this worker holds for a successor (the least loaded other live
-// owner in one Scan), so that when the drain releases them the successors, which will be
-// watching, take them at once. It returns how long the caller should keep the leases before
-// releasing them (zero: nothing claimed).
+// HandOff marks this worker draining (presence.go) and claims each lease it holds for a
+// successor: the least loaded other worker in one Scan, among the owners of leases and the
+// workers whose presence row is recent and not draining, so that when the drain releases them
+// the successors, which will be watching, take them at once. It returns how long the caller
+// should keep the leases before releasing them (zero: nothing claimed).
 func (s *Store) HandOff(ctx context.Context) time.Duration {
 	s.mu.Lock()
 	on := s.coord.on && !s.coord.noIndex
@@ -518,16 +567,31 @@ func (s *Store) HandOff(ctx context.Context) time.Duration {
 	if !on {
 		return 0
 	}
+	s.markDraining(ctx)
 	leases, err := s.ListLeases(ctx)
 	if err != nil {
 		s.log.Warn("hand-off: cannot read the lease table", zap.Error(err))
 		return 0
 	}
 	counts := map[string]int{}
-	var mine []Lease
+	draining := map[string]bool{s.cfg.WorkerID: true}
+	var mine, named []Lease
+	// A presence row is judged by the wall clock it carries (LeaseTimeout): this worker has no
+	// observations of its own to judge expiry by, and a wrong guess only names a successor the
+	// leader re-plans. Rows of workers that hold leases are not rewritten, so an old one counts
+	// through those leases.
+	wall := time.Now()
 	s.mu.Lock()
 	for _, l := range leases {
-		if l.ShardID == LeaderRow || l.Closed() || l.Owner == "" {
+		if w, ok := presenceWorker(l.ShardID); ok {
+			if l.State == stateDraining {
+				draining[w] = true
+			} else if l.LeaseTimeout.After(wall) {
+				counts[w] += 0
+			}
+			continue
+		}
+		if !IsShardRow(l.ShardID) || l.Closed() || l.Owner == "" {
 			continue
 		}
 		if h, held := s.held[l.ShardID]; held && l.Owner == s.cfg.WorkerID {
@@ -535,31 +599,64 @@ func (s *Store) HandOff(ctx context.Context) time.Duration {
 			mine = append(mine, l)
 			continue
 		}
+		if l.ClaimRequest == s.cfg.WorkerID {
+			// Claimed or transferred to this worker, which will not take it now.
+			named = append(named, l)
+		}
 		if l.Owner != s.cfg.WorkerID {
 			counts[l.Owner]++
 		}
 	}
 	s.mu.Unlock()
+	for w := range draining {
+		delete(counts, w)
+	}
 	if len(counts) == 0 {
 		return 0
 	}
-	n := 0
-	for _, l := range mine {
+	successor := func(not string) string {
 		to := ""
 		for w, c := range counts {
-			if to == "" || c < counts[to] || c == counts[to] && w < to {
+			if w != not && (to == "" || c < counts[to] || c == counts[to] && w < to) {
 				to = w
 			}
 		}
-		if l.ClaimRequest != "" {
+		return to
+	}
+	n := 0
+	for _, l := range mine {
+		if l.ClaimRequest != "" && !draining[l.ClaimRequest] {
 			continue
 		}
+		to := successor("")
 		if err := s.claimFor(ctx, l, to); err == nil {
 			counts[to]++
 			n++
 		}
 	}
-	s.log.Info("handing leases over before draining", zap.Int("leases", n), zap.Int("held", len(mine)))
+	// Pass on what was planned for this worker: a holder would otherwise let go to a claimant
+	// that never takes the lease, and the shard would wait for the claim to expire.
+	redirected := 0
+	for _, l := range named {
+		to := successor(l.Owner) // "" when the holder is the only one left: the claim is withdrawn
+		var err error
+		switch {
+		case to == "" && (l.Owner == "" || l.Owner == s.cfg.WorkerID):
+			continue // no one to pass it to: the leader plans it when it expires
+		case l.Owner == "" || l.Owner == s.cfg.WorkerID:
+			err = s.transfer(ctx, l.ShardID, l, true, to)
+		default:
+			err = s.claimFor(ctx, l, to)
+		}
+		if err == nil && to != "" {
+			counts[to]++
+		}
+		if err == nil {
+			redirected++
+		}
+	}
+	s.log.Info("handing leases over before draining", zap.Int("leases", n), zap.Int("held", len(mine)),
+		zap.Int("redirected", redirected))
 	if n == 0 {
 		return 0
 	}

@@ -42,6 +42,8 @@ type Lease struct {
 	// CheckpointTime is the wall clock of the worker that wrote Checkpoint, when it wrote it;
 	// zero when unknown. Informational only (the checkpoint age `status` shows).
 	CheckpointTime time.Time
+	// State is a presence row's AttrWorkerState ("draining" or ""); empty for a shard's lease.
+	State string
 }
 
 // Closed reports whether the shard was processed to its end (checkpoint SHARD_END).
@@ -73,7 +75,7 @@ func parseLease(item map[string]types.AttributeValue) (Lease, error) {
 		name string
 		dst  *string
 	}{{AttrOwner, &l.Owner}, {AttrCheckpoint, &l.Checkpoint}, {AttrParent, &l.ParentShardID}, {AttrClaim, &l.ClaimRequest},
-		{AttrLeaseTimeout, &lt}, {AttrCheckpointTime, &cpt}} {
+		{AttrLeaseTimeout, &lt}, {AttrCheckpointTime, &cpt}, {AttrWorkerState, &l.State}} {
 		if err := str(f.name, f.dst); err != nil {
 			return Lease{}, fmt.Errorf("lease %s: %w", l.ShardID, err)
 		}

@@ -87,10 +87,7 @@ func (s *Store) freshView(ctx context.Context) error {
 	s.viewMu.Lock()
 	defer s.viewMu.Unlock()
 	s.mu.Lock()
-	fresh := s.view.valid && s.now().Sub(s.view.at) < s.leasing.SyncInterval
-	// With a live leader a worker does not Scan: its view is kept up to date by its own
-	// writes and by the rows the claim index names it on (see leader.go).
-	fresh = fresh || (s.view.valid && s.leaderKnownLocked() && !s.coord.leader)
+	fresh := s.viewFreshLocked()
 	s.mu.Unlock()
 	if fresh {
 		return nil
@@ -125,6 +122,17 @@ func (s *Store) freshView(ctx context.Context) error {
 	s.view = leaseView{rows: rows, at: t0, valid: true}
 	s.mu.Unlock()
 	return nil
+}
+
+// viewFreshLocked reports whether the view can be used without a Scan (s.mu held): it is
+// younger than SyncInterval, or a live leader coordinates and this worker is not it (its view
+// is then kept up to date by its own writes and by the rows the claim index names it on, see
+// leader.go).
+func (s *Store) viewFreshLocked() bool {
+	if !s.view.valid {
+		return false
+	}
+	return s.now().Sub(s.view.at) < s.leasing.SyncInterval || s.leaderKnownLocked() && !s.coord.leader
 }
 
 // noteRow records a row state this store has just written or read in the view.
@@ -179,10 +187,18 @@ func (s *Store) Peek(shard *par.ShardStatus) error {
 	if !s.leasingOn() {
 		return s.FetchCheckpoint(shard)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.CallTimeout)
-	defer cancel()
-	if err := s.freshView(ctx); err != nil {
-		return fmt.Errorf("fetch checkpoint %s: %w", shard.ID, err)
+	// The library calls this for every shard it does not hold, on every pass: the Scan's
+	// context (a timer) is made only when the view is due for a Scan.
+	s.mu.Lock()
+	fresh := s.viewFreshLocked()
+	s.mu.Unlock()
+	if !fresh {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.CallTimeout)
+		err := s.freshView(ctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("fetch checkpoint %s: %w", shard.ID, err)
+		}
 	}
 	s.mu.Lock()
 	l, ok := s.view.rows[shard.ID]
@@ -218,7 +234,7 @@ func (s *Store) admit(ctx context.Context, shard *par.ShardStatus) (Lease, bool,
 func (s *Store) refuseEarly(shard *par.ShardStatus) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.leasing.SyncInterval <= 0 || !s.view.valid || s.now().Sub(s.view.at) >= s.leasing.SyncInterval {
+	if s.leasing.SyncInterval <= 0 || !s.viewFreshLocked() {
 		return nil
 	}
 	if _, held := s.held[shard.ID]; held {
@@ -367,6 +383,16 @@ func (s *Store) stealView(ctx context.Context, shardStatus map[string]*par.Shard
 	if err := s.freshView(ctx); err != nil {
 		return nil, err
 	}
+	none := map[string][]*par.ShardStatus{}
+	s.mu.Lock()
+	led := s.leaderKnownLocked()
+	s.mu.Unlock()
+	if led {
+		// The leader balances (claims for the least loaded worker), and the pass's Peeks have
+		// updated every status already: at a thousand shards this loop was a second copy of
+		// the view on every pass of every worker.
+		return none, nil
+	}
 	// Copy the rows out under the lock: renewals and checkpoints (the consumers' goroutines)
 	// write the view's map concurrently, and applyToShard takes s.mu itself.
 	type update struct {
@@ -386,12 +412,8 @@ func (s *Store) stealView(ctx context.Context, shardStatus map[string]*par.Shard
 	for _, u := range updates {
 		s.applyToShard(u.st, u.l)
 	}
-	none := map[string][]*par.ShardStatus{}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.leaderKnownLocked() {
-		return none, nil // the leader balances (claims for the least loaded worker)
-	}
 	if s.leasing.StealInterval <= 0 || (!s.lastClaim.IsZero() && s.now().Sub(s.lastClaim) < s.leasing.StealInterval) {
 		return none, nil
 	}

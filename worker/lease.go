@@ -40,6 +40,7 @@ type (
 		Coordinate(ctx context.Context)
 		HandOff(ctx context.Context) time.Duration
 		ResignLeadership()
+		Retire(ctx context.Context)
 	}
 	leasePolicy interface {
 		SetLeasing(checkpoint.Leasing)

@@ -270,6 +270,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer timer.Stop()
 	select {
 	case <-done:
+		if coordinated {
+			// Every lease is released: the presence row goes too (after an abandoned drain it
+			// stays, marked draining, so the leader gives this worker nothing until it expires).
+			rctx, cancel := context.WithTimeout(context.Background(), slack)
+			co.Retire(rctx)
+			cancel()
+		}
 		log.Info("worker stopped", zap.Duration("duration", time.Since(start)))
 		return nil
 	case <-timer.C:

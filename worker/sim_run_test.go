@@ -90,6 +90,7 @@ func TestLeaseCostFlatInWorkers(t *testing.T) {
 	many := runSim(t, 256, 100, o)
 	for _, r := range []simResult{small, few, many} {
 		t.Log(r.row())
+		t.Logf("%dx%d requests: %v", r.Shards, r.Workers, r.Usage.Requests)
 	}
 	fr, fw := few.perMinute()
 	mr, mw := many.perMinute()

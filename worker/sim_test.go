@@ -159,14 +159,15 @@ func (f *simFleet) start() *simMember {
 	}
 	cfg := f.cfg
 	cfg.WorkerID = id
-	store, err := checkpoint.New(checkpoint.Config{Table: simTable, WorkerID: id, FailoverTime: cfg.FailoverTime, Logger: f.log, ClaimIndex: cfg.LeaderAssigned},
+	log := f.log.With(zap.String("sim_worker", id))
+	store, err := checkpoint.New(checkpoint.Config{Table: simTable, WorkerID: id, FailoverTime: cfg.FailoverTime, Logger: log, ClaimIndex: cfg.LeaderAssigned},
 		f.table.Client(m.link))
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	stream := Stream{Kinesis: awsenv.KinesisConfig{Stream: "sim", Region: "us-east-1", Shards: 1},
 		DynamoDB: awsenv.DynamoDBConfig{LeaseTable: simTable, Region: "us-east-1"}}
-	m.w, err = New(cfg, stream, Deps{Store: simSink{f: f, link: m.link, cut: killed}, Recommender: fakeRecommender{}, K: 5, Log: f.log,
+	m.w, err = New(cfg, stream, Deps{Store: simSink{f: f, link: m.link, cut: killed}, Recommender: fakeRecommender{}, K: 5, Log: log,
 		IsLeaseLost: isLeaseLost}, f.stream.Client(id, m.link, time.Now), store)
 	if err != nil {
 		f.t.Fatal(err)

@@ -147,6 +147,9 @@ func Join(leases []checkpoint.Lease, shards []StreamShard) []Shard {
 	byID := map[string]*Shard{}
 	var order []string
 	for _, l := range leases {
+		if !checkpoint.IsShardRow(l.ShardID) {
+			continue // the leader row, a worker's presence row
+		}
 		byID[l.ShardID] = &Shard{ShardID: l.ShardID, Owner: l.Owner, LeaseCounter: l.Counter, Checkpoint: l.Checkpoint,
 			Parent: l.ParentShardID, Closed: l.Closed(), InLeaseTable: true}
 		order = append(order, l.ShardID)

@@ -44,6 +44,13 @@ func TestStatusJoin(t *testing.T) {
 			leases: []checkpoint.Lease{{ShardID: "shardId-000000000009", Checkpoint: checkpoint.ShardEnd}},
 			want:   []Shard{{ShardID: "shardId-000000000009", Checkpoint: checkpoint.ShardEnd, Closed: true, InLeaseTable: true}},
 		},
+		{
+			name: "the leader row and workers' presence rows are not shards",
+			leases: []checkpoint.Lease{{ShardID: checkpoint.LeaderRow, Owner: "w1", Counter: 3},
+				{ShardID: checkpoint.WorkerRowPrefix + "w2", Owner: "w2", Counter: 1, State: "draining"},
+				{ShardID: "shardId-000000000000", Owner: "w1", Counter: 7}},
+			want: []Shard{{ShardID: "shardId-000000000000", Owner: "w1", LeaseCounter: 7, InLeaseTable: true}},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := Join(tc.leases, tc.shards)
