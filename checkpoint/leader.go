@@ -67,6 +67,8 @@ type coordination struct {
 	claimSeen   map[string]claimSighting // held leases: the claim on each, and when it was first seen
 	noIndex     bool                     // the claim index is missing: fall back to Scans
 	me          presence                 // this worker's presence row (presence.go)
+	unlisted    bool                     // a row naming this worker is not in the shard list yet
+	suspected   bool                     // the leader row had not moved at the last check
 }
 
 // claimSighting is a claim a holder has seen on one of its leases: who, and since when.
@@ -189,7 +191,13 @@ func (s *Store) checkLeader(ctx context.Context) {
 		if alive {
 			s.mu.Lock()
 			s.coord.leaderAlive = obs.seenAt
+			moved := s.now().Sub(obs.seenAt) < watchPeriod
+			suspect := !moved && !s.coord.suspected
+			s.coord.suspected = !moved
 			s.mu.Unlock()
+			if suspect {
+				s.observeAll(ctx)
+			}
 			return nil
 		}
 		if cur, ok, err = s.getLease(ctx, LeaderRow); err != nil {
@@ -213,6 +221,43 @@ func (s *Store) checkLeader(ctx context.Context) {
 	var le *LeaseError
 	if err != nil && !errors.As(err, &le) {
 		s.log.Debug("leader check failed", zap.Error(err))
+	}
+}
+
+// ShardListEvery is how often the worker should list the stream's shards, base being
+// worker.shard_sync_interval: base for the leader and without a leader; FailoverTime for a
+// follower, which needs the list only to start what the leader assigns it, unless a row
+// naming it is a shard it has not listed yet (a new child), until it has. The fleet's
+// ListShards rate then grows with the workers ten times slower (Kinesis allows 100 a second
+// per stream).
+func (s *Store) ShardListEvery(base time.Duration) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.coord.leader || !s.leaderKnownLocked() || s.coord.unlisted {
+		return base
+	}
+	return max(base, s.cfg.FailoverTime)
+}
+
+// observeAll reads the whole table once to start this store's observations of every row: a
+// follower does it when the leader row has not moved since its last check (the leader renews
+// it every FailoverTime/4, the check runs every FailoverTime/2). Should the leader be dead and
+// this worker take over, the leases of workers that died with it then expire FailoverTime
+// after this read, not FailoverTime after its first plan: a failover that loses the leader
+// takes about one failover_time more, not two. The observation is safe whatever happens next:
+// a row still showing the counter seen here has not moved since.
+func (s *Store) observeAll(ctx context.Context) {
+	leases, err := s.ListLeases(ctx)
+	if err != nil {
+		s.log.Debug("cannot read the lease table while the leader looks stuck", zap.Error(err))
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range leases {
+		if _, held := s.held[l.ShardID]; !held {
+			s.observeLocked(l.ShardID, l, true)
+		}
 	}
 }
 
@@ -247,6 +292,12 @@ func (s *Store) readClaims(ctx context.Context) {
 	}
 	s.mu.Lock()
 	s.coord.noIndex = false
+	s.coord.unlisted = false
+	for _, l := range rows {
+		if _, listed := s.topo[l.ShardID]; !listed && l.ShardID != LeaderRow {
+			s.coord.unlisted = true // list the stream again at the next pass
+		}
+	}
 	s.mu.Unlock()
 	for _, l := range rows {
 		if l.ShardID == LeaderRow {

@@ -2,8 +2,11 @@ package checkpoint
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
+
+	par "github.com/vmware/vmware-go-kcl-v2/clientlibrary/partition"
 )
 
 // coordinating sets s up as Coordinate does, without its loop: the tests drive the leader's
@@ -14,6 +17,7 @@ func coordinating(s *Store, shards []ShardInfo, leader bool) {
 	s.coord.on, s.coord.leader = true, leader
 	s.coord.watch = map[string]time.Time{}
 	s.coord.claimSeen = map[string]claimSighting{}
+	s.coord.leaderSt = &par.ShardStatus{ID: LeaderRow, Mux: &sync.RWMutex{}}
 	s.mu.Unlock()
 }
 

@@ -46,6 +46,10 @@ type (
 		SetLeasing(checkpoint.Leasing)
 		SetShards([]checkpoint.ShardInfo)
 	}
+	// shardListPacer is the store's say on how often this worker lists the stream.
+	shardListPacer interface {
+		ShardListEvery(base time.Duration) time.Duration
+	}
 )
 
 // leaseGuard wraps the checkpointer the KCL worker uses and repairs, at that seam, what
@@ -333,6 +337,17 @@ func (g *leaseGuard) setShards(shards []checkpoint.ShardInfo) {
 	if p, ok := g.Checkpointer.(leasePolicy); ok {
 		p.SetShards(shards)
 	}
+}
+
+// shardListTTL is how long the stream's shard list is reused (see kinesis):
+// worker.shard_sync_interval, or longer when the store says so (a follower of a lease leader
+// needs the list only to start what the leader assigns it). Kinesis allows a stream 100
+// ListShards a second: a hundred tasks listing twice a second would be throttled.
+func (g *leaseGuard) shardListTTL() time.Duration {
+	if p, ok := g.Checkpointer.(shardListPacer); ok {
+		return p.ShardListEvery(g.cfg.ShardSyncInterval)
+	}
+	return g.cfg.ShardSyncInterval
 }
 
 // leasePass is the period of the library's event loop: an eighth of shard_sync_interval,

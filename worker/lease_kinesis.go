@@ -18,17 +18,18 @@ import (
 // the library's Kinesis calls.
 //
 //   - ListShards is answered from a cache refreshed at most every worker.shard_sync_interval
-//     (every page read with kc, merged into one answer). The library lists the stream on every
-//     pass of its event loop, and we run that loop far more often than the shard sync
-//     interval (see kclConfig), so without the cache each pass would cost a ListShards. Each
-//     refresh also hands the shard list, with both parents of a merged shard (the library
-//     keeps only ParentShardId), to the lease policy.
+//     (every page read with kc, merged into one answer; less often under a leader, see
+//     shardListTTL). The library lists the stream on every pass of its event loop, and we run
+//     that loop far more often than the shard sync interval (see kclConfig), so without the
+//     cache each pass would cost a ListShards. Each refresh also hands the shard list, with
+//     both parents of a merged shard (the library keeps only ParentShardId), to the lease
+//     policy.
 //   - A GetShardIterator of type LATEST for a child shard (it has a parent) is sent as
 //     TRIM_HORIZON. The library asks for LATEST only for a shard without checkpoint when
 //     worker.initial_position is LATEST; a child's records were all written after the split
 //     or merge, while its parents drained, and must all be read.
 func (g *leaseGuard) kinesis(kc *kinesis.Client) *kinesis.Client {
-	c := &shardCache{src: kc, ttl: g.cfg.ShardSyncInterval, onList: g.setShards, isChild: g.isChild}
+	c := &shardCache{src: kc, ttl: g.shardListTTL, onList: g.setShards, isChild: g.isChild}
 	return kinesis.New(kc.Options(), func(o *kinesis.Options) {
 		o.APIOptions = append(o.APIOptions, func(st *middleware.Stack) error {
 			return st.Initialize.Add(middleware.InitializeMiddlewareFunc("recstreamLeaseSeam", c.handle), middleware.Before)
@@ -39,7 +40,7 @@ func (g *leaseGuard) kinesis(kc *kinesis.Client) *kinesis.Client {
 // shardCache is the state of the middleware kinesis installs.
 type shardCache struct {
 	src     *kinesis.Client // the caller's client, without this middleware
-	ttl     time.Duration
+	ttl     func() time.Duration
 	onList  func([]checkpoint.ShardInfo)
 	isChild func(shardID string) bool
 
@@ -75,7 +76,7 @@ func (c *shardCache) handle(ctx context.Context, in middleware.InitializeInput, 
 func (c *shardCache) list(ctx context.Context, stream string) ([]ktypes.Shard, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stream == stream && time.Since(c.at) < c.ttl {
+	if c.stream == stream && time.Since(c.at) < c.ttl() {
 		return append([]ktypes.Shard(nil), c.shards...), nil
 	}
 	shards, err := awsenv.ListShards(ctx, c.src, stream)
