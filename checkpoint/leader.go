@@ -430,7 +430,11 @@ func (s *Store) plan(ctx context.Context) error {
 			counts[l.ClaimRequest]++ // a hand-over in progress
 		case s.expiredLocked(l):
 			todo = append(todo, l)
-		case !live(l.Owner) && (l.ClaimRequest == "" || l.ClaimRequest == l.Owner || !live(l.ClaimRequest)):
+		case l.ClaimRequest == l.Owner && !live(l.Owner):
+			// Transferred to a worker that is not live and never adopted it: transfer it again
+			// now (conditional on the leader's own write: only one of the two can land).
+			todo = append(todo, l)
+		case !live(l.Owner) && (l.ClaimRequest == "" || !live(l.ClaimRequest)):
 			// Held by a worker that drains, unclaimed or claimed for one that is gone: claim it
 			// for a live one now (the holder lets go after the hand-over delay).
 			leaving = append(leaving, l)

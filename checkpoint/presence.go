@@ -175,7 +175,10 @@ func (s *Store) fleetLocked() (live map[string]bool, stale []Lease) {
 	}
 	holders := map[string]bool{}
 	for id := range s.topo {
-		if l, ok := s.view.rows[id]; ok && l.Owner != "" && !l.Closed() && !s.expiredLocked(l) {
+		// A row the leader transferred (owner and claim the same worker) shows the leader's
+		// write, not the owner's: counted, a dead worker would stay live on the transfers it
+		// never takes, and be given the same leases again each time they expire.
+		if l, ok := s.view.rows[id]; ok && l.Owner != "" && l.ClaimRequest != l.Owner && !l.Closed() && !s.expiredLocked(l) {
 			holders[l.Owner] = true
 			if !draining[l.Owner] && l.Owner != s.cfg.WorkerID {
 				live[l.Owner] = true

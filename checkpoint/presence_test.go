@@ -190,3 +190,42 @@ func TestLeaderRemovesPresenceOfWorkersGone(t *testing.T) {
 		t.Fatalf("rows %v: want gone's presence removed and here's kept", got)
 	}
 }
+
+// TestTransferDoesNotMakeDeadWorkerLive: a lease the leader transferred to a worker that never
+// adopts it is no sign of that worker's life: the leader transfers it again to a live worker,
+// never to another dead one (each dead worker looked live on the transfers it never took, and
+// a 1,000-shard failover passed the same leases between dead workers for minutes).
+func TestTransferDoesNotMakeDeadWorkerLive(t *testing.T) {
+	db, table := testTable(t)
+	ctx := context.Background()
+	clock := newFakeClock()
+	shards := []ShardInfo{{ID: "s0"}, {ID: "s1"}, {ID: "s2"}, {ID: "s3"}, {ID: "s4"}, {ID: "s5"}}
+	lead := newStore(t, db, table, "lead", clock)
+	coordinating(lead, shards, true)
+	for _, id := range []string{"s0", "s1", "s2", "s3"} {
+		mustLease(t, lead, status(id, ""))
+	}
+	// s4 and s5 were transferred to two workers that died before adopting them.
+	if err := lead.transfer(ctx, "s4", Lease{}, false, "dead1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lead.transfer(ctx, "s5", Lease{}, false, "dead2"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := lead.plan(ctx); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(testFailover/2 + time.Second)
+		for _, id := range []string{"s0", "s1", "s2", "s3"} { // the leader's own leases, renewed
+			if err := lead.GetLease(status(id, ""), "lead"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, id := range []string{"s4", "s5"} {
+		if l := row(t, lead, id); l.Owner != "lead" || l.ClaimRequest != "lead" {
+			t.Errorf("%s: owner %q claim %q; want the unadopted transfer given to the live leader", id, l.Owner, l.ClaimRequest)
+		}
+	}
+}

@@ -7,11 +7,13 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	ktypes "github.com/aws/aws-sdk-go-v2/service/kinesis/types"
 	"github.com/sirupsen/logrus"
 	"go.uber.org/zap"
@@ -258,6 +260,48 @@ func (f *simFleet) coverage() (covered, maxHeld int) {
 	return len(seen), maxHeld
 }
 
+// logUncovered logs, for a failover that did not complete, the rows of up to five open shards
+// no live member processes, and which members were killed.
+func (f *simFleet) logUncovered(t *testing.T, victims []*simMember) {
+	covered := map[string]bool{}
+	for _, ids := range f.held() {
+		for _, id := range ids {
+			covered[id] = true
+		}
+	}
+	var killed []string
+	for _, m := range victims {
+		killed = append(killed, m.id)
+	}
+	rows := map[string]string{}
+	for _, it := range f.table.Items() {
+		var id string
+		if v, ok := it[checkpoint.AttrShardID].(*types.AttributeValueMemberS); ok {
+			id = v.Value
+		}
+		var fields []string
+		for _, k := range []string{checkpoint.AttrOwner, checkpoint.AttrCounter, checkpoint.AttrClaim, checkpoint.AttrCheckpoint} {
+			if v, ok := it[k]; ok {
+				switch x := v.(type) {
+				case *types.AttributeValueMemberS:
+					fields = append(fields, k+"="+x.Value)
+				case *types.AttributeValueMemberN:
+					fields = append(fields, k+"="+x.Value)
+				}
+			}
+		}
+		rows[id] = strings.Join(fields, " ")
+	}
+	t.Logf("failover incomplete: killed %v; leader row: %s", killed, rows[checkpoint.LeaderRow])
+	n := 0
+	for _, id := range f.stream.OpenShards() {
+		if !covered[id] && n < 5 {
+			n++
+			t.Logf("  uncovered %s: %s", id, rows[id])
+		}
+	}
+}
+
 // waitCovered waits until every open shard is processed by a live member, checking every
 // 100 ms of virtual time, and returns how long that took; ok false at the deadline.
 func (f *simFleet) waitCovered(deadline time.Duration) (time.Duration, bool) {
@@ -358,6 +402,9 @@ func runSim(t *testing.T, shards, workers int, o simOptions) simResult {
 				f.kill(m)
 			}
 			res.Failover, res.FailoverOK = f.waitCovered(5 * time.Minute)
+			if !res.FailoverOK {
+				f.logUncovered(t, victims)
+			}
 			for _, m := range victims {
 				f.stop(m)
 			}
