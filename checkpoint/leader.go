@@ -69,6 +69,7 @@ type coordination struct {
 	me          presence                 // this worker's presence row (presence.go)
 	unlisted    bool                     // a row naming this worker is not in the shard list yet
 	suspected   bool                     // the leader row had not moved at the last check
+	busyUntil   time.Time                // read claims every busyClaimReads until then (inboxEvery)
 }
 
 // claimSighting is a claim a holder has seen on one of its leases: who, and since when.
@@ -86,6 +87,23 @@ func (s *Store) HandOverDelay() time.Duration { return s.claimReadEvery() + 500*
 // bounds how soon a transferred lease is adopted (after a failover: FailoverTime, the plan,
 // then this) and sets the per-worker part of the fleet's reads (half a unit per Query).
 func (s *Store) claimReadEvery() time.Duration { return s.cfg.FailoverTime / 3 }
+
+// busyClaimReads is the claim read period of a busy worker (see inboxEvery).
+const busyClaimReads = time.Second
+
+// inboxEvery is the claim read period now: every second while this worker is busy (started,
+// or last named on a row, less than 2 × FailoverTime ago: in a rolling restart the new workers
+// are the successors of every hand-over, and a claim redirected to one of them while its
+// holder lets go is found within a second instead of claimReadEvery), else claimReadEvery. A
+// fleet at rest pays the slow rate only.
+func (s *Store) inboxEvery() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.now().Before(s.coord.busyUntil) {
+		return busyClaimReads
+	}
+	return s.claimReadEvery()
+}
 
 // leaderKnown reports whether a live leader (this store or another) coordinates the fleet,
 // with s.mu held.
@@ -114,6 +132,9 @@ func (s *Store) Coordinate(ctx context.Context) {
 	tick := time.NewTicker(watchPeriod)
 	defer tick.Stop()
 	var lastLeader, lastInbox, lastPlan time.Time
+	s.mu.Lock()
+	s.coord.busyUntil = s.now().Add(2 * s.cfg.FailoverTime) // a new worker is where leases go
+	s.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
@@ -135,7 +156,7 @@ func (s *Store) Coordinate(ctx context.Context) {
 			s.checkLeader(ctx)
 		}
 		s.keepPresence(ctx)
-		if now.Sub(lastInbox) >= s.claimReadEvery() {
+		if now.Sub(lastInbox) >= s.inboxEvery() {
 			lastInbox = now
 			s.readClaims(ctx)
 		}
@@ -296,6 +317,9 @@ func (s *Store) readClaims(ctx context.Context) {
 	for _, l := range rows {
 		if _, listed := s.topo[l.ShardID]; !listed && l.ShardID != LeaderRow {
 			s.coord.unlisted = true // list the stream again at the next pass
+		}
+		if _, held := s.held[l.ShardID]; !held && l.ShardID != LeaderRow {
+			s.coord.busyUntil = s.now().Add(2 * s.cfg.FailoverTime)
 		}
 	}
 	s.mu.Unlock()

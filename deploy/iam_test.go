@@ -85,7 +85,7 @@ var notDeployed = map[string]string{
 var conditional = map[string]map[string]string{
 	"worker-task-role.json": {
 		"dynamodb:CreateTable": "checkpoint store creates the lease table (on-demand) when DescribeTable finds none; a run on an existing table does not call it",
-		"dynamodb:DeleteItem":  "the KCL library's syncShard calls RemoveLeaseInfo for a lease whose shard left the stream listing (a closed parent, retention after a reshard)",
+		"dynamodb:DeleteItem":  "the KCL library's syncShard calls RemoveLeaseInfo for a lease whose shard left the stream listing (a closed parent, retention after a reshard); with worker.leader_assigned a worker deletes its presence row and the leader deletes those of workers gone",
 		"dynamodb:Query":       "with worker.leader_assigned, workers Query the claim index (ClaimRequest-index) for the rows that name them; a fleet without leader_assigned never queries",
 		"dynamodb:UpdateTable": "with worker.leader_assigned, the checkpoint store adds the claim index (ClaimRequest-index) to a lease table created without it; a table that has it, or a fleet without leader_assigned, is not updated",
 	},
