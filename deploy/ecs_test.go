@@ -131,7 +131,7 @@ func envOf(c ecstypes.ContainerDefinition) map[string]string {
 // right: awslogs, secrets from Secrets Manager / SSM, separate task and execution roles.
 func TestTaskDefinitionsDecodeStrictly(t *testing.T) {
 	tds := loadTaskDefs(t)
-	for _, want := range []string{"worker", "batch-etl", "batch-model", "replay"} {
+	for _, want := range []string{"worker", "batch-etl", "batch-model", "replay", "compact"} {
 		if _, ok := tds[want]; !ok {
 			t.Errorf("deploy/ecs: missing taskdef-%s.json", want)
 		}
@@ -347,14 +347,43 @@ func TestBatchTaskDefinitions(t *testing.T) {
 	}
 }
 
+// schedulePeriods is how often each scheduled command runs: the batch jobs nightly, compact
+// hourly (the Iceberg table's closed hours, deploy/cron's :15).
+var schedulePeriods = map[string]time.Duration{
+	"batch etl":        24 * time.Hour,
+	"train":            24 * time.Hour,
+	"batch embeddings": 24 * time.Hour,
+	"compact":          time.Hour,
+}
+
 // TestSchedules: every schedule-*.json is a CreateScheduleInput whose expression parses; it
-// targets an existing batch task definition; etl fires before train + embeddings each day.
+// targets an existing task definition, which the scheduler role may run and pass the roles of;
+// each command fires at its period; etl fires before train + embeddings each day.
 func TestSchedules(t *testing.T) {
 	files, err := deploy.Files(ecsDir, "schedule-*.json")
 	if err != nil {
 		t.Fatal(err)
 	}
 	tds := loadTaskDefs(t)
+	scheduler, err := deploy.LoadPolicy(filepath.Join(iamDir, "scheduler-role.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The task definitions and schedules are loaded with deploy.Placeholders substituted: so
+	// are the role's resources here.
+	grants := func(action, resource string) bool {
+		for _, s := range scheduler.Statement {
+			if s.Effect != "Allow" || !slices.Contains(s.Action, action) {
+				continue
+			}
+			for _, r := range s.Resource {
+				if got, err := deploy.Substitute(r, deploy.Placeholders); err == nil && got == resource {
+					return true
+				}
+			}
+		}
+		return false
+	}
 	next := map[string]time.Time{}
 	for _, f := range files {
 		in, expr, err := deploy.LoadSchedule(f, deploy.Placeholders)
@@ -393,12 +422,30 @@ func TestSchedules(t *testing.T) {
 		if !ok {
 			t.Fatalf("%s: %s never fires", f, expr.Raw)
 		}
-		if n2, _ := expr.Next(n); n2.Sub(n) != 24*time.Hour {
-			t.Errorf("%s: %s fires at %s then %s, want nightly", f, expr.Raw, n, n2)
-		}
 		for _, c := range td.in.containers {
-			next[strings.Join(c.Command, " ")] = n
+			cmd := strings.Join(c.Command, " ")
+			period, ok := schedulePeriods[cmd]
+			if !ok {
+				t.Errorf("%s: schedules %q, which has no period in schedulePeriods", f, cmd)
+				continue
+			}
+			if n2, _ := expr.Next(n); n2.Sub(n) != period {
+				t.Errorf("%s: %s fires at %s then %s, want every %s for %s", f, expr.Raw, n, n2, period, cmd)
+			}
+			next[cmd] = n
 		}
+		// The scheduler role must be allowed to start the task and hand it its roles.
+		if want := arn + ":*"; !grants("ecs:RunTask", want) {
+			t.Errorf("%s: scheduler-role.json grants no ecs:RunTask on %s", f, want)
+		}
+		for _, role := range []string{td.in.taskRole, td.in.execRole} {
+			if !grants("iam:PassRole", role) {
+				t.Errorf("%s: scheduler-role.json grants no iam:PassRole on %s (task definition %s)", f, role, td.path)
+			}
+		}
+	}
+	if _, ok := next["compact"]; !ok {
+		t.Error("no schedule runs compact (the Iceberg table's hourly maintenance, deploy/ecs/schedule-compact.json)")
 	}
 	etl, okE := next["batch etl"]
 	train, okT := next["train"]
@@ -444,6 +491,42 @@ func TestReplayTaskDefinition(t *testing.T) {
 	}
 	if deref(in.Cpu) != deref(w.Cpu) || deref(in.Memory) != deref(w.Memory) {
 		t.Errorf("%s: cpu/memory %s/%s, want the worker's %s/%s", td.path, deref(in.Cpu), deref(in.Memory), deref(w.Cpu), deref(w.Memory))
+	}
+}
+
+// TestCompactTaskDefinition: the hourly `compact` task (Iceberg output only) runs under its own
+// role (deploy/iam/compact-task-role.json, which grants only the warehouse and the Glue
+// catalog), with the table selected and the catalog pointed at Glue's Iceberg REST endpoint
+// (the config's default is the local SQL catalog): without worker.output.table iceberg the
+// command refuses to run.
+func TestCompactTaskDefinition(t *testing.T) {
+	td, ok := loadTaskDefs(t)["compact"]
+	if !ok {
+		t.Fatal("deploy/ecs/taskdef-compact.json missing")
+	}
+	if len(td.in.containers) != 1 {
+		t.Fatalf("%s: want one container, got %d", td.path, len(td.in.containers))
+	}
+	c := td.in.containers[0]
+	if got := strings.Join(c.Command, " "); got != "compact" {
+		t.Errorf("%s: command %q, want compact", td.path, got)
+	}
+	if !strings.HasSuffix(td.in.taskRole, ":role/recstream-compact-task") {
+		t.Errorf("%s: taskRoleArn %q, want the recstream-compact-task role (deploy/iam/compact-task-role.json)", td.path, td.in.taskRole)
+	}
+	env := envOf(c)
+	for k, want := range map[string]string{
+		"RECSTREAM_WORKER_OUTPUT_TABLE":                     "iceberg",
+		"RECSTREAM_WORKER_OUTPUT_ICEBERG_CATALOG":           "rest",
+		"RECSTREAM_WORKER_OUTPUT_ICEBERG_REST_SIGV4":        "true",
+		"RECSTREAM_WORKER_OUTPUT_ICEBERG_REST_SIGNING_NAME": "glue",
+	} {
+		if env[k] != want {
+			t.Errorf("%s: %s=%q, want %q", td.path, k, env[k], want)
+		}
+	}
+	if u := env["RECSTREAM_WORKER_OUTPUT_ICEBERG_REST_URI"]; !strings.HasPrefix(u, "https://glue.") || !strings.HasSuffix(u, ".amazonaws.com/iceberg") {
+		t.Errorf("%s: RECSTREAM_WORKER_OUTPUT_ICEBERG_REST_URI=%q, want Glue's Iceberg REST endpoint https://glue.<region>.amazonaws.com/iceberg", td.path, u)
 	}
 }
 

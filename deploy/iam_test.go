@@ -117,6 +117,13 @@ var nonCodeRoles = map[string]bool{
 	"trust-scheduler.json":     true,
 }
 
+// unchecked are example policies that no run of the demo exercises, so they get only the
+// static checks (TestPoliciesStatic), never the comparison with recorded operations. Each says
+// why; docs/deploy.md marks them as unchecked too.
+var unchecked = map[string]string{
+	"s3tables-catalog-iceberg.json": "the S3 Tables variant of the Iceberg policies' Glue statements (worker.output.iceberg.catalog rest with signing_name s3tables, warehouse the table bucket ARN): the local stack has no S3 Tables endpoint and the REST catalog is called over HTTP with SigV4, so no run records these actions; not verified against AWS",
+}
+
 func loadPolicies(t *testing.T) map[string]*deploy.Policy {
 	t.Helper()
 	files, err := deploy.Files(iamDir, "*.json")
@@ -130,8 +137,8 @@ func loadPolicies(t *testing.T) map[string]*deploy.Policy {
 			t.Fatal(err)
 		}
 		name := filepath.Base(f)
-		if _, ok := roles[name]; !ok && !nonCodeRoles[name] {
-			t.Errorf("%s: not assigned to a role in deploy/iam_test.go (roles or nonCodeRoles)", f)
+		if _, ok := roles[name]; !ok && !nonCodeRoles[name] && unchecked[name] == "" {
+			t.Errorf("%s: not assigned to a role in deploy/iam_test.go (roles, nonCodeRoles or unchecked)", f)
 		}
 		out[name] = p
 	}

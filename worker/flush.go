@@ -66,15 +66,17 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 		}
 		bytesOut += len(o.body)
 	}
-	if p.s.deps.Table != nil && (len(dataFiles) > 0 || p.pending != nil || p.staged != nil) {
-		// At most one commit in flight per shard, whose Prev is the position the previous
-		// one left: this flush is staged, and goes to the table with whatever else was
-		// staged as soon as the commit in flight lands (now, when none is).
+	if p.s.deps.Table != nil {
+		// Whatever landed meanwhile is checkpointed first; then this flush's commit is asked
+		// for, and its checkpoint waits for it (and for those before it) to land. A flush with
+		// no data file (every record rejected) and nothing in flight is checkpointed at once.
 		if !p.settle(false) {
 			return false
 		}
-		p.stage(cp, dataFiles, len(objs), bytesOut, start)
-		return p.pending != nil || p.submitStaged()
+		if len(dataFiles) > 0 || len(p.pending) > 0 {
+			p.submit(cp, dataFiles, len(objs), bytesOut, start)
+			return true
+		}
 	}
 	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
 	// before this line replays the buffer and rewrites the same keys.

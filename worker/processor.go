@@ -99,10 +99,12 @@ type processor struct {
 	share          *budgetShare // this shard's part of the buffer budget (budget.go)
 	// table: this processor's view of the shard's position in the Iceberg table (see table.go).
 	table tableView
-	// pending is the Iceberg commit in flight (nil: none); staged are the flushes durable
-	// since, waiting for it to land (nil: none).
-	pending *pendingCommit
-	staged  *stagedFlushes
+	// pending are the flushes whose Iceberg commits were asked for and have not been seen to
+	// land yet, oldest first (table.go).
+	pending []*pendingCommit
+	// atTip: the flush under way closes the buffer's window at the stream's tip (or ends a
+	// closed shard): nothing more is coming soon, so its commit is urgent (icetable.Request).
+	atTip bool
 
 	// Published copies of checkpoint and buf.n for the shutdown-timeout report, which runs on
 	// Run's goroutine while this shard's consumer goroutine may still be inside a flush.
@@ -212,7 +214,9 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 		// Caught up, nothing more to read, and the window is over: any record still to come
 		// arrives in a later window (one that does not is counted as late).
 		p.buf.closeAtTip()
+		p.atTip = true
 		p.flush(in.Checkpointer)
+		p.atTip = false
 	}
 	if iv := p.s.cfg.StatusInterval; iv > 0 && p.s.now().Sub(p.lastStatus) >= iv {
 		p.lastStatus = p.s.now()
@@ -252,6 +256,7 @@ func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 			zap.Int("records_left_for_replay", p.buf.n))
 		return
 	}
+	p.atTip = true
 	if !p.buf.empty() && !p.flush(in.Checkpointer) {
 		return
 	}

@@ -109,12 +109,17 @@ type recordingTable struct {
 	tl *timeline
 }
 
-func (r recordingTable) Commit(ctx context.Context, req icetable.Request) error {
-	err := r.Table.Commit(ctx, req)
-	if err == nil {
-		r.tl.add("put", req.Shard.Shard, req.Files[0])
-	}
-	return err
+func (r recordingTable) Submit(ctx context.Context, req icetable.Request) <-chan error {
+	in := r.Table.Submit(ctx, req)
+	out := make(chan error, 1)
+	go func() {
+		err := <-in
+		if err == nil {
+			r.tl.add("put", req.Shard.Shard, req.Files[0])
+		}
+		out <- err
+	}()
+	return out
 }
 
 func testShardSplit(t *testing.T, iceberg bool) {

@@ -29,15 +29,21 @@ type Table interface {
 	DataPath(hour time.Time, name string) string
 	PutData(ctx context.Context, location string, body []byte) error
 	Position(ctx context.Context, shard icetable.ShardKey) (icetable.Position, error)
-	Commit(ctx context.Context, r icetable.Request) error
+	// Submit asks for r's commit and returns at once; the channel receives the outcome.
+	// Requests are committed in the order they were submitted (a shard's next flush may be
+	// submitted before the one before has landed: see icetable.Committer.Submit).
+	Submit(ctx context.Context, r icetable.Request) <-chan error
 }
 
 // tableView is a processor's knowledge of its shard in the table.
 type tableView struct {
 	known bool
 	// pos is the shard's last committed position: read from the table before the first
-	// flush, then moved by this processor's own commits.
+	// flush, then moved by this processor's own commits as they land.
 	pos icetable.Position
+	// next is where the shard will be once every commit asked for has landed: the Prev of
+	// the next flush's commit.
+	next icetable.Position
 }
 
 // TableRecord is OutputRecord with arrival_time in microseconds, the only timestamp precision
@@ -108,7 +114,7 @@ func (p *processor) tableFiles() (objs []object, paths []string, ok bool) {
 		}) != nil {
 			return nil, nil, false
 		}
-		p.table = tableView{known: true, pos: pos}
+		p.table = tableView{known: true, pos: pos, next: pos}
 		p.log.Info("table position read", zap.String("table_position", pos.String()), zap.String("checkpoint", p.checkpoint))
 	}
 	recs := p.buf.recs
@@ -136,45 +142,44 @@ func (p *processor) tableFiles() (objs []object, paths []string, ok bool) {
 	return objs, paths, true
 }
 
-// pendingCommit is the commit in flight of one or more flushes whose data files are durable:
-// the shard goes on taking and enriching records meanwhile, and its checkpoint moves when the
-// commit lands (settle).
+// pendingCommit is a flush whose data files are durable, waiting for its commit: the shard
+// goes on taking and enriching records meanwhile, and its checkpoint moves when the commit
+// lands (settle). Each flush's commit is asked for as soon as its files are written, without
+// waiting for the flushes before it to land (the committer commits a shard's requests in
+// order and folds those pending together into one snapshot): a shard adds to the table as
+// fast as it flushes, and a flush at the end of a backlog does not wait behind the commit of
+// the one before.
 type pendingCommit struct {
-	done    chan error
+	done    <-chan error
 	cancel  context.CancelFunc
 	cp      kcl.IRecordProcessorCheckpointer
-	req     icetable.Request
-	last    string // the checkpoint once it lands
+	req     *icetable.Request // nil: every record of the flush was rejected, only its checkpoint waits
+	last    string            // the checkpoint once it lands
 	records int
 	start   time.Time
 }
 
-// stagedFlushes are the flushes made durable while a commit was in flight: their data files
-// are in object storage, and they go to the table together in the next commit, as soon as the
-// one in flight lands. Without them a shard could add at most one flush window to the table
-// per commit_interval, and could not keep up with 1 s windows at the default 5 s interval.
-type stagedFlushes struct {
-	cp      kcl.IRecordProcessorCheckpointer
-	paths   []string
-	last    icetable.Position // the last record of the last flush (a rejected one included)
-	records int
-	start   time.Time // when the first of them started
-}
-
-// stage adds the flush just written (its data files paths, possibly none when every record of
-// the window was rejected) to the staged flushes, and resets the buffer: it is durable in
-// object storage, not yet in the table, so nothing is checkpointed until its commit lands.
-func (p *processor) stage(cp kcl.IRecordProcessorCheckpointer, paths []string, objects, bytesOut int, start time.Time) {
+// submit asks for the commit of the flush just written (its data files' paths, possibly none
+// when every record of the window was rejected: then only its checkpoint waits, in order,
+// behind the commits in flight), and resets the buffer: it is durable in object storage, not
+// yet in the table, so nothing is checkpointed until its commit lands.
+func (p *processor) submit(cp kcl.IRecordProcessorCheckpointer, paths []string, objects, bytesOut int, start time.Time) {
 	m := p.s.deps.Metrics
-	st := p.staged
-	if st == nil {
-		st = &stagedFlushes{start: start}
-		p.staged = st
+	pc := &pendingCommit{cp: cp, cancel: func() {}, last: p.buf.last, records: len(p.buf.recs), start: start}
+	if len(paths) == 0 {
+		done := make(chan error, 1)
+		done <- nil
+		pc.done = done
+	} else {
+		last := icetable.Position{Seq: p.buf.last, Sub: p.buf.lastSub}
+		req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: paths,
+			Prev: p.table.next, Last: last, Urgent: p.atTip}
+		ctx, cancel := p.leaseContext()
+		pc.req, pc.cancel = &req, cancel
+		pc.done = p.s.deps.Table.Submit(ctx, req)
+		p.table.next = last
 	}
-	st.cp = cp
-	st.paths = append(st.paths, paths...)
-	st.last = icetable.Position{Seq: p.buf.last, Sub: p.buf.lastSub}
-	st.records += len(p.buf.recs)
+	p.pending = append(p.pending, pc)
 	for _, e := range p.buf.errs {
 		m.RecordsFailed.WithLabelValues(p.shard, string(e.Reason)).Inc()
 	}
@@ -182,105 +187,94 @@ func (p *processor) stage(cp kcl.IRecordProcessorCheckpointer, paths []string, o
 	m.FlushBytes.WithLabelValues(p.shard).Add(float64(bytesOut))
 	fields := []zap.Field{zap.String("seq_first", p.buf.first), zap.String("seq_last", p.buf.last),
 		zap.Int("records", p.buf.n), zap.Int("rejected", len(p.buf.errs)), zap.Int("objects", objects), zap.Int("bytes", bytesOut),
-		zap.Int("staged_files", len(st.paths)), zap.Bool("commit_in_flight", p.pending != nil), zap.Duration("duration", time.Since(start))}
+		zap.Int("commits_in_flight", len(p.pending)), zap.Bool("at_tip", p.atTip), zap.Duration("duration", time.Since(start))}
 	if len(paths) > 0 {
 		fields = append(fields, zap.String("s3_key", paths[0]))
 	}
-	p.log.Info("flushed batch", fields...)
+	p.log.Info("flushed batch, commit asked", fields...)
 	p.buf.reset()
 	p.publishBuffered()
 }
 
-// submitStaged asks for the commit of the staged flushes without waiting for it; with no data
-// file among them (every record rejected) there is nothing to commit, and the checkpoint
-// moves at once. It returns false when the processor died.
-func (p *processor) submitStaged() bool {
-	st := p.staged
-	if st == nil || p.pending != nil {
+// settle moves the table output along: it takes the commits that landed, in order, and
+// checkpoints after the last of them. With block it waits until every commit asked for has
+// landed (bounded by the lease and the drain deadline); without, it only looks. It returns
+// false when the processor died: the table's position moved underneath (another owner
+// committed), or a commit's outcome is unknown (abandoned when the lease was about to go: it
+// may still land, so the lease must expire rather than be released).
+func (p *processor) settle(block bool) bool {
+	var landed *pendingCommit
+	records := 0
+	var failed error
+	for len(p.pending) > 0 {
+		pc := p.pending[0]
+		var err error
+		if block {
+			select {
+			case err = <-pc.done:
+			case <-p.s.ctx.Done():
+				err = p.s.ctx.Err()
+			}
+		} else {
+			got := false
+			select {
+			case err = <-pc.done:
+				got = true
+			default:
+			}
+			if !got {
+				break // still in flight, and so is every one after it
+			}
+		}
+		pc.cancel()
+		p.pending = p.pending[1:]
+		if err != nil {
+			failed = err
+			break
+		}
+		if pc.req != nil {
+			p.table.pos = pc.req.Last
+		}
+		landed = pc
+		records += pc.records
+		d := time.Since(pc.start)
+		p.s.deps.Metrics.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
+		files := 0
+		if pc.req != nil {
+			files = len(pc.req.Files)
+		}
+		p.log.Info("commit landed", zap.String("seq_last", pc.last), zap.Int("records", pc.records),
+			zap.Int("files", files), zap.Duration("duration", d))
+	}
+	// What landed is checkpointed, also when a later commit failed: the next owner then reads
+	// less again (the table's positions would leave those records out anyway).
+	if landed != nil && !p.checkpointAt(landed.cp, landed.last, records) {
+		p.abandonPending()
+		return false
+	}
+	if failed == nil {
 		return true
 	}
-	p.staged = nil
-	if len(st.paths) == 0 {
-		return p.checkpointAt(st.cp, st.last.Seq, st.records)
+	p.abandonPending()
+	if errors.Is(failed, icetable.ErrPositionMoved) {
+		p.log.Warn("table position moved underneath, processor stopped", zap.Error(failed))
+		p.die("table position moved", failed)
+		return false
 	}
-	req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: st.paths,
-		Prev: p.table.pos, Last: st.last}
-	ctx, cancel := p.leaseContext()
-	pc := &pendingCommit{done: make(chan error, 1), cancel: cancel, cp: st.cp, req: req, last: st.last.Seq, records: st.records, start: st.start}
-	go func() { pc.done <- p.s.deps.Table.Commit(ctx, req) }()
-	p.pending = pc
-	p.log.Info("commit asked", zap.String("seq_last", st.last.Seq), zap.Int("files", len(st.paths)), zap.Int("records", st.records))
-	return true
+	p.writeAbandoned = true
+	p.die("commit abandoned", failed)
+	return false
 }
 
-// settle moves the table output along: when the commit in flight has landed it checkpoints
-// it, then asks for the commit of the flushes staged meanwhile. With block it waits until
-// nothing is in flight and nothing is staged (bounded by the lease and the drain deadline);
-// without, it only looks. It returns false when the processor died: the table's position
-// moved underneath (another owner committed), or a commit's outcome is unknown (abandoned
-// when the lease was about to go: it may still land, so the lease must expire rather than be
-// released).
-func (p *processor) settle(block bool) bool {
-	for {
-		if p.pending == nil && p.staged == nil {
-			return true
-		}
-		landed, ok := p.settleOne(block)
-		if !ok {
-			return false
-		}
-		if !landed {
-			return true // not blocking, and the commit is still in flight
-		}
-		if !p.submitStaged() {
-			return false
-		}
-		if !block {
-			return true
+// abandonPending gives up the commits still asked for (the processor is dying). One that a
+// commit has already taken may still land, so the lease must then expire rather than be
+// released: the table's positions stay the truth for the next owner either way.
+func (p *processor) abandonPending() {
+	for _, pc := range p.pending {
+		pc.cancel()
+		if pc.req != nil {
+			p.writeAbandoned = true
 		}
 	}
-}
-
-// settleOne checkpoints the commit in flight if it landed (waiting for it with block); landed
-// reports whether nothing is in flight any more.
-func (p *processor) settleOne(block bool) (landed, ok bool) {
-	pc := p.pending
-	if pc == nil {
-		return true, true
-	}
-	var err error
-	if block {
-		select {
-		case err = <-pc.done:
-		case <-p.s.ctx.Done():
-			err = p.s.ctx.Err()
-		}
-	} else {
-		select {
-		case err = <-pc.done:
-		default:
-			return false, true
-		}
-	}
-	pc.cancel()
 	p.pending = nil
-	if err != nil {
-		if errors.Is(err, icetable.ErrPositionMoved) {
-			p.log.Warn("table position moved underneath, processor stopped", zap.Error(err))
-			p.die("table position moved", err)
-			return false, false
-		}
-		p.writeAbandoned = true
-		p.die("commit abandoned", err)
-		return false, false
-	}
-	p.table.pos = pc.req.Last
-	if !p.checkpointAt(pc.cp, pc.last, pc.records) {
-		return false, false
-	}
-	d := time.Since(pc.start)
-	p.s.deps.Metrics.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
-	p.log.Info("commit landed, checkpointed", zap.String("seq_last", pc.last), zap.Int("records", pc.records),
-		zap.Int("files", len(pc.req.Files)), zap.Duration("duration", d))
-	return true, true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -30,6 +31,12 @@ type Request struct {
 	Files []string
 	Prev  Position
 	Last  Position
+	// Urgent: the shard is caught up (the flush closed its window at the stream's tip), so
+	// nothing more is coming soon to fold into the commit: it goes after the gathering pause
+	// alone, not at the next commit_interval tick. A shard flushes at the tip at most once per
+	// flush window, so this adds at most one commit per shard and window, and takes the wait
+	// for the tick off the put→visible latency and off the end of a drain.
+	Urgent bool
 
 	ctx  context.Context
 	done chan error
@@ -52,6 +59,19 @@ type Committer struct {
 	pending  []*Request
 	location string
 	kick     chan struct{} // a request is pending
+
+	// last is the table as this committer's last commit left it, and its shard positions:
+	// the next commit starts from it instead of loading the table again (a catalog read and a
+	// metadata.json GET). It is only a starting point: the commit asserts that this snapshot
+	// is still the table's current one, so another writer's commit in between makes it fail
+	// as a conflict, and the retry loads the table. Run's goroutine alone uses it.
+	last *loaded
+}
+
+// loaded is a table and the shard positions its current snapshot says.
+type loaded struct {
+	tbl *table.Table
+	pos map[ShardKey]Position
 }
 
 // NewCommitter loads (or creates) the table and returns its committer.
@@ -97,10 +117,27 @@ func (c *Committer) Position(ctx context.Context, shard ShardKey) (Position, err
 // that ended while its commit was in flight may still land: the table's positions, not this
 // return value, are the truth a later owner reads.
 func (c *Committer) Commit(ctx context.Context, r Request) error {
-	if len(r.Files) == 0 {
-		return errors.New("iceberg commit: no files")
+	done := c.Submit(ctx, r)
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	r.ctx, r.done = ctx, make(chan error, 1)
+}
+
+// Submit queues the request and returns at once; the channel receives its answer, as Commit
+// returns it (ctx.Err() when ctx ended before its commit started). Requests are considered in
+// the order they were submitted, so a writer may submit a shard's next flush (Prev: the Last of
+// the one before) before the one before has landed: both land in order, in one snapshot or
+// two, and if the first is refused or dropped the second is refused too.
+func (c *Committer) Submit(ctx context.Context, r Request) <-chan error {
+	done := make(chan error, 1)
+	if len(r.Files) == 0 {
+		done <- errors.New("iceberg commit: no files")
+		return done
+	}
+	r.ctx, r.done = ctx, done
 	c.mu.Lock()
 	c.pending = append(c.pending, &r)
 	c.mu.Unlock()
@@ -108,20 +145,16 @@ func (c *Committer) Commit(ctx context.Context, r Request) error {
 	case c.kick <- struct{}{}:
 	default:
 	}
-	select {
-	case err := <-r.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return done
 }
 
 // Run commits what is pending until ctx ends, then commits once more what is still pending
 // (the worker's drain waits for it through Commit's contexts). Commits start at most once per
 // interval: a request that finds the last commit an interval old is committed after a short
 // gathering pause (so shards flushing together share a snapshot), others wait for the
-// interval to pass. At low traffic a flush is committed in about one commit's time, at high
-// traffic a worker makes one commit per interval.
+// interval to pass, unless an urgent request (a caught-up shard's) is pending, which needs the
+// gathering pause only. At low traffic a flush is committed in about one commit's time, at
+// high traffic a worker makes one commit per interval.
 func (c *Committer) Run(ctx context.Context) error {
 	gather := min(c.interval/10, 50*time.Millisecond)
 	var last time.Time
@@ -132,14 +165,13 @@ func (c *Committer) Run(ctx context.Context) error {
 			return nil
 		case <-c.kick:
 		}
-		wait := max(gather, time.Until(last.Add(c.interval)))
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		at := time.Now().Add(gather)
+		if !c.urgentPending() {
+			at = maxTime(at, last.Add(c.interval))
+		}
+		if !c.waitUntil(ctx, at, gather) {
 			c.flushPending(context.WithoutCancel(ctx), true)
 			return nil
-		case <-t.C:
 		}
 		last = time.Now()
 		c.flushPending(ctx, false)
@@ -153,6 +185,51 @@ func (c *Committer) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// waitUntil waits until at, or until an urgent request arrives and the gathering pause after
+// it has passed; false when ctx ended.
+func (c *Committer) waitUntil(ctx context.Context, at time.Time, gather time.Duration) bool {
+	for {
+		t := time.NewTimer(time.Until(at))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+			return true
+		case <-c.kick:
+			t.Stop()
+			if c.urgentPending() {
+				at = minTime(at, time.Now().Add(gather))
+			}
+		}
+	}
+}
+
+func (c *Committer) urgentPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range c.pending {
+		if r.Urgent {
+			return true
+		}
+	}
+	return false
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // flushPending commits the pending requests, retrying conflicts at once and other failures
@@ -234,40 +311,49 @@ func live(reqs []*Request) []*Request {
 	return out
 }
 
-// commitOnce loads the table, answers the requests the table already holds (a commit whose
-// answer was lost) or refuses (position moved), and commits the rest in one snapshot. It
-// returns the requests still to answer when the commit failed.
+// commitOnce answers the requests the table already holds (a commit whose answer was lost) or
+// refuses them (position moved), and commits the rest in one snapshot. It starts from the
+// table as this committer's last commit left it when every request follows on from it, and
+// loads the table otherwise (a refusal or an "already there" is only ever decided on a table
+// just loaded: the kept one may be behind another writer's commits). It returns the requests
+// still to answer when the commit failed.
 func (c *Committer) commitOnce(ctx context.Context, reqs []*Request) ([]*Request, error) {
-	tbl, err := c.cat.LoadTable(ctx, c.ident)
-	if err != nil {
-		return reqs, fmt.Errorf("load iceberg table: %w", err)
+	cur := c.last
+	c.last = nil // kept again only if this commit lands
+	if cur == nil || !followOn(cur.pos, reqs) {
+		tbl, err := c.cat.LoadTable(ctx, c.ident)
+		if err != nil {
+			return reqs, fmt.Errorf("load iceberg table: %w", err)
+		}
+		pos, err := Positions(tbl.Metadata())
+		if err != nil {
+			return reqs, err
+		}
+		cur = &loaded{tbl: tbl, pos: pos}
 	}
-	pos, err := Positions(tbl.Metadata())
-	if err != nil {
-		return reqs, err
-	}
+	pos := maps.Clone(cur.pos)
 	var include []*Request
 	props := iceberg.Properties{}
 	var files []string
 	for _, r := range reqs {
-		cur := pos[r.Shard]
+		at := pos[r.Shard]
 		switch {
-		case cur == r.Last:
+		case at == r.Last:
 			r.done <- nil // already committed (by this writer, whose answer was lost)
-		case cur == r.Prev:
+		case at == r.Prev:
 			include = append(include, r)
 			pos[r.Shard] = r.Last // a second request of the same shard follows this one
 			props[PositionKey(r.Shard.Stream, r.Shard.Shard)] = r.Last.String()
 			files = append(files, r.Files...)
 		default:
-			r.done <- fmt.Errorf("%w: %s/%s: table at %s, this flush follows %s", ErrPositionMoved, r.Shard.Stream, r.Shard.Shard, cur, r.Prev)
+			r.done <- fmt.Errorf("%w: %s/%s: table at %s, this flush follows %s", ErrPositionMoved, r.Shard.Stream, r.Shard.Shard, at, r.Prev)
 		}
 	}
 	if len(include) == 0 {
 		return nil, nil
 	}
 	sort.Strings(files)
-	txn := tbl.NewTransaction()
+	txn := cur.tbl.NewTransaction()
 	if err := txn.AssertRefSnapshotID(table.MainBranch); err != nil {
 		return include, fmt.Errorf("iceberg commit: assert snapshot: %w", err)
 	}
@@ -276,14 +362,33 @@ func (c *Committer) commitOnce(ctx context.Context, reqs []*Request) ([]*Request
 	if err := txn.AddFiles(ctx, files, props, true); err != nil {
 		return include, fmt.Errorf("iceberg commit: add %d files: %w", len(files), err)
 	}
-	if _, err := txn.Commit(ctx); err != nil {
+	next, err := txn.Commit(ctx)
+	if err != nil {
 		return include, err
 	}
+	c.last = &loaded{tbl: next, pos: pos}
 	for _, r := range include {
 		r.done <- nil
 	}
 	c.log.Info("iceberg commit", zap.Int("shards", len(include)), zap.Int("files", len(files)))
 	return nil, nil
+}
+
+// followOn reports whether every request follows on from pos (each shard's requests in order),
+// so a table known at pos needs no reload to decide them.
+func followOn(pos map[ShardKey]Position, reqs []*Request) bool {
+	next := map[ShardKey]Position{}
+	for _, r := range reqs {
+		at, ok := next[r.Shard]
+		if !ok {
+			at = pos[r.Shard]
+		}
+		if at != r.Prev {
+			return false
+		}
+		next[r.Shard] = r.Last
+	}
+	return true
 }
 
 // PutData writes one data file at location (under DataPath), bounded by ctx.

@@ -163,3 +163,79 @@ func TestConcurrentCommitters(t *testing.T) {
 		seen[k] = true
 	}
 }
+
+// A caught-up shard's flush (Urgent) is committed after the gathering pause, not at the next
+// commit_interval tick, together with the request of the same shard submitted before it and
+// not landed yet (in order, one snapshot); a request that is not urgent still waits for the
+// tick. And a committer that keeps the table its last commit left decides nothing on it that
+// another writer changed: the shard it committed, moved on by another committer (the lease
+// went there and came back), is committed from the position that one left.
+func TestCommitterUrgentAndChained(t *testing.T) {
+	env := icetabletest.New(t)
+	env.Config.CommitInterval = 10 * time.Second
+	c := env.Committer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	at := time.Date(2026, 12, 5, 5, 0, 0, 0, time.UTC)
+	key := icetable.ShardKey{Stream: "stream", Shard: "shardId-000000000000"}
+	if err := c.Commit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 1, 3, at)}, Prev: pos(0), Last: pos(3)}); err != nil {
+		t.Fatal(err)
+	}
+	snapshots := func() int { return len(env.ReadTable(t).Metadata.Snapshots) }
+	before := snapshots()
+
+	// Two flushes, the second at the tip, submitted back to back within the interval.
+	start := time.Now()
+	d1 := c.Submit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 4, 5, at)}, Prev: pos(3), Last: pos(5)})
+	d2 := c.Submit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 6, 7, at)}, Prev: pos(5), Last: pos(7), Urgent: true})
+	for i, d := range []<-chan error{d1, d2} {
+		select {
+		case err := <-d:
+			if err != nil {
+				t.Fatalf("request %d: %v", i+1, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("request %d not committed %s after an urgent request (commit_interval %s): the urgent one waited for the tick",
+				i+1, time.Since(start).Round(time.Millisecond), env.Config.CommitInterval)
+		}
+	}
+	if n := snapshots(); n != before+1 {
+		t.Errorf("%d snapshots after the two requests, want %d (one commit for both)", n, before+1)
+	}
+
+	// Not urgent: it waits for the interval since the last commit.
+	d3 := c.Submit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 8, 9, at)}, Prev: pos(7), Last: pos(9)})
+	select {
+	case err := <-d3:
+		t.Fatalf("a request that is not urgent was answered (%v) within 2 s of the last commit, commit_interval %s", err, env.Config.CommitInterval)
+	case <-time.After(2 * time.Second):
+	}
+	select {
+	case err := <-d3:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("request not committed within 30 s")
+	}
+
+	// Another writer moves the shard on (9 → 11); this committer, whose kept table says 9, gets
+	// a request that follows 11.
+	other := env.Committer(t)
+	if err := other.Commit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, other, key.Shard, 10, 11, at)}, Prev: pos(9), Last: pos(11)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Commit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 12, 13, at)}, Prev: pos(11), Last: pos(13), Urgent: true}); err != nil {
+		t.Fatalf("commit after another writer moved the shard: %v", err)
+	}
+	rows := icetabletest.ReadRows[worker.TableRecord](t, env, env.ReadTable(t))
+	seen := map[string]int{}
+	for _, r := range rows {
+		seen[r.SequenceNumber]++
+	}
+	for s := 1; s <= 13; s++ {
+		if seen[fmt.Sprint(s)] != 1 {
+			t.Errorf("record %d seen %d times, want once", s, seen[fmt.Sprint(s)])
+		}
+	}
+}
