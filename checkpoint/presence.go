@@ -109,8 +109,13 @@ func (s *Store) announce(ctx context.Context) {
 		s.log.Debug("cannot write the presence row", zap.Bool("draining", draining), zap.Error(err))
 		return
 	}
+	s.setPresent(true)
+}
+
+// setPresent records whether this worker's presence row exists.
+func (s *Store) setPresent(exists bool) {
 	s.mu.Lock()
-	s.coord.me.exists = true
+	s.coord.me.exists = exists
 	s.mu.Unlock()
 }
 
@@ -132,9 +137,7 @@ func (s *Store) retire(ctx context.Context) {
 		s.log.Debug("cannot delete the presence row", zap.Error(err))
 		return
 	}
-	s.mu.Lock()
-	s.coord.me.exists = false
-	s.mu.Unlock()
+	s.setPresent(false)
 }
 
 // markDraining writes the presence row with the draining mark: from the leader's next plan on,
