@@ -260,25 +260,16 @@ func (s *Store) ShardListEvery(base time.Duration) time.Duration {
 	return max(base, s.cfg.FailoverTime)
 }
 
-// observeAll reads the whole table once to start this store's observations of every row: a
-// follower does it when the leader row has not moved since its last check (the leader renews
+// observeAll Scans the table once (scanNow) to start this store's observations of every row:
+// a follower does it when the leader row has not moved since its last check (the leader renews
 // it every FailoverTime/4, the check runs every FailoverTime/2). Should the leader be dead and
 // this worker take over, the leases of workers that died with it then expire FailoverTime
 // after this read, not FailoverTime after its first plan: a failover that loses the leader
 // takes about one failover_time more, not two. The observation is safe whatever happens next:
 // a row still showing the counter seen here has not moved since.
 func (s *Store) observeAll(ctx context.Context) {
-	leases, err := s.ListLeases(ctx)
-	if err != nil {
+	if err := s.scanNow(ctx); err != nil {
 		s.log.Debug("cannot read the lease table while the leader looks stuck", zap.Error(err))
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, l := range leases {
-		if _, held := s.held[l.ShardID]; !held {
-			s.observeLocked(l.ShardID, l, true)
-		}
 	}
 }
 
@@ -399,10 +390,7 @@ func (s *Store) holdClaimed(shardID, claimant string) bool {
 func (s *Store) plan(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 4*s.cfg.CallTimeout)
 	defer cancel()
-	s.mu.Lock()
-	s.view.valid = false // the leader's view is never older than SyncInterval
-	s.mu.Unlock()
-	if err := s.freshView(ctx); err != nil {
+	if err := s.scanNow(ctx); err != nil { // the leader's view is never older than SyncInterval
 		return err
 	}
 	s.mu.Lock()
@@ -498,13 +486,18 @@ func (s *Store) plan(ctx context.Context) error {
 			moves = append(moves, move{id: id, to: to})
 		}
 	}
-	sort.Slice(todo, func(i, j int) bool { return todo[i].ShardID < todo[j].ShardID })
-	for _, l := range todo {
-		if to := least(l.Owner); to != "" {
-			counts[to]++
-			moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to})
+	// give hands each row of rows (free, expired, or held by a worker leaving) to the least
+	// loaded live worker other than its owner: a transfer, or a hand-over claim.
+	give := func(rows []Lease, claim bool) {
+		sort.Slice(rows, func(i, j int) bool { return rows[i].ShardID < rows[j].ShardID })
+		for _, l := range rows {
+			if to := least(l.Owner); to != "" {
+				counts[to]++
+				moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to, claim: claim})
+			}
 		}
 	}
+	give(todo, false)
 	sort.Slice(reclaim, func(i, j int) bool { return reclaim[i].ShardID < reclaim[j].ShardID })
 	for _, l := range reclaim {
 		to := least(l.Owner)
@@ -516,13 +509,7 @@ func (s *Store) plan(ctx context.Context) error {
 		}
 		moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to, claim: true})
 	}
-	sort.Slice(leaving, func(i, j int) bool { return leaving[i].ShardID < leaving[j].ShardID })
-	for _, l := range leaving {
-		if to := least(l.Owner); to != "" {
-			counts[to]++
-			moves = append(moves, move{id: l.ShardID, cur: l, exists: true, to: to, claim: true})
-		}
-	}
+	give(leaving, true)
 	// Balance: move one lease at a time from the busiest to the least loaded, while they
 	// differ by two or more (at most a few per pass: each is a hand-over).
 	for range 8 {

@@ -124,6 +124,14 @@ func (s *Store) freshView(ctx context.Context) error {
 	return nil
 }
 
+// scanNow refreshes the view with a Scan whatever its age (freshView's observations included).
+func (s *Store) scanNow(ctx context.Context) error {
+	s.mu.Lock()
+	s.view.valid = false
+	s.mu.Unlock()
+	return s.freshView(ctx)
+}
+
 // viewFreshLocked reports whether the view can be used without a Scan (s.mu held): it is
 // younger than SyncInterval, or a live leader coordinates and this worker is not it (its view
 // is then kept up to date by its own writes and by the rows the claim index names it on, see
