@@ -28,8 +28,10 @@ const childEnv = "RECSTREAM_WORKER_TEST_CHILD"
 type childSpec struct {
 	Env testEnv
 	ID  string
-	// KillAtCheckpoint > 0: SIGKILL itself after the uploads of its k-th flush, before the
-	// checkpoint.
+	// KillAtCheckpoint > 0: SIGKILL itself after the uploads (or commit) of its k-th flush,
+	// before the checkpoint that covers it. Counted in flushes, not checkpoint calls: commits
+	// of a table that land together are checkpointed once, so a round's data may make fewer
+	// checkpoints than k.
 	KillAtCheckpoint int
 }
 
@@ -68,8 +70,8 @@ func childMain(spec string) int {
 	}
 	if c.KillAtCheckpoint > 0 {
 		var n atomic.Int64
-		w.beforeCheckpoint = func() {
-			if n.Add(1) == int64(c.KillAtCheckpoint) {
+		w.beforeCheckpoint = func(flushes int) {
+			if n.Add(int64(flushes)) >= int64(c.KillAtCheckpoint) {
 				log.Warn("test: killing myself between upload and checkpoint")
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				time.Sleep(time.Minute)

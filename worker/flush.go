@@ -81,7 +81,7 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 	// Checkpoint only now: every object of the buffer is durable (Put returned), so a crash
 	// before this line replays the buffer and rewrites the same keys.
 	last := p.buf.last
-	if !p.checkpointAt(cp, last, len(p.buf.recs)) {
+	if !p.checkpointAt(cp, last, len(p.buf.recs), 1) {
 		return false
 	}
 	for _, e := range p.buf.errs {
@@ -104,10 +104,11 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 
 // checkpointAt moves the shard's checkpoint to last once the records up to it are durable
 // (objects written, or their commit landed), with retries, and counts the records written out.
-// It returns false when the processor stopped or died on the way.
-func (p *processor) checkpointAt(cp kcl.IRecordProcessorCheckpointer, last string, records int) bool {
+// flushes is how many flushes the checkpoint makes durable. It returns false when the processor
+// stopped or died on the way.
+func (p *processor) checkpointAt(cp kcl.IRecordProcessorCheckpointer, last string, records, flushes int) bool {
 	if p.s.beforeCheckpoint != nil {
-		p.s.beforeCheckpoint()
+		p.s.beforeCheckpoint(flushes)
 	}
 	if p.retry(opCheckpoint, "", func(context.Context) error { return cp.Checkpoint(aws.String(last)) }) != nil {
 		return false

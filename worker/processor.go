@@ -47,7 +47,7 @@ type shared struct {
 	ctx      context.Context
 	stopping *atomic.Bool
 
-	beforeCheckpoint func() // tests: see Worker.beforeCheckpoint
+	beforeCheckpoint func(flushes int) // tests: see Worker.beforeCheckpoint
 	chunkRecords     int    // tests: user records per chunk of a page (see take); 0: flush.max_records
 
 	budget *memBudget // worker.buffer_budget_bytes; nil: unbounded (processors driven directly, replay)

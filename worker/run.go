@@ -40,9 +40,11 @@ type Worker struct {
 	chk      chk.Checkpointer
 	workerID string
 
-	// beforeCheckpoint, when set (tests only), runs after a flush's uploads and before its
-	// checkpoint: the crash window the exactly-once argument is about.
-	beforeCheckpoint func()
+	// beforeCheckpoint, when set (tests only), runs after a flush's uploads (or its commit) and
+	// before its checkpoint: the crash window the exactly-once argument is about. flushes is how
+	// many flushes that checkpoint covers: one in the Hive layout, one or more in a table
+	// (commits that land together are checkpointed once).
+	beforeCheckpoint func(flushes int)
 
 	running atomic.Pointer[shared] // the processors' shared state while Run runs
 

@@ -204,7 +204,7 @@ func (p *processor) submit(cp kcl.IRecordProcessorCheckpointer, paths []string, 
 // may still land, so the lease must expire rather than be released).
 func (p *processor) settle(block bool) bool {
 	var landed *pendingCommit
-	records := 0
+	records, flushes := 0, 0
 	var failed error
 	for len(p.pending) > 0 {
 		pc := p.pending[0]
@@ -237,6 +237,7 @@ func (p *processor) settle(block bool) bool {
 		}
 		landed = pc
 		records += pc.records
+		flushes++
 		d := time.Since(pc.start)
 		p.s.deps.Metrics.FlushDuration.WithLabelValues(p.shard).Observe(d.Seconds())
 		files := 0
@@ -248,7 +249,7 @@ func (p *processor) settle(block bool) bool {
 	}
 	// What landed is checkpointed, also when a later commit failed: the next owner then reads
 	// less again (the table's positions would leave those records out anyway).
-	if landed != nil && !p.checkpointAt(landed.cp, landed.last, records) {
+	if landed != nil && !p.checkpointAt(landed.cp, landed.last, records, flushes) {
 		p.abandonPending()
 		return false
 	}
