@@ -70,7 +70,7 @@ func (p *processor) flush(cp kcl.IRecordProcessorCheckpointer) bool {
 		// Whatever landed meanwhile is checkpointed first; then this flush's commit is asked
 		// for, and its checkpoint waits for it (and for those before it) to land. A flush with
 		// no data file (every record rejected) and nothing in flight is checkpointed at once.
-		if !p.settle(false) {
+		if !p.settle(settleLook) {
 			return false
 		}
 		if len(dataFiles) > 0 || len(p.pending) > 0 {

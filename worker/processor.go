@@ -184,7 +184,7 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 		p.state = stateStopped
 		return
 	}
-	if !p.settle(false) {
+	if !p.settle(settleLook) {
 		return
 	}
 	m := p.s.deps.Metrics
@@ -218,6 +218,16 @@ func (p *processor) ProcessRecords(in *kcl.ProcessRecordsInput) {
 		p.flush(in.Checkpointer)
 		p.atTip = false
 	}
+	if len(in.Records) == 0 && in.MillisBehindLatest == 0 && len(p.pending) > 0 {
+		// Caught up with commits in flight: hurry those that wait for the tick, and wait up to
+		// one idle pause for them, so the checkpoint follows the landing at once instead of at
+		// the next read. Nothing is lost by the wait: the records it delays are in a window
+		// that closes later anyway; the next read comes at most one pause later.
+		p.hurryAtTip()
+		if !p.settle(p.s.cfg.IdleTimeBetweenReads) {
+			return
+		}
+	}
 	if iv := p.s.cfg.StatusInterval; iv > 0 && p.s.now().Sub(p.lastStatus) >= iv {
 		p.lastStatus = p.s.now()
 		p.log.Info("shard status", zap.Int64("records", p.taken), zap.Int64("millis_behind", in.MillisBehindLatest),
@@ -243,7 +253,7 @@ func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 	}
 	// A flush whose commit is in flight (Iceberg output) is checkpointed once it lands, so the
 	// next owner does not read it again.
-	if !p.settle(true) {
+	if !p.settle(settleBlock) {
 		return
 	}
 	reason := aws.ToString(kcl.ShutdownReasonMessage(in.ShutdownReason))
@@ -262,7 +272,7 @@ func (p *processor) Shutdown(in *kcl.ShutdownInput) {
 	}
 	// The last flush's commit (Iceberg output) lands and is checkpointed before SHARD_END:
 	// the children must not start while the parent's last records may still be lost.
-	if !p.settle(true) {
+	if !p.settle(settleBlock) {
 		return
 	}
 	if p.retry(opCheckpoint, "", func(context.Context) error { return in.Checkpointer.Checkpoint(nil) }) != nil {

@@ -314,7 +314,7 @@ func replayShard(ctx context.Context, cfg Config, stream string, deps Deps, kc *
 		if !p.buf.empty() && !p.flush(cp) {
 			return res, errors.New("flush failed (see the log)")
 		}
-		if tr != nil && !p.settle(true) {
+		if tr != nil && !p.settle(settleBlock) {
 			return res, errors.New("replay processor gave up (see the log)")
 		}
 		if p.state == stateDead {

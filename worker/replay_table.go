@@ -197,6 +197,9 @@ func (s *shardTable) Submit(_ context.Context, r icetable.Request) <-chan error 
 	return done
 }
 
+// Hurry has nothing to hurry: Submit answered at once.
+func (s *shardTable) Hurry(icetable.ShardKey) bool { return false }
+
 // addHours notes the arrival hours of records taken: the partitions the range lives in.
 func (s *shardTable) addHours(recs []ktypes.Record) {
 	if s.hours == nil {

@@ -33,6 +33,8 @@ type Table interface {
 	// Requests are committed in the order they were submitted (a shard's next flush may be
 	// submitted before the one before has landed: see icetable.Committer.Submit).
 	Submit(ctx context.Context, r icetable.Request) <-chan error
+	// Hurry makes the shard's submitted requests urgent (see icetable.Committer.Hurry).
+	Hurry(shard icetable.ShardKey) bool
 }
 
 // tableView is a processor's knowledge of its shard in the table.
@@ -157,6 +159,7 @@ type pendingCommit struct {
 	last    string            // the checkpoint once it lands
 	records int
 	start   time.Time
+	urgent  bool // asked without waiting for the commit_interval tick (at the tip, or hurried)
 }
 
 // submit asks for the commit of the flush just written (its data files' paths, possibly none
@@ -175,7 +178,7 @@ func (p *processor) submit(cp kcl.IRecordProcessorCheckpointer, paths []string, 
 		req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: paths,
 			Prev: p.table.next, Last: last, Urgent: p.atTip}
 		ctx, cancel := p.leaseContext()
-		pc.req, pc.cancel = &req, cancel
+		pc.req, pc.cancel, pc.urgent = &req, cancel, p.atTip
 		pc.done = p.s.deps.Table.Submit(ctx, req)
 		p.table.next = last
 	}
@@ -196,20 +199,50 @@ func (p *processor) submit(cp kcl.IRecordProcessorCheckpointer, paths []string, 
 	p.publishBuffered()
 }
 
+// settle's waits: only look, or wait for every commit asked for.
+const (
+	settleLook  time.Duration = 0
+	settleBlock time.Duration = -1
+)
+
+// hurryAtTip is called on an empty read at the stream's tip: flushes made while the shard was
+// behind (cut by flush.max_records) asked for their commit at the next commit_interval tick, to
+// share it with the flushes coming after them; none is coming now, so they are committed after
+// the gathering pause instead. This takes up to a commit_interval off the end of a backlog's
+// drain, and adds at most one commit per flush.
+func (p *processor) hurryAtTip() {
+	hurry := false
+	for _, pc := range p.pending {
+		if pc.req != nil && !pc.urgent {
+			pc.urgent, hurry = true, true
+		}
+	}
+	if hurry {
+		p.s.deps.Table.Hurry(icetable.ShardKey{Stream: p.s.stream, Shard: p.shard})
+	}
+}
+
 // settle moves the table output along: it takes the commits that landed, in order, and
-// checkpoints after the last of them. With block it waits until every commit asked for has
-// landed (bounded by the lease and the drain deadline); without, it only looks. It returns
-// false when the processor died: the table's position moved underneath (another owner
-// committed), or a commit's outcome is unknown (abandoned when the lease was about to go: it
-// may still land, so the lease must expire rather than be released).
-func (p *processor) settle(block bool) bool {
+// checkpoints after the last of them. wait says how long it waits for the commits asked for
+// to land: settleLook only looks, settleBlock waits for every one (bounded by the lease and the
+// drain deadline), a positive duration waits up to that long. It returns false when the
+// processor died: the table's position moved underneath (another owner committed), or a
+// commit's outcome is unknown (abandoned when the lease was about to go: it may still land, so
+// the lease must expire rather than be released).
+func (p *processor) settle(wait time.Duration) bool {
 	var landed *pendingCommit
 	records, flushes := 0, 0
 	var failed error
+	var timeout <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
 	for len(p.pending) > 0 {
 		pc := p.pending[0]
 		var err error
-		if block {
+		if wait == settleBlock {
 			select {
 			case err = <-pc.done:
 			case <-p.s.ctx.Done():
@@ -217,10 +250,19 @@ func (p *processor) settle(block bool) bool {
 			}
 		} else {
 			got := false
-			select {
-			case err = <-pc.done:
-				got = true
-			default:
+			if timeout == nil {
+				select {
+				case err = <-pc.done:
+					got = true
+				default:
+				}
+			} else {
+				select {
+				case err = <-pc.done:
+					got = true
+				case <-timeout:
+				case <-p.s.ctx.Done():
+				}
 			}
 			if !got {
 				break // still in flight, and so is every one after it

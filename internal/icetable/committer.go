@@ -207,6 +207,28 @@ func (c *Committer) waitUntil(ctx context.Context, at time.Time, gather time.Dur
 	}
 }
 
+// Hurry makes the shard's requests still waiting for the tick urgent: the shard reached the
+// stream's tip with flushes made while it was behind (cut by flush.max_records, so not urgent
+// themselves), and nothing more is coming to fold into their commit. It reports whether any
+// request of the shard was still waiting (one already being committed is not).
+func (c *Committer) Hurry(shard ShardKey) bool {
+	c.mu.Lock()
+	found := false
+	for _, r := range c.pending {
+		if r.Shard == shard {
+			r.Urgent, found = true, true
+		}
+	}
+	c.mu.Unlock()
+	if found {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+	return found
+}
+
 func (c *Committer) urgentPending() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -219,13 +219,32 @@ func TestCommitterUrgentAndChained(t *testing.T) {
 		t.Fatal("request not committed within 30 s")
 	}
 
-	// Another writer moves the shard on (9 → 11); this committer, whose kept table says 9, gets
-	// a request that follows 11.
+	// Not urgent when asked, hurried afterwards (its shard reached the tip): committed after
+	// the gathering pause, not at the tick 10 s after the last commit.
+	if c.Hurry(key) {
+		t.Error("Hurry found a request of a shard with nothing pending")
+	}
+	start = time.Now()
+	d4 := c.Submit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 10, 11, at)}, Prev: pos(9), Last: pos(11)})
+	if !c.Hurry(key) {
+		t.Fatal("Hurry did not find the request just submitted")
+	}
+	select {
+	case err := <-d4:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("hurried request not committed %s after it was hurried (commit_interval %s)", time.Since(start).Round(time.Millisecond), env.Config.CommitInterval)
+	}
+
+	// Another writer moves the shard on (11 → 13); this committer, whose kept table says 11,
+	// gets a request that follows 13.
 	other := env.Committer(t)
-	if err := other.Commit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, other, key.Shard, 10, 11, at)}, Prev: pos(9), Last: pos(11)}); err != nil {
+	if err := other.Commit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, other, key.Shard, 12, 13, at)}, Prev: pos(11), Last: pos(13)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Commit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 12, 13, at)}, Prev: pos(11), Last: pos(13), Urgent: true}); err != nil {
+	if err := c.Commit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, 14, 15, at)}, Prev: pos(13), Last: pos(15), Urgent: true}); err != nil {
 		t.Fatalf("commit after another writer moved the shard: %v", err)
 	}
 	rows := icetabletest.ReadRows[worker.TableRecord](t, env, env.ReadTable(t))
@@ -233,7 +252,7 @@ func TestCommitterUrgentAndChained(t *testing.T) {
 	for _, r := range rows {
 		seen[r.SequenceNumber]++
 	}
-	for s := 1; s <= 13; s++ {
+	for s := 1; s <= 15; s++ {
 		if seen[fmt.Sprint(s)] != 1 {
 			t.Errorf("record %d seen %d times, want once", s, seen[fmt.Sprint(s)])
 		}
