@@ -48,7 +48,7 @@ type shared struct {
 	stopping *atomic.Bool
 
 	beforeCheckpoint func(flushes int) // tests: see Worker.beforeCheckpoint
-	chunkRecords     int    // tests: user records per chunk of a page (see take); 0: flush.max_records
+	chunkRecords     int               // tests: user records per chunk of a page (see take); 0: flush.max_records
 
 	budget *memBudget // worker.buffer_budget_bytes; nil: unbounded (processors driven directly, replay)
 

@@ -148,16 +148,25 @@ func (c *Committer) Submit(ctx context.Context, r Request) <-chan error {
 	return done
 }
 
+// urgentBurst is how many commits urgent requests may make between the interval's ticks in a
+// burst; beyond it they earn one per interval. A drain's tail needs one or two (the flushes a
+// shard made while behind, hurried, then its flush at the tip); with 1 s windows every shard
+// is at the tip at every window's end, and without the budget each of those flushes would be a
+// commit of its own (about 2 a second per worker measured, where the ticks make 12 a minute).
+const urgentBurst = 3
+
 // Run commits what is pending until ctx ends, then commits once more what is still pending
 // (the worker's drain waits for it through Commit's contexts). Commits start at most once per
 // interval: a request that finds the last commit an interval old is committed after a short
 // gathering pause (so shards flushing together share a snapshot), others wait for the
-// interval to pass, unless an urgent request (a caught-up shard's) is pending, which needs the
-// gathering pause only. At low traffic a flush is committed in about one commit's time, at
-// high traffic a worker makes one commit per interval.
+// interval to pass, unless an urgent request (a caught-up shard's) is pending and the urgent
+// budget allows (urgentBurst, then one per interval), which needs the gathering pause only. At
+// low traffic a flush is committed in about one commit's time, at high traffic a worker makes
+// at most two commits per interval.
 func (c *Committer) Run(ctx context.Context) error {
 	gather := min(c.interval/10, 50*time.Millisecond)
 	var last time.Time
+	budget := urgentBudget{tokens: urgentBurst, at: time.Now(), per: c.interval}
 	for {
 		select {
 		case <-ctx.Done():
@@ -166,14 +175,19 @@ func (c *Committer) Run(ctx context.Context) error {
 		case <-c.kick:
 		}
 		at := time.Now().Add(gather)
-		if !c.urgentPending() {
+		hurry := func() bool { return c.urgentPending() && budget.available(time.Now()) }
+		if !hurry() {
 			at = maxTime(at, last.Add(c.interval))
 		}
-		if !c.waitUntil(ctx, at, gather) {
+		if !c.waitUntil(ctx, at, gather, hurry) {
 			c.flushPending(context.WithoutCancel(ctx), true)
 			return nil
 		}
-		last = time.Now()
+		now := time.Now()
+		if now.Before(last.Add(c.interval)) {
+			budget.spend(now) // ahead of the tick: an urgent commit
+		}
+		last = now
 		c.flushPending(ctx, false)
 		c.mu.Lock()
 		more := len(c.pending) > 0
@@ -187,9 +201,32 @@ func (c *Committer) Run(ctx context.Context) error {
 	}
 }
 
-// waitUntil waits until at, or until an urgent request arrives and the gathering pause after
-// it has passed; false when ctx ended.
-func (c *Committer) waitUntil(ctx context.Context, at time.Time, gather time.Duration) bool {
+// urgentBudget is a token bucket of commits ahead of the interval's tick: urgentBurst at most,
+// one earned per interval.
+type urgentBudget struct {
+	tokens float64
+	at     time.Time // when tokens was last brought up to date
+	per    time.Duration
+}
+
+func (b *urgentBudget) refill(now time.Time) {
+	b.tokens = min(urgentBurst, b.tokens+float64(now.Sub(b.at))/float64(b.per))
+	b.at = now
+}
+
+func (b *urgentBudget) available(now time.Time) bool {
+	b.refill(now)
+	return b.tokens >= 1
+}
+
+func (b *urgentBudget) spend(now time.Time) {
+	b.refill(now)
+	b.tokens = max(0, b.tokens-1)
+}
+
+// waitUntil waits until at, or until hurry says an urgent request may go and the gathering
+// pause after it has passed; false when ctx ended.
+func (c *Committer) waitUntil(ctx context.Context, at time.Time, gather time.Duration, hurry func() bool) bool {
 	for {
 		t := time.NewTimer(time.Until(at))
 		select {
@@ -200,7 +237,7 @@ func (c *Committer) waitUntil(ctx context.Context, at time.Time, gather time.Dur
 			return true
 		case <-c.kick:
 			t.Stop()
-			if c.urgentPending() {
+			if hurry() {
 				at = minTime(at, time.Now().Add(gather))
 			}
 		}

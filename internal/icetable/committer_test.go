@@ -258,3 +258,50 @@ func TestCommitterUrgentAndChained(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitterUrgentBudget: urgent requests go ahead of the interval's tick at most
+// urgentBurst (3) times in a burst; the next one waits for the tick. Without the budget every
+// caught-up shard's flush at 1 s windows was a commit of its own.
+func TestCommitterUrgentBudget(t *testing.T) {
+	env := icetabletest.New(t)
+	env.Config.CommitInterval = 10 * time.Second
+	c := env.Committer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	at := time.Date(2026, 12, 5, 6, 0, 0, 0, time.UTC)
+	key := icetable.ShardKey{Stream: "stream", Shard: "shardId-000000000000"}
+	submit := func(i int) (<-chan error, time.Time) {
+		first, last := 2*i+1, 2*i+2
+		return c.Submit(ctx, icetable.Request{Shard: key, Files: []string{writeFile(t, c, key.Shard, first, last, at)},
+			Prev: pos(2 * i), Last: pos(last), Urgent: true}), time.Now()
+	}
+	// The first request finds no commit before it: committed after the gathering pause, like
+	// the three urgent ones after it (the budget), each submitted once the one before landed.
+	for i := range 4 {
+		d, start := submit(i)
+		select {
+		case err := <-d:
+			if err != nil {
+				t.Fatalf("request %d: %v", i+1, err)
+			}
+		case <-time.After(4 * time.Second):
+			t.Fatalf("urgent request %d not committed within 4 s (commit_interval %s): the budget allows 3 ahead of the tick",
+				i+1, env.Config.CommitInterval)
+		}
+		t.Logf("request %d committed in %s", i+1, time.Since(start).Round(time.Millisecond))
+	}
+	d, start := submit(4)
+	select {
+	case err := <-d:
+		t.Fatalf("a fourth urgent request ahead of the tick was answered (%v) after %s: the budget did not hold", err, time.Since(start).Round(time.Millisecond))
+	case <-time.After(4 * time.Second):
+	}
+	select {
+	case err := <-d:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("request past the budget not committed at the tick")
+	}
+}
