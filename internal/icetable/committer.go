@@ -31,11 +31,11 @@ type Request struct {
 	Files []string
 	Prev  Position
 	Last  Position
-	// Urgent: the shard is caught up (the flush closed its window at the stream's tip), so
-	// nothing more is coming soon to fold into the commit: it goes after the gathering pause
-	// alone, not at the next commit_interval tick. A shard flushes at the tip at most once per
-	// flush window, so this adds at most one commit per shard and window, and takes the wait
-	// for the tick off the put→visible latency and off the end of a drain.
+	// Urgent: the shard is caught up (the flush closed its window at the stream's tip, or
+	// Hurry was called), so nothing more is coming soon to fold into the commit: it goes after
+	// the gathering pause, not at the next commit_interval tick, while the committer's urgent
+	// budget allows (urgentBurst, then one per interval). This takes the wait for the tick off
+	// the put→visible latency at low traffic and off the end of a drain.
 	Urgent bool
 
 	ctx  context.Context
