@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/recstream/recstream/checkpoint"
+	"github.com/recstream/recstream/internal/icetable"
 	"github.com/recstream/recstream/internal/stacktest"
 )
 
@@ -151,24 +152,48 @@ func killedBySIGKILL(err error) bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
-// TestKillNineExactlyOnce kills the worker with SIGKILL six times, three of them between an
-// upload and its checkpoint, restarting it each time: every record is still written once.
+// TestKillNineExactlyOnce kills the worker with SIGKILL seven times, three of them between an
+// upload and its checkpoint, once while a second worker overlaps it, restarting it each time:
+// every record is still written once.
 func TestKillNineExactlyOnce(t *testing.T) {
 	e := newTestEnv(t, 2)
-	killNineRounds(t, e)
+	_ = killNineRounds(t, e)
 }
 
 // TestKillNineExactlyOnceIceberg is TestKillNineExactlyOnce with the output committed to an
 // Iceberg table: three of the kills fall between a commit and its checkpoint, so the next
 // owner must find in the table's snapshot summaries what it already holds. Read back by
-// icespec (the spec's metadata → manifest list → manifests, not iceberg-go).
+// icespec (the spec's metadata → manifest list → manifests, not iceberg-go), before and after
+// compact.
 func TestKillNineExactlyOnceIceberg(t *testing.T) {
 	e := newTestEnv(t, 2)
 	e.useIceberg(t)
-	killNineRounds(t, e)
+	n := killNineRounds(t, e)
+
+	// And after compact (every hour closed: the clock is pushed past them).
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cat, closeCat, err := icetable.Catalog(ctx, e.Ice.Config, e.Ice.PGDSN, e.Ice.PGPass, e.Ice.Warehouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeCat()
+	before := e.read(t).objects
+	rep, err := icetable.Compact(ctx, cat, e.Ice.Config.Ident(), icetable.CompactOptions{Now: time.Now().Add(3 * time.Hour), TargetBytes: 128 << 20, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := e.read(t)
+	if rep.FilesIn == 0 || after.objects >= before {
+		t.Fatalf("compact %+v: %d data files before, %d after: want fewer", rep, before, after.objects)
+	}
+	if err := exactlyOnce(after, "k", n); err != nil {
+		t.Fatalf("after compact: %v", err)
+	}
 }
 
-func killNineRounds(t *testing.T, e *testEnv) {
+// killNineRounds runs the rounds and checks the output; it returns how many events it put.
+func killNineRounds(t *testing.T, e *testEnv) int {
 	e.Cfg.Flush.MaxRecords = 15
 	const perRound, rounds = 80, 6
 	next := 0
@@ -188,11 +213,24 @@ func killNineRounds(t *testing.T, e *testEnv) {
 			continue
 		}
 		cmd := startChild(t, e, id, 0)
+		var overlap *exec.Cmd
+		if round == 3 {
+			// A second worker overlaps the first: they share (and take from each other) the
+			// shards until both are killed, at different random moments.
+			overlap = startChild(t, e, id+"b", 0)
+		}
 		// Kill once the child is doing something: leases taken after failover, then a random moment.
 		time.Sleep(e.Cfg.FailoverTime + time.Duration(500+rand.IntN(2500))*time.Millisecond)
 		_ = cmd.Process.Kill()
 		if err := waitExit(t, cmd, 30*time.Second); !killedBySIGKILL(err) {
 			t.Fatalf("round %d: child ended with %v, want SIGKILL", round, err)
+		}
+		if overlap != nil {
+			time.Sleep(time.Duration(rand.IntN(2000)) * time.Millisecond)
+			_ = overlap.Process.Kill()
+			if err := waitExit(t, overlap, 30*time.Second); !killedBySIGKILL(err) {
+				t.Fatalf("round %d: overlapping child ended with %v, want SIGKILL", round, err)
+			}
 		}
 	}
 	cmd := startChild(t, e, "final", 0)
@@ -205,7 +243,7 @@ func killNineRounds(t *testing.T, e *testEnv) {
 	if err := exactlyOnce(final, "k", next); err != nil {
 		t.Fatal(err)
 	}
-
+	return next
 }
 
 // TestSIGTERMDrains: on SIGTERM the worker stops taking records, exits within
