@@ -173,13 +173,8 @@ func TestKillNineExactlyOnceIceberg(t *testing.T) {
 	// And after compact (every hour closed: the clock is pushed past them).
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cat, closeCat, err := icetable.Catalog(ctx, e.Ice.Config, e.Ice.PGDSN, e.Ice.PGPass, e.Ice.Warehouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeCat()
 	before := e.read(t).objects
-	rep, err := icetable.Compact(ctx, cat, e.Ice.Config.Ident(), icetable.CompactOptions{Now: time.Now().Add(3 * time.Hour), TargetBytes: 128 << 20, Log: testLogger(t)})
+	rep, err := icetable.Compact(ctx, e.Ice.Catalog(t), e.Ice.Config.Ident(), icetable.CompactOptions{Now: time.Now().Add(3 * time.Hour), TargetBytes: 128 << 20, Log: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

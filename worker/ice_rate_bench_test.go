@@ -93,14 +93,10 @@ func BenchmarkIcebergRate(b *testing.B) {
 		dataBefore, otherBefore := e.tableObjects(b, snap.Metadata.Location)
 
 		ctx := context.Background()
-		cat, closeCat, err := icetable.Catalog(ctx, e.Ice.Config, e.Ice.PGDSN, e.Ice.PGPass, e.Ice.Warehouse)
-		if err != nil {
-			b.Fatal(err)
-		}
+		cat := e.Ice.Catalog(b)
 		time.Sleep(10 * time.Millisecond) // snapshot ages are compared at millisecond grain
 		rep, err := icetable.Compact(ctx, cat, e.Ice.Config.Ident(), icetable.CompactOptions{Now: time.Now().Add(3 * time.Hour),
 			TargetBytes: 128 << 20, ExpireAfter: time.Millisecond, OrphanGrace: time.Millisecond, Log: testLogger(b)})
-		closeCat()
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -54,11 +54,7 @@ func TestReplayTableAfterCompact(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cat, closeCat, err := icetable.Catalog(ctx, e.Ice.Config, e.Ice.PGDSN, e.Ice.PGPass, e.Ice.Warehouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeCat()
+	cat := e.Ice.Catalog(t)
 	ident := e.Ice.Config.Ident()
 
 	// Compact every hour (the clock is pushed past them): the range now shares files with

@@ -80,11 +80,7 @@ func TestCompactExactlyOnceAtEverySnapshot(t *testing.T) {
 	}
 	want["shardId-000000000000/1000"], want["shardId-000000000000/1001"] = 1, 1
 
-	cat, closeCat, err := icetable.Catalog(ctx, env.Config, env.PGDSN, env.PGPass, env.Warehouse)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeCat()
+	cat := env.Catalog(t)
 	tbl, err := cat.LoadTable(ctx, env.Config.Ident())
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/apache/iceberg-go/catalog"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5"
 	"github.com/parquet-go/parquet-go"
@@ -91,6 +92,17 @@ func (e Env) Committer(t testing.TB) *icetable.Committer {
 	go func() { defer close(done); _ = c.Run(runCtx) }()
 	t.Cleanup(func() { stop(); <-done; closeCat() })
 	return c
+}
+
+// Catalog opens the env's catalog for the rest of the test (what compact and replay are given).
+func (e Env) Catalog(t testing.TB) catalog.Catalog {
+	t.Helper()
+	cat, closeCat, err := icetable.Catalog(context.Background(), e.Config, e.PGDSN, e.PGPass, e.Warehouse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = closeCat() })
+	return cat
 }
 
 // MetadataLocation reads the table's current metadata.json location from the catalog's table
