@@ -469,15 +469,7 @@ func (s *Store) plan(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
-	least := func(not string) string {
-		best := ""
-		for w := range alive {
-			if w != not && (best == "" || counts[w] < counts[best] || counts[w] == counts[best] && w < best) {
-				best = w
-			}
-		}
-		return best
-	}
+	least := func(not string) string { return leastLoaded(alive, counts, not) }
 	var moves []move
 	sort.Strings(missing)
 	for _, id := range missing {
@@ -680,15 +672,7 @@ func (s *Store) HandOff(ctx context.Context) time.Duration {
 	if len(counts) == 0 {
 		return 0
 	}
-	successor := func(not string) string {
-		to := ""
-		for w, c := range counts {
-			if w != not && (to == "" || c < counts[to] || c == counts[to] && w < to) {
-				to = w
-			}
-		}
-		return to
-	}
+	successor := func(not string) string { return leastLoaded(counts, counts, not) }
 	n := 0
 	for _, l := range mine {
 		if l.ClaimRequest != "" && !draining[l.ClaimRequest] {
@@ -745,3 +729,16 @@ func (s *Store) ResignLeadership() {
 
 // errNotAssigned is the refusal of a lease the leader has not assigned to this worker.
 var errNotAssigned = fmt.Errorf("%w (the leader assigns leases)", ErrFairShare)
+
+// leastLoaded returns the worker among the keys of among, other than not, that counts gives the
+// fewest leases (ties to the smallest id, so every planner picks the same); "" when there is
+// none.
+func leastLoaded[V any](among map[string]V, counts map[string]int, not string) string {
+	best := ""
+	for w := range among {
+		if w != not && (best == "" || counts[w] < counts[best] || counts[w] == counts[best] && w < best) {
+			best = w
+		}
+	}
+	return best
+}

@@ -159,7 +159,13 @@ type pendingCommit struct {
 	last    string            // the checkpoint once it lands
 	records int
 	start   time.Time
-	urgent  bool // asked without waiting for the commit_interval tick (at the tip, or hurried)
+}
+
+// answered is the outcome channel of a request answered at once.
+func answered(err error) <-chan error {
+	done := make(chan error, 1)
+	done <- err
+	return done
 }
 
 // submit asks for the commit of the flush just written (its data files' paths, possibly none
@@ -170,15 +176,13 @@ func (p *processor) submit(cp kcl.IRecordProcessorCheckpointer, paths []string, 
 	m := p.s.deps.Metrics
 	pc := &pendingCommit{cp: cp, cancel: func() {}, last: p.buf.last, records: len(p.buf.recs), start: start}
 	if len(paths) == 0 {
-		done := make(chan error, 1)
-		done <- nil
-		pc.done = done
+		pc.done = answered(nil)
 	} else {
 		last := icetable.Position{Seq: p.buf.last, Sub: p.buf.lastSub}
 		req := icetable.Request{Shard: icetable.ShardKey{Stream: p.s.stream, Shard: p.shard}, Files: paths,
 			Prev: p.table.next, Last: last, Urgent: p.atTip}
 		ctx, cancel := p.leaseContext()
-		pc.req, pc.cancel, pc.urgent = &req, cancel, p.atTip
+		pc.req, pc.cancel = &req, cancel
 		pc.done = p.s.deps.Table.Submit(ctx, req)
 		p.table.next = last
 	}
@@ -208,18 +212,10 @@ const (
 // hurryAtTip is called on an empty read at the stream's tip: flushes made while the shard was
 // behind (cut by flush.max_records) asked for their commit at the next commit_interval tick, to
 // share it with the flushes coming after them; none is coming now, so they are committed after
-// the gathering pause instead. This takes up to a commit_interval off the end of a backlog's
-// drain, and adds at most one commit per flush.
+// the gathering pause instead (within the committer's urgent budget). This takes up to a
+// commit_interval off the end of a backlog's drain.
 func (p *processor) hurryAtTip() {
-	hurry := false
-	for _, pc := range p.pending {
-		if pc.req != nil && !pc.urgent {
-			pc.urgent, hurry = true, true
-		}
-	}
-	if hurry {
-		p.s.deps.Table.Hurry(icetable.ShardKey{Stream: p.s.stream, Shard: p.shard})
-	}
+	p.s.deps.Table.Hurry(icetable.ShardKey{Stream: p.s.stream, Shard: p.shard})
 }
 
 // settle moves the table output along: it takes the commits that landed, in order, and
